@@ -1,0 +1,1 @@
+"""BiomedCLIP zero-shot DICOM SR application (MONAI Deploy)."""

@@ -1,0 +1,89 @@
+"""The application graph:
+
+    StudyLoader ─▶ SeriesSelector ─▶ Deidentification ─▶ Preprocessing ─▶ ZeroShotInference ─▶ SRWriter
+                                            └──────────────── reidentification map ─────────────────┘
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from monai.deploy.conditions import CountCondition
+from monai.deploy.core import Application
+
+from app import logging_policy
+from app.settings import AppSettings
+from operators.deidentification_operator import DeidentificationOperator
+from operators.inference_operator import ZeroShotInferenceOperator
+from operators.model_package import ModelPackage
+from operators.preprocessing import SamplingPolicy
+from operators.preprocessing_operator import PreprocessingOperator
+from operators.run_report import RunReport
+from operators.series_selector_operator import SeriesSelectorOperator
+from operators.sr_writer_operator import StructuredReportWriterOperator
+from operators.structured_report import Algorithm
+from operators.study_loader_operator import StudyLoaderOperator
+
+REPORT_NAME = "run_report.json"
+logger = logging.getLogger(__name__)
+
+
+def algorithm_of(package: ModelPackage) -> Algorithm:
+    manifest = package.manifest
+    weights = "RANDOM-INIT (NOT FOR CLINICAL USE)" if package.is_random_init else manifest["weights"]["source"]
+    return Algorithm(
+        name="BiomedCLIP",
+        version=package.identity,
+        parameters=(f"weights={weights}", f"labels_sha256={manifest['labels_sha256'][:16]}"),
+        random_weights=package.is_random_init,
+    )
+
+
+class BiomedCLIPZeroShotApp(Application):
+    """DICOM study folder in (-i), one Comprehensive 3D SR per study and run_report.json out (-o),
+    BiomedCLIP model package from -m."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.report = RunReport()
+        self.output_path: Path | None = None
+        super().__init__(*args, **kwargs)
+
+    def compose(self) -> None:
+        context = Application.init_app_context(self.argv)
+        logging_policy.install()
+        settings = AppSettings.load()
+        input_path, self.output_path = Path(context.input_path), Path(context.output_path)
+        package = ModelPackage.load(Path(context.model_path))
+
+        loader = StudyLoaderOperator(
+            self, CountCondition(self, 1), input_folder=input_path, report=self.report, name="study_loader"
+        )
+        selector = SeriesSelectorOperator(
+            self, rules=settings.series_selection_rules, report=self.report, name="series_selector"
+        )
+        deid = DeidentificationOperator(self, report=self.report, secret=settings.deid_secret, name="deidentification")
+        preprocess = PreprocessingOperator(
+            self, policy=SamplingPolicy(settings.max_images_per_series), report=self.report, name="preprocessing"
+        )
+        infer = ZeroShotInferenceOperator(
+            self, package=package, backend=settings.backend, batch_size=settings.batch_size, report=self.report, name="inference"
+        )
+        writer = StructuredReportWriterOperator(
+            self, labels=package.labels, algorithm=algorithm_of(package), output_folder=self.output_path,
+            report=self.report, name="sr_writer",
+        )
+
+        self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
+        self.add_flow(selector, deid, {("study_selected_series_list", "study_selected_series_list")})
+        self.add_flow(deid, preprocess, {("series", "series")})
+        self.add_flow(deid, writer, {("reidentification", "reidentification")})
+        self.add_flow(preprocess, infer, {("preprocessed", "preprocessed")})
+        self.add_flow(infer, writer, {("classifications", "classifications")})
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            if self.output_path is not None:
+                self.report.write(self.output_path / REPORT_NAME)

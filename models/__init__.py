@@ -1,0 +1,1 @@
+"""Model package folder and the code that builds it (``models.builder``)."""

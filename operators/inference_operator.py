@@ -1,0 +1,70 @@
+"""MONAI Deploy adapter: preprocessed series in, zero-shot classifications out."""
+
+from __future__ import annotations
+
+import logging
+
+from monai.deploy.core import Fragment, Operator, OperatorSpec
+
+from operators.backends import create_backend
+from operators.classification import classify_series
+from operators.model_package import ModelPackage
+from operators.run_report import RunReport, timed_stage
+
+logger = logging.getLogger(__name__)
+
+
+class ZeroShotInferenceOperator(Operator):
+    """Input ``preprocessed`` (list of ``PreprocessedSeries``); output ``classifications`` (list of
+    ``SeriesClassification``). The backend (``auto``, ``onnxruntime``, ``pytorch``) is chosen once
+    at start; the operator does not depend on which one it is."""
+
+    def __init__(
+        self, fragment: Fragment, *args, package: ModelPackage, backend: str, batch_size: int, report: RunReport, **kwargs
+    ) -> None:
+        self.package = package
+        self.backend_name = backend
+        self.batch_size = batch_size
+        self.report = report
+        self.backend = None
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("preprocessed")
+        spec.output("classifications")
+
+    def start(self) -> None:
+        self.backend = create_backend(self.backend_name, self.package)
+        logger.info("Inference backend: %s", self.backend.name)
+
+    @timed_stage("infer")
+    def compute(self, op_input, op_output, context) -> None:
+        labels = self.package.labels
+        result = []
+        for series in op_input.receive("preprocessed"):
+            classified = classify_series(series, self.backend, self.package.head, self.batch_size)
+            logger.info("Series %s: top label %s", classified.series_instance_uid, labels.names[classified.top_index])
+            self.report.add_series(
+                {
+                    "series": classified.series_instance_uid,
+                    "modality": classified.modality,
+                    "series_number": classified.series_number,
+                    "status": "inferred",
+                    "images_total": classified.total_images,
+                    "images_inferred": len(classified.images),
+                    "sampling": classified.sampling,
+                    "backend": classified.backend,
+                    "top_label": labels.names[classified.top_index],
+                    "probabilities": dict(zip(labels.names, map(float, classified.aggregate))),
+                    "images": [
+                        {
+                            "sop_instance_uid": ref.sop_instance_uid,
+                            "frame": ref.frame_number,
+                            "probabilities": dict(zip(labels.names, map(float, row))),
+                        }
+                        for ref, row in zip(classified.images, classified.per_image)
+                    ],
+                }
+            )
+            result.append(classified)
+        op_output.emit(result, "classifications")

@@ -1,0 +1,110 @@
+"""The model package the app reads at run time (built by ``scripts/build_model.py``).
+
+Layout of a package folder::
+
+    manifest.json              identity, provenance, preprocessing constants, sha256 of every file
+    image_encoder.onnx         BiomedCLIP image tower, input ``pixel_values`` (N x 3 x 224 x 224,
+                               dynamic N), output ``image_features`` (N x 512, not normalised)
+    image_encoder.safetensors  the same tower's weights, for the PyTorch backend
+    open_clip_config.json      the open_clip model config the tower is rebuilt from
+    label_embeddings.npy       L x 512 float32, unit-norm label embeddings (prompt-ensembled)
+    labels.json                the coded label set the embeddings were computed from
+
+The runtime needs neither the text tower nor a tokenizer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from operators.zero_shot import LabelSet, ZeroShotHead
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+logger = logging.getLogger(__name__)
+
+
+class ModelPackageError(RuntimeError):
+    """The model package is missing, incomplete or corrupt."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def find_package_dir(model_path: Path) -> Path:
+    """Accept the package folder itself or a models folder holding exactly one package (MAP layout)."""
+    model_path = Path(model_path)
+    if (model_path / MANIFEST).is_file():
+        return model_path
+    candidates = sorted(p.parent for p in model_path.glob(f"*/{MANIFEST}")) if model_path.is_dir() else []
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise ModelPackageError(
+            f"{model_path}: no model package ({MANIFEST}) found; build one with scripts/build_model.py"
+        )
+    raise ModelPackageError(f"{model_path}: several model packages found; pass one with -m")
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    root: Path
+    manifest: dict[str, Any]
+    labels: LabelSet
+    head: ZeroShotHead
+
+    @classmethod
+    def load(cls, model_path: Path, verify: bool = True) -> "ModelPackage":
+        root = find_package_dir(model_path)
+        manifest = json.loads((root / MANIFEST).read_text())
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise ModelPackageError(f"{root / MANIFEST}: unsupported format_version {manifest.get('format_version')}")
+        for name, expected in manifest["files"].items():
+            path = root / name
+            if not path.is_file():
+                raise ModelPackageError(f"{path}: listed in the manifest but missing")
+            if verify and sha256_file(path) != expected:
+                raise ModelPackageError(f"{path}: sha256 does not match the manifest (corrupt or replaced)")
+        labels = LabelSet.from_json(root / "labels.json")
+        embeddings = np.load(root / "label_embeddings.npy")
+        if embeddings.shape[0] != len(labels.labels):
+            raise ModelPackageError(f"{root}: {embeddings.shape[0]} label embeddings for {len(labels.labels)} labels")
+        package = cls(root, manifest, labels, ZeroShotHead(embeddings, float(manifest["logit_scale"])))
+        if package.is_random_init:
+            logger.warning(
+                "Model package %s has RANDOM weights (seed %s): outputs are NOT clinical findings.",
+                root.name,
+                manifest["weights"].get("seed"),
+            )
+        return package
+
+    @property
+    def is_random_init(self) -> bool:
+        return bool(self.manifest["weights"]["random_init"])
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.root / self.manifest["image_encoder"]["onnx"]
+
+    @property
+    def identity(self) -> str:
+        """Short identity for the SR: package version and weights identity."""
+        weights = self.manifest["weights"]
+        if weights["random_init"]:
+            who = f"RANDOM-INIT seed={weights['seed']} NOT FOR CLINICAL USE"
+        else:
+            who = f"weights sha256:{weights['sha256'][:16]}"
+        return f"{self.manifest['version']} ({who})"

@@ -1,0 +1,118 @@
+"""``run_report.json``: per input file what happened to it, per series what was inferred, and the SRs written.
+
+Only de-identified identifiers appear in it (pseudonymous series UIDs); files are named by their
+path relative to the input folder.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+from operators.atomic import write_atomically
+from operators.deidentification import ReidentificationMap
+from operators.inventory import InputFile
+
+USED = "used"
+SKIPPED = "skipped"
+NOT_USED = "not used"
+
+
+@dataclass
+class RunReport:
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    series: list[dict[str, Any]] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    #: wall seconds per stage (operator compute), summed over calls
+    timings: dict[str, float] = field(default_factory=dict)
+    #: original SOP Instance UID -> relative path; in memory only, never written.
+    _file_of_instance: dict[str, str] = field(default_factory=dict, repr=False)
+    #: lets later stages name instances by their de-identified UIDs; in memory only.
+    reidentification: ReidentificationMap = field(default_factory=ReidentificationMap, repr=False)
+
+    def add_inventory(self, files: Iterable[InputFile]) -> None:
+        for f in files:
+            if f.skip_reason:
+                self.files[f.relative] = {"status": SKIPPED, "reason": f.skip_reason}
+            else:
+                self.files[f.relative] = {"status": NOT_USED, "reason": "series not selected by the selection rules"}
+                self._file_of_instance[str(f.sop_instance_uid)] = f.relative
+
+    def _set(self, sop_uid: str, status: str, reason: str | None) -> None:
+        """``sop_uid`` may be original or de-identified."""
+        relative = self._file_of_instance.get(self.reidentification.uids.get(sop_uid, sop_uid))
+        if relative is not None:
+            self.files[relative] = {"status": status, "reason": reason} if reason else {"status": status}
+
+    def mark_selected(self, sop_uids: Iterable[str], reason: str) -> None:
+        """Instances of a selected series start as 'not used' with ``reason`` (e.g. the sampling policy)."""
+        for uid in sop_uids:
+            self._set(uid, NOT_USED, reason)
+
+    def mark_refused(self, sop_uid: str, reason: str) -> None:
+        self._set(sop_uid, SKIPPED, reason)
+
+    def mark_used(self, sop_uid: str) -> None:
+        self._set(sop_uid, USED, None)
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
+
+    def add_series(self, entry: dict[str, Any]) -> None:
+        self.series.append(entry)
+
+    def add_output(self, path: Path) -> None:
+        self.outputs.append(str(path))
+
+    def summary(self) -> dict[str, int]:
+        counts = {USED: 0, SKIPPED: 0, NOT_USED: 0}
+        for entry in self.files.values():
+            counts[entry["status"]] += 1
+        return {
+            "files": len(self.files),
+            "used": counts[USED],
+            "skipped": counts[SKIPPED],
+            "not_used": counts[NOT_USED],
+            "series_inferred": len(self.series),
+            "structured_reports": len(self.outputs),
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "summary": self.summary(),
+            "files": self.files,
+            "series": self.series,
+            "outputs": self.outputs,
+            "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
+        }
+
+    def write(self, path: Path) -> Path:
+        text = json.dumps(self.as_dict(), indent=2) + "\n"
+        return write_atomically(path, lambda f: f.write(text.encode()))
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def timed_stage(stage: str) -> Callable[[F], F]:
+    """Decorate an operator method so its wall time adds to ``self.report.timings[stage]``."""
+
+    def decorate(method: F) -> F:
+        @functools.wraps(method)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            with self.report.timed(stage):
+                return method(self, *args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

@@ -1,0 +1,36 @@
+#!/usr/bin/env python3
+"""Build the BiomedCLIP model package folder the app reads at run time.
+
+    python scripts/build_model.py --random-init --seed 0 --out models/biomedclip
+    python scripts/build_model.py --weights hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 --out DIR
+    python scripts/build_model.py --weights /path/to/open_clip/snapshot --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from models.builder import DEFAULT_LABELS, HUB_ID, build_package  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--weights", help=f"'{HUB_ID}' or a local open_clip snapshot folder")
+    source.add_argument("--random-init", action="store_true", help="exact architecture, seeded random weights (offline)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for --random-init (default 0)")
+    parser.add_argument("--labels", type=Path, default=DEFAULT_LABELS, help="label set JSON (default models/labels.json)")
+    parser.add_argument("--out", type=Path, required=True, help="package folder to write (replaced atomically)")
+    args = parser.parse_args(argv)
+    manifest = build_package(None if args.random_init else args.weights, args.seed, args.labels, args.out)
+    kind = "RANDOM weights, not for clinical use" if manifest["weights"]["random_init"] else manifest["weights"]["source"]
+    print(f"model package written to {args.out} ({kind}; {len(manifest['files'])} files)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Shared fixtures: a seeded random-weight BiomedCLIP package (exact architecture, built offline),
+the embedded sample study, and a helper that runs the app the way a user does."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ["HF_HUB_OFFLINE"] = "1"  # a wrong local path then fails at once instead of retrying a hub
+
+from models.builder import DEFAULT_LABELS, build_package  # noqa: E402
+from scripts.make_sample_study import make_sample_study  # noqa: E402
+
+SEED = 0
+
+
+@pytest.fixture(scope="session")
+def model_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("models") / "biomedclip"
+    build_package(None, SEED, DEFAULT_LABELS, out)
+    return out
+
+
+@pytest.fixture()
+def sample_study(tmp_path: Path) -> Path:
+    folder = tmp_path / "input"
+    make_sample_study(folder)
+    return folder
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """sha256 and mode of every file under ``folder``: proves inputs were not modified."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() + oct(p.stat().st_mode)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def run_app(input_dir: Path, output_dir: Path, model_dir: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python app -i IN -o OUT -m MODELS``, exactly as the README runs it."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "app"), "-i", str(input_dir), "-o", str(output_dir), "-m", str(model_dir)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+        timeout=600,
+    )

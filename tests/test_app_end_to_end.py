@@ -1,0 +1,187 @@
+"""The whole app through the real MONAI Deploy graph: DICOM study in, DICOM SR out, read back and checked."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import Comprehensive3DSRStorage
+
+from tests.conftest import run_app, tree_digest
+
+NON_IMAGE_SR = get_testdata_file("reportsi.dcm")  # Basic Text SR Storage, no pixel data
+
+
+def _only_sr(output: Path) -> Path:
+    srs = sorted(output.glob("*.dcm"))
+    assert len(srs) == 1, f"expected one SR per study, got {srs}"
+    return srs[0]
+
+
+def _input_instances(folder: Path) -> dict[str, pydicom.Dataset]:
+    return {
+        str(ds.SOPInstanceUID): ds
+        for ds in (pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(folder.rglob("*")) if p.is_file())
+    }
+
+
+def _text_values(item: pydicom.Dataset, concept_code: str) -> set[str]:
+    """TEXT values of every content item named ``concept_code`` under ``item`` (recursively)."""
+    found = set()
+    for child in item.get("ContentSequence", []):
+        if child.ConceptNameCodeSequence[0].CodeValue == concept_code and "TextValue" in child:
+            found.add(child.TextValue)
+        found |= _text_values(child, concept_code)
+    return found
+
+
+@pytest.fixture()
+def study_with_bad_files(sample_study: Path) -> Path:
+    (sample_study / "notes.txt").write_text("not a DICOM file\n")
+    shutil.copyfile(NON_IMAGE_SR, sample_study / "report.dcm")
+    return sample_study
+
+
+def test_one_study_two_series_gives_one_sr_in_the_original_study(study_with_bad_files: Path, model_package: Path, tmp_path: Path) -> None:
+    input_dir, output = study_with_bad_files, tmp_path / "out"
+    before = tree_digest(input_dir)
+    originals = {uid: ds for uid, ds in _input_instances(input_dir / "CT2N").items()}
+    originals.update(_input_instances(input_dir / "CT5N"))
+
+    result = run_app(input_dir, output, model_package)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert tree_digest(input_dir) == before, "the input folder was modified"
+    sr_path = _only_sr(output)
+    assert f"SR written: {sr_path}" in result.stdout
+
+    sr = hd.sr.srread(sr_path)
+    first = next(iter(originals.values()))
+    assert sr.SOPClassUID == Comprehensive3DSRStorage
+    assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    assert sr.StudyInstanceUID == first.StudyInstanceUID
+    assert sr.PatientID == first.PatientID
+    assert sr.PatientName == first.PatientName
+    assert sr.AccessionNumber == first.AccessionNumber
+    assert sr.SeriesInstanceUID not in {ds.SeriesInstanceUID for ds in originals.values()}
+    assert sr.VerificationFlag == "UNVERIFIED"
+
+    groups = sr.content.get_image_measurement_groups()
+    assert len(groups) == 2, "one TID 1501 group per image series"
+    referenced = set()
+    labels = json.loads((model_package / "labels.json").read_text())["labels"]
+    for group in groups:
+        probabilities = {m.name.value: m.value for m in group.get_measurements()}
+        assert set(probabilities) == {label["code"]["value"] for label in labels}
+        assert all(0.0 <= p <= 1.0 for p in probabilities.values())
+        assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-6)
+        assert all(m.unit.value == "1" for m in group.get_measurements())
+        top = max(probabilities, key=probabilities.get)
+        (evaluation,) = group.get_qualitative_evaluations()
+        assert evaluation.value.value == top
+        assert _text_values(group[0], "111001") == {"BiomedCLIP"}  # Algorithm Name (TID 4019)
+        (version,) = _text_values(group[0], "111003")  # Algorithm Version
+        assert "RANDOM-INIT" in version and "NOT FOR CLINICAL USE" in version
+        assert any(p.startswith("backend=onnxruntime") for p in _text_values(group[0], "111002"))  # Parameters
+        for item in group[0].ContentSequence:
+            if item.ConceptNameCodeSequence[0].CodeValue == "121112":  # Source of Measurement
+                referenced.add(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+    assert referenced == set(originals), "the SR must reference every image the model used, by original UID"
+    evidence = {
+        ref.ReferencedSOPInstanceUID
+        for study in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for ref in series.ReferencedSOPSequence
+    }
+    assert evidence == set(originals)
+
+    validator = subprocess.run(["dciodvfy", str(sr_path)], capture_output=True, text=True)
+    errors = [line for line in validator.stderr.splitlines() if line.startswith("Error")]
+    assert not errors, errors
+
+    report = json.loads((output / "run_report.json").read_text())
+    assert report["files"]["notes.txt"]["status"] == "skipped"
+    assert "not a DICOM file" in report["files"]["notes.txt"]["reason"]
+    assert report["files"]["report.dcm"] == {"status": "skipped", "reason": "non-image SOP class: Basic Text SR Storage"}
+    assert sum(entry["status"] == "used" for entry in report["files"].values()) == 7
+    assert report["summary"]["structured_reports"] == 1
+    for series in report["series"]:
+        assert sum(series["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+        per_image = np.array([list(image["probabilities"].values()) for image in series["images"]])
+        assert np.allclose(per_image.mean(axis=0), list(series["probabilities"].values()), atol=1e-6)
+    assert "Skipping input file notes.txt: not a DICOM file" in result.stderr + result.stdout
+    assert "Skipping input file report.dcm: non-image SOP class: Basic Text SR Storage" in result.stderr + result.stdout
+
+
+def test_no_phi_in_logs_or_run_report(sample_study: Path, model_package: Path, tmp_path: Path) -> None:
+    result = run_app(sample_study, tmp_path / "out", model_package)
+    assert result.returncode == 0, result.stderr[-3000:]
+    logs = result.stdout + result.stderr
+    report = (tmp_path / "out" / "run_report.json").read_text()
+    for ds in _input_instances(sample_study).values():
+        for identifier in (str(ds.PatientName), ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID):
+            assert identifier not in logs, f"{identifier!r} leaked into the logs"
+            assert identifier not in report, f"{identifier!r} leaked into the run report"
+
+
+def test_sampling_policy_uses_evenly_spaced_slices_and_reports_the_rest(sample_study: Path, model_package: Path, tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "app" / "config", config)
+    settings = json.loads((config / "app.json").read_text())
+    settings["sampling"]["max_images_per_series"] = 3
+    (config / "app.json").write_text(json.dumps(settings))
+
+    result = run_app(sample_study, tmp_path / "out", model_package, env={"BIOMEDCLIP_APP_CONFIG": str(config / "app.json")})
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "run_report.json").read_text())
+    ct5 = {name: entry for name, entry in report["files"].items() if name.startswith("CT5N/")}
+    used = sorted(name for name, entry in ct5.items() if entry["status"] == "used")
+    # CT5N holds instance numbers 6..10 in files 2062, 2392, 2693, 3023, 3353: first, middle, last.
+    assert used == ["CT5N/2062", "CT5N/2693", "CT5N/3353"]
+    for name in set(ct5) - set(used):
+        assert ct5[name] == {"status": "not used", "reason": "not sampled (series sampling policy)"}
+    (five,) = [s for s in report["series"] if s["images_total"] == 5]
+    assert five["sampling"] == "3 of 5 images, evenly spaced (max_images_per_series=3)"
+    sr = hd.sr.srread(_only_sr(tmp_path / "out"))
+    sources = {
+        item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        for group in sr.content.get_image_measurement_groups()
+        for item in group[0].ContentSequence
+        if item.ConceptNameCodeSequence[0].CodeValue == "121112"
+    }
+    assert len(sources) == 2 + 3
+
+
+def test_folder_without_usable_images_exits_non_zero_with_one_line_reason(model_package: Path, tmp_path: Path) -> None:
+    input_dir = tmp_path / "input"
+    input_dir.mkdir()
+    (input_dir / "notes.txt").write_text("hello")
+    shutil.copyfile(NON_IMAGE_SR, input_dir / "report.dcm")
+    before = tree_digest(input_dir)
+
+    result = run_app(input_dir, tmp_path / "out", model_package)
+
+    assert result.returncode == 2
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "no usable image in the input: 2 file(s), 2 skipped" in line
+    assert not list((tmp_path / "out").glob("*.dcm"))
+    report = json.loads((tmp_path / "out" / "run_report.json").read_text())
+    assert report["summary"]["skipped"] == 2
+    assert tree_digest(input_dir) == before
+
+
+def test_missing_model_package_is_a_one_line_error(sample_study: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "models"
+    empty.mkdir()
+    result = run_app(sample_study, tmp_path / "out", empty)
+    assert result.returncode == 2
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert line == f"error: {empty}: no model package (manifest.json) found; build one with scripts/build_model.py"

@@ -1,0 +1,82 @@
+"""The model package: exact BiomedCLIP architecture, ONNX Runtime == open_clip PyTorch, integrity checked."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.builder import load_biomedclip
+from operators.backends import OnnxRuntimeBackend, TorchBackend, create_backend
+from operators.model_package import ModelPackage, ModelPackageError
+from tests.conftest import SEED
+
+
+@pytest.fixture(scope="module")
+def reference_model(tmp_path_factory: pytest.TempPathFactory):
+    model, tokenizer, weights = load_biomedclip(None, SEED, tmp_path_factory.mktemp("ref"))
+    return model, tokenizer, weights
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_architecture_is_biomedclip(reference_model) -> None:
+    model, tokenizer, weights = reference_model
+    assert weights.random_init and weights.seed == SEED
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(195.9e6, rel=1e-3)
+    assert model.visual.trunk.patch_embed.proj.kernel_size == (16, 16)
+    assert model.text.config.num_hidden_layers == 12 and model.text.config.hidden_size == 768
+    assert tokenizer(["a chest X-ray"]).shape == (1, 256)
+    assert model.encode_image(torch.zeros(1, 3, 224, 224)).shape == (1, 512)
+
+
+def test_onnx_runtime_equals_open_clip_pytorch(model_package: Path, reference_model) -> None:
+    model = reference_model[0]
+    x = np.random.default_rng(1).standard_normal((3, 3, 224, 224)).astype(np.float32)
+    with torch.no_grad():
+        expected = model.encode_image(torch.from_numpy(x)).numpy()
+    package = ModelPackage.load(model_package)
+    for backend in (OnnxRuntimeBackend(package), TorchBackend(package)):
+        assert _cosine(backend.embed(x), expected).min() >= 0.9999, backend.name
+    assert create_backend("auto", package).name.startswith("onnxruntime")
+
+
+def test_label_embeddings_come_from_the_text_tower(model_package: Path, reference_model) -> None:
+    model, tokenizer, _ = reference_model
+    package = ModelPackage.load(model_package)
+    label = package.labels.labels[0]
+    with torch.no_grad():
+        text = model.encode_text(tokenizer(list(label.prompts))).numpy()
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    mean = text.mean(0) / np.linalg.norm(text.mean(0))
+    assert _cosine(package.head.label_embeddings[:1], mean[None])[0] == pytest.approx(1.0, abs=1e-5)
+    assert package.head.logit_scale == pytest.approx(float(model.logit_scale.exp()))
+
+
+def test_random_package_says_so(model_package: Path, caplog: pytest.LogCaptureFixture) -> None:
+    package = ModelPackage.load(model_package)
+    assert package.manifest["weights"] == {"source": "random-init", "random_init": True, "seed": SEED, "sha256": None}
+    assert "RANDOM-INIT" in package.identity
+    assert "RANDOM weights" in caplog.text
+
+
+def test_seeded_builds_are_identical(reference_model, tmp_path: Path) -> None:
+    again = load_biomedclip(None, SEED, tmp_path)[0]
+    for (name, a), b in zip(reference_model[0].state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_corrupt_package_is_refused(model_package: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "pkg"
+    shutil.copytree(model_package, copy, ignore=shutil.ignore_patterns("image_encoder.*"))
+    for name in ("image_encoder.onnx", "image_encoder.safetensors"):
+        (copy / name).symlink_to(model_package / name)
+    embeddings = np.load(copy / "label_embeddings.npy")
+    np.save(copy / "label_embeddings.npy", embeddings[::-1])
+    with pytest.raises(ModelPackageError, match="label_embeddings.npy: sha256 does not match"):
+        ModelPackage.load(copy)
