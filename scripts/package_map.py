@@ -9,7 +9,8 @@ Steps, all offline but the image build:
    ``/opt/holoscan/app`` and runs ``python3 /opt/holoscan/app``, while this app's code spans the
    ``app`` and ``operators`` packages. The folder holds both, ``deploy/map_main.py`` as its
    ``__main__.py``, and the container's ``requirements.txt``: the pins of the repository's
-   ``requirements.txt`` that the app needs (see ``container_requirements``).
+   ``requirements.txt`` that the app needs (see ``container_requirements``). The model package is
+   staged too, every file readable by the container's non-root user.
 2. Write the build context ``OUT/context`` (Dockerfile, ``map/app.json``, ``map/pkg.json``, ``app/``,
    ``models/``, ``pip/requirements.txt``, ``app.config``, ``tools``) through holoscan-cli's own
    packager code, with the artifacts manifest ``deploy/artifacts.json`` instead of GitHub's, and
@@ -37,7 +38,7 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from operators.model_package import ModelPackage  # noqa: E402
+from operators.model_package import ModelPackage, ModelPackageError  # noqa: E402
 
 DEPLOY = ROOT / "deploy"
 APP_CONFIG = ROOT / "app.yaml"
@@ -68,21 +69,20 @@ def check_packager_versions() -> None:
             )
 
 
+def _entries(path: Path) -> list[str]:
+    """The lines of a requirements-style file, comments and blank lines dropped."""
+    return [entry for entry in (line.split("#", 1)[0].strip() for line in path.read_text().splitlines()) if entry]
+
+
 def read_pins(requirements: Path) -> dict[str, str]:
     """Canonical name -> the ``name==version`` line of a pinned requirements file."""
     pins = {}
-    for line in requirements.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            requirement = Requirement(line)
-            if [spec.operator for spec in requirement.specifier] != ["=="]:
-                raise PackagingError(f"{requirements}: {line!r} is not pinned with ==")
-            pins[canonicalize_name(requirement.name)] = line
+    for line in _entries(requirements):
+        requirement = Requirement(line)
+        if [spec.operator for spec in requirement.specifier] != ["=="]:
+            raise PackagingError(f"{requirements}: {line!r} is not pinned with ==")
+        pins[canonicalize_name(requirement.name)] = line
     return pins
-
-
-def read_names(path: Path) -> set[str]:
-    return {canonicalize_name(line.split("#", 1)[0].strip()) for line in path.read_text().splitlines() if line.split("#", 1)[0].strip()}
 
 
 def _container_marker_environment(extra: str) -> dict[str, str]:
@@ -127,7 +127,7 @@ def container_requirements(requirements: Path, excluded: Path) -> str:
     missing = sorted(name for name in pins if not _installed(name))
     if missing:
         raise PackagingError(f"pinned in {requirements.name} but not installed here: {', '.join(missing)}; run scripts/setup.sh")
-    tool_only = dependency_closure(read_names(excluded))
+    tool_only = dependency_closure(_entries(excluded))
     shipped = dependency_closure(name for name in pins if name not in tool_only)
     unpinned = sorted(shipped - set(pins))
     lines = [
@@ -148,12 +148,23 @@ def _installed(name: str) -> bool:
     return True
 
 
+def _copy_readable(source: Path, dest: Path) -> None:
+    """Copy a folder with modes 0644/0755: the container runs as UID 1000 while COPY keeps the
+    files' owner (root) and mode, so a 0600 file (a restrictive umask, say) would be unreadable."""
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), copy_function=shutil.copyfile)
+    for path in (dest, *dest.rglob("*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
 def stage_application(dest: Path) -> None:
     """The folder the packager copies to /opt/holoscan/app: app/, operators/, __main__.py, requirements.txt."""
+    dest.mkdir(parents=True)
     for package in APP_PACKAGES:
-        shutil.copytree(ROOT / package, dest / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        _copy_readable(ROOT / package, dest / package)
     shutil.copyfile(DEPLOY / "map_main.py", dest / "__main__.py")
     (dest / "requirements.txt").write_text(container_requirements(ROOT / "requirements.txt", DEPLOY / "not-in-container.txt"))
+    for path in (dest / "__main__.py", dest / "requirements.txt"):
+        path.chmod(0o644)
 
 
 def packager_argv(application: Path, tag: str, models: Path, platform: str) -> list[str]:
@@ -166,9 +177,9 @@ def packager_argv(application: Path, tag: str, models: Path, platform: str) -> l
     ]
 
 
-def write_build_context(argv: list[str], context: Path) -> list[str]:
+def write_build_context(argv: list[str], context: Path) -> tuple[str, list[str]]:
     """Run holoscan-cli 4.2.0's packaging steps up to, not including, ``docker buildx build``, in
-    ``context``; return the equivalent ``docker buildx build`` command line."""
+    ``context``; return the image name and the equivalent ``docker buildx build`` command line."""
     from holoscan_cli.__main__ import parse_args, set_up_logging
     from holoscan_cli.packager import packager
     from holoscan_cli.packager.arguments import PackagingArguments
@@ -185,7 +196,7 @@ def write_build_context(argv: list[str], context: Path) -> list[str]:
     builder._write_dockerfile(platform)
     build = packaging.build_parameters
     build_args = {"UID": build.uid, "GID": build.gid, "UNAME": build.username, "GPU_TYPE": platform.platform_config.value}
-    return [
+    return platform.tag, [
         "docker", "buildx", "build", "--platform", platform.docker_arch, "--tag", platform.tag, "--load",
         *(f"--build-arg={key}={value}" for key, value in build_args.items()),
         "--file", "Dockerfile", ".",
@@ -197,7 +208,32 @@ def docker_can_build() -> bool:
     if shutil.which("docker") is None:
         return False
     checks = (["docker", "buildx", "version"], ["docker", "info"])
-    return all(subprocess.run(check, capture_output=True).returncode == 0 for check in checks)
+    return all(subprocess.run(check, capture_output=True, timeout=60).returncode == 0 for check in checks)
+
+
+def stage(staging: Path, tag: str, package_root: Path, platform: str) -> list[str]:
+    """Stage the application folder and a copy of the model package; return the packager command."""
+    application, models = staging / "app", staging / "models" / package_root.name
+    stage_application(application)
+    _copy_readable(package_root, models)
+    return packager_argv(application, tag, models, platform)
+
+
+def write_outputs(command: list[str], out: Path) -> tuple[str, Path]:
+    """``out/context`` (replaced only once complete) and ``out/build_image.sh``; return the image name and the script."""
+    context, partial = out / "context", out / "context.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    image, build_command = write_build_context(command, partial)
+    shutil.rmtree(context, ignore_errors=True)
+    partial.rename(context)
+    script = out / "build_image.sh"
+    script.write_text(
+        "#!/bin/sh\n# The image build monai-deploy package runs, on the build context beside this script.\n"
+        f'set -e\ncd "$(dirname "$0")/context"\n{shlex.join(build_command)}\n'
+    )
+    script.chmod(0o755)
+    return image, script
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,32 +248,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_packager_versions()
         package = ModelPackage.load(args.models)  # refuse to ship an incomplete or corrupt package
-    except Exception as exc:  # noqa: BLE001 - one-line reason for the user
+    except (PackagingError, ModelPackageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if package.is_random_init:
         print(f"warning: {package.root} has RANDOM weights: the MAP will produce no clinical findings", file=sys.stderr)
 
-    out = args.out.resolve()
-    context = out / "context"
-    with tempfile.TemporaryDirectory(prefix="biomedclip-map-") as staging_root:
-        application = Path(staging_root) / "app"
-        stage_application(application)
-        command = packager_argv(application, args.tag, package.root, args.platform)
-        partial = out / "context.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        build_command = write_build_context(command, partial)
-        shutil.rmtree(context, ignore_errors=True)
-        partial.rename(context)
-        script = out / "build_image.sh"
-        script.write_text(
-            "#!/bin/sh\n# The image build monai-deploy package runs, on the build context beside this script.\n"
-            f'set -e\ncd "$(dirname "$0")/context"\n{shlex.join(build_command)}\n'
-        )
-        script.chmod(0o755)
-        print(f"MAP build context written to {context} (Dockerfile, map/app.json, map/pkg.json, app/, models/, pip/requirements.txt)")
-
+    with tempfile.TemporaryDirectory(prefix="biomedclip-map-") as staging:
+        command = stage(Path(staging), args.tag, package.root, args.platform)
+        image, script = write_outputs(command, args.out.resolve())
+        print(f"MAP build context written to {script.parent / 'context'} (Dockerfile, map/app.json, map/pkg.json, app/, models/, pip/requirements.txt)")
+        print(f"image name (the packager adds platform, configuration and architecture): {image}")
         if args.context_only or not docker_can_build():
             reason = "--context-only" if args.context_only else "Docker with buildx and a running daemon is not available here"
             print(f"NO IMAGE WAS BUILT ({reason}). Build it on a Docker host with: sh {script}")

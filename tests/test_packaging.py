@@ -59,14 +59,18 @@ def test_without_docker_the_build_context_is_complete_and_no_image_is_claimed(pa
     for name in ("Dockerfile", "map/app.json", "map/pkg.json", "app.config", "tools", "pip/requirements.txt", "app/__main__.py"):
         assert (context / name).is_file(), name
     assert (context / "app.config").read_bytes() == (ROOT / "app.yaml").read_bytes()
-    assert tree_digest(context / "models" / model_package.name) == tree_digest(model_package)
+    shipped_models = context / "models" / model_package.name
+    assert {name: digest[:64] for name, digest in tree_digest(shipped_models).items()} == {name: digest[:64] for name, digest in tree_digest(model_package).items()}
+    assert all(p.stat().st_mode & 0o444 == 0o444 for p in context.rglob("*")), "the container user (UID 1000) must read every file"
     for package in ("app", "operators"):
         shipped = {p.relative_to(context / "app" / package) for p in (context / "app" / package).rglob("*.py")}
         assert shipped == {p.relative_to(ROOT / package) for p in (ROOT / package).rglob("*.py")}, package
     assert not list(context.rglob("__pycache__"))
 
+    image = "biomedclip-zero-shot-x64-workstation-dgpu-linux-amd64:test"  # holoscan-cli names the image per platform
+    assert f"image name (the packager adds platform, configuration and architecture): {image}" in result.stdout
     build = (out / "build_image.sh").read_text()
-    assert f"--tag {TAG}" in build and "--platform linux/amd64" in build
+    assert f"--tag {image}" in build and "--platform linux/amd64" in build
     assert "--build-arg=UID=1000" in build and "--build-arg=GID=1000" in build and "--build-arg=UNAME=holoscan" in build
 
 
@@ -101,8 +105,9 @@ def test_dockerfile_installs_pinned_requirements_ships_models_and_runs_as_non_ro
     assert copies["/opt/holoscan/app"] == "app"
     assert copies["/tmp/requirements.txt"] == "pip/requirements.txt"
     assert "RUN pip install --no-cache-dir --user -r /tmp/requirements.txt" in dockerfile
-    assert "ENV HOLOSCAN_MODEL_PATH=/opt/holoscan/models/" in dockerfile
-    assert "RUN chown -R holoscan /var/holoscan/" in dockerfile, "the work dir (engine cache) must be writable"
+    assert "ENV HOLOSCAN_MODEL_PATH=/opt/holoscan/models\n" in dockerfile
+    assert "ENV HOLOSCAN_WORKDIR=/var/holoscan\n" in dockerfile
+    assert "RUN chown -R holoscan /var/holoscan " in dockerfile, "the work dir (engine cache) must be writable by the app"
     users = re.findall(r"^USER (\S+)$", dockerfile, re.M)
     assert users and users[-1] == "$UNAME", "the app must run as the packager's non-root user"
     assert dockerfile.index("USER $UNAME") < dockerfile.index("ENTRYPOINT")
@@ -178,3 +183,33 @@ def test_build_context_alone_runs_the_sample_study_like_the_repository(context: 
     (expected_sr,) = sorted(repo_out.glob("*.dcm"))
     assert _findings(sr_path) == _findings(expected_sr)
     assert str(ROOT) not in result.stdout + result.stderr, "the run must not touch the repository"
+
+
+def test_map_entrypoint_exits_0_whatever_the_app_returns(context: Path, tmp_path: Path) -> None:
+    """Why docs/deployment.md has orchestrators run ``python3 /opt/holoscan/app`` themselves:
+    holoscan-cli 4.2.0's entrypoint (``tools``) drops the application's exit code."""
+    manifest = tmp_path / "app.json"
+    manifest.write_text(json.dumps({"command": json.dumps([sys.executable, str(context / "app")])}))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {**os.environ, "HOLOSCAN_APP_MANIFEST_PATH": str(manifest), "HOLOSCAN_INPUT_PATH": str(empty),
+           "HOLOSCAN_OUTPUT_PATH": str(tmp_path / "out"), "HOLOSCAN_MODEL_PATH": str(empty)}
+
+    app_alone = subprocess.run([sys.executable, str(context / "app")], env=env, capture_output=True, text=True, timeout=300)
+    through_entrypoint = subprocess.run(["bash", str(context / "tools")], env=env, capture_output=True, text=True, timeout=300)
+
+    assert app_alone.returncode == 2 and "no model package" in app_alone.stderr
+    assert "no model package" in through_entrypoint.stderr + through_entrypoint.stdout
+    assert through_entrypoint.returncode == 0
+
+
+def test_refuses_to_package_without_a_usable_model_package(tmp_path: Path) -> None:
+    empty = tmp_path / "models"
+    empty.mkdir()
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "package_map.py"), "--models", str(empty), "--out", str(tmp_path / "map")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {empty}: no model package (manifest.json) found; build one with scripts/build_model.py"
+    assert not (tmp_path / "map").exists()
