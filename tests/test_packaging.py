@@ -193,7 +193,8 @@ def test_map_entrypoint_exits_0_whatever_the_app_returns(context: Path, tmp_path
     empty = tmp_path / "empty"
     empty.mkdir()
     env = {**os.environ, "HOLOSCAN_APP_MANIFEST_PATH": str(manifest), "HOLOSCAN_INPUT_PATH": str(empty),
-           "HOLOSCAN_OUTPUT_PATH": str(tmp_path / "out"), "HOLOSCAN_MODEL_PATH": str(empty)}
+           "HOLOSCAN_OUTPUT_PATH": str(tmp_path / "out"), "HOLOSCAN_MODEL_PATH": str(empty),
+           "HOLOSCAN_CONFIG_PATH": str(context / "app.config")}  # the SDK refuses to run without its config file
 
     app_alone = subprocess.run([sys.executable, str(context / "app")], env=env, capture_output=True, text=True, timeout=300)
     through_entrypoint = subprocess.run(["bash", str(context / "tools")], env=env, capture_output=True, text=True, timeout=300)
