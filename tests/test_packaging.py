@@ -123,6 +123,31 @@ def test_container_requirements_are_the_repository_pins_the_app_needs(context: P
     assert not names & {"pytest", "matplotlib", "transformers", "onnxscript", "pydicom-data", "deid-data"}
 
 
+def _printed(log: str, name: str) -> str:
+    """A file the packager prints at DEBUG level between its Begin/End banners."""
+    return re.search(rf"=+ Begin {re.escape(name)} =+\n(.*?)\n=+ End {re.escape(name)} =+", log, re.S).group(1)
+
+
+def test_build_context_is_what_monai_deploy_package_generates(context: Path, model_package: Path, tmp_path: Path) -> None:
+    """The script's staged folder through the real ``monai-deploy package`` command line, where no
+    Docker can be found: it runs offline up to the image build, and the Dockerfile and manifests it
+    generated (printed at DEBUG level) are those of the script's build context."""
+    from scripts.package_map import stage
+
+    command = stage(tmp_path / "staging", TAG, model_package, "x86_64")
+    command[0] = str(Path(sys.executable).parent / "monai-deploy")
+    no_tools = tmp_path / "empty-path"
+    no_tools.mkdir()
+    result = subprocess.run([*command, "-l", "DEBUG"], capture_output=True, text=True, timeout=600, env={**os.environ, "PATH": str(no_tools)})
+
+    log = result.stdout + result.stderr
+    assert result.returncode == 1 and "Error packaging application" in log, log[-3000:]
+    assert "Using CLI manifest file from" in log and "Downloading CLI manifest" not in log
+    assert _printed(log, "Dockerfile").strip() == (context / "Dockerfile").read_text().strip()
+    for manifest in ("app.json", "pkg.json"):
+        assert json.loads(_printed(log, manifest)) == _json(context / "map" / manifest), manifest
+
+
 def _container_site_packages(requirements: Path, dest: Path) -> Path:
     """A site-packages holding only the distributions the container's requirements name (links)."""
     dest.mkdir()
