@@ -62,6 +62,7 @@ def test_without_docker_the_build_context_is_complete_and_no_image_is_claimed(pa
     shipped_models = context / "models" / model_package.name
     assert {name: digest[:64] for name, digest in tree_digest(shipped_models).items()} == {name: digest[:64] for name, digest in tree_digest(model_package).items()}
     assert all(p.stat().st_mode & 0o444 == 0o444 for p in context.rglob("*")), "the container user (UID 1000) must read every file"
+    assert sorted(p.name for p in (context / "app").iterdir()) == ["__main__.py", "app", "operators", "requirements.txt"]
     for package in ("app", "operators"):
         shipped = {p.relative_to(context / "app" / package) for p in (context / "app" / package).rglob("*.py")}
         assert shipped == {p.relative_to(ROOT / package) for p in (ROOT / package).rglob("*.py")}, package
@@ -197,7 +198,8 @@ def test_build_context_alone_runs_the_sample_study_like_the_repository(context: 
     python, *arguments = json.loads(app["command"])
     assert python == "python3"
     env = {name: in_context(value) if "/" in value else value for name, value in app["environment"].items()}
-    env.update(PATH=os.environ["PATH"], HOME=str(tmp_path), PYTHONPATH=str(site))
+    # The app folder is root-owned in the image: no bytecode is written there.
+    env.update(PATH=os.environ["PATH"], HOME=str(tmp_path), PYTHONPATH=str(site), PYTHONDONTWRITEBYTECODE="1")
     result = subprocess.run(
         [sys.executable, "-S", *(in_context(a) for a in arguments)],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=600,
@@ -219,7 +221,8 @@ def test_map_entrypoint_exits_0_whatever_the_app_returns(context: Path, tmp_path
     empty.mkdir()
     env = {**os.environ, "HOLOSCAN_APP_MANIFEST_PATH": str(manifest), "HOLOSCAN_INPUT_PATH": str(empty),
            "HOLOSCAN_OUTPUT_PATH": str(tmp_path / "out"), "HOLOSCAN_MODEL_PATH": str(empty),
-           "HOLOSCAN_CONFIG_PATH": str(context / "app.config")}  # the SDK refuses to run without its config file
+           "HOLOSCAN_CONFIG_PATH": str(context / "app.config"),  # the SDK refuses to run without its config file
+           "PYTHONDONTWRITEBYTECODE": "1"}
 
     app_alone = subprocess.run([sys.executable, str(context / "app")], env=env, capture_output=True, text=True, timeout=300)
     through_entrypoint = subprocess.run(["bash", str(context / "tools")], env=env, capture_output=True, text=True, timeout=300)
