@@ -255,14 +255,16 @@ def report(paths: list[Path], out_dir: Path) -> str:
                          f"{run['fidelity_images']} real images; seeded random weights (same compute as real weights). "
                          f"Physical limit at {FLOPS_PER_IMAGE / 1e9:.1f} GFLOP/image (dense matmul measured on a lent H200: "
                          f"bf16 766, fp8 1,384 TFLOP/s): ≈ {766e12 / FLOPS_PER_IMAGE:,.0f} img/s fp16/bf16, "
-                         f"≈ {1384e12 / FLOPS_PER_IMAGE:,.0f} img/s fp8.")
+                         f"≈ {1384e12 / FLOPS_PER_IMAGE:,.0f} img/s fp8. fp32 is true fp32 (PyTorch's default, TF32 off).")
+        memory = "peak_gpu_mib" in run["results"][0]["rows"][-1]
         lines += ["", "| configuration | " + " | ".join(f"bs{r['batch']} ms (img/s)" for r in run["results"][0]["rows"])
-                  + " | cosine min / mean | top-1 agreement |",
-                  "|---|" + "---:|" * (len(run["results"][0]["rows"]) + 2)]
+                  + (" | peak GPU MiB (largest batch)" if memory else "") + " | cosine min / mean | top-1 agreement |",
+                  "|---|" + "---:|" * (len(run["results"][0]["rows"]) + 2 + memory)]
         for result in run["results"]:
             cells = [f"{r['median_ms']:.2f} ({r['images_per_s']:,.0f})" for r in result["rows"]]
             f = result["fidelity"]
-            lines.append(f"| {result['config']} | " + " | ".join(cells)
+            peak = f" | {result['rows'][-1]['peak_gpu_mib']:,.0f}" if memory else ""
+            lines.append(f"| {result['config']} | " + " | ".join(cells) + peak
                          + f" | {f['cosine_min']:.4f} / {f['cosine_mean']:.4f} | {f['top1_agreement']:.1%} |")
         for name, why in run.get("unavailable", {}).items():
             lines.append(f"| {name} | not run: {why} |" + " |" * (len(run['results'][0]['rows']) + 1))
@@ -282,10 +284,11 @@ def chart(runs: list[dict[str, Any]], path: Path) -> None:
     if not gpu_runs:
         return
     fig, ax = plt.subplots(figsize=(8, 5))
-    for run in gpu_runs:
-        for result in run["results"]:
-            rows = result["rows"]
-            ax.plot([r["batch"] for r in rows], [r["images_per_s"] for r in rows], marker="o", label=result["config"])
+    results = [result for run in gpu_runs for result in run["results"]]
+    colours = plt.cm.tab20(np.linspace(0, 1, max(len(results), 2)))
+    for result, colour in zip(results, colours):
+        rows = result["rows"]
+        ax.plot([r["batch"] for r in rows], [r["images_per_s"] for r in rows], marker="o", color=colour, label=result["config"])
     peak_bf16 = 766e12 / FLOPS_PER_IMAGE
     ax.axhline(peak_bf16, color="k", linestyle="--", linewidth=1, label=f"dense bf16 limit {peak_bf16:,.0f} img/s")
     ax.axhline(1384e12 / FLOPS_PER_IMAGE, color="grey", linestyle=":", linewidth=1,
