@@ -1,0 +1,171 @@
+"""The Basic Application Level Confidentiality Profile (DICOM PS3.15 Annex E, Table E.1-1) and its options,
+as data.
+
+``data/ps3_15_table_e1_1.json`` holds every row of Table E.1-1 (DICOM 2024b): the Basic Profile action and
+the action of each option column, plus the rows added to the table up to 2026c (Basic Profile column
+only) and the sample Safe Private Attributes of Table E.3.10-1. This module turns the table and the
+options a site chose into one resolved action per tag; ``operators.deidentification`` applies them.
+
+Combined actions (X/Z, X/D, Z/D, X/Z/D, X/Z/U*) let the de-identifier keep an attribute where the IOD
+requires it. Without the IOD's attribute types at hand this implementation takes the choice that is
+conformant whatever the type: D where D is allowed (a dummy value satisfies Type 1, 2 and 3), else Z,
+and for X/Z/U* (Referenced/Source Image Sequence) the sequence is kept with its UIDs replaced, so the
+references still resolve among the de-identified instances.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from enum import Enum
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Mapping
+
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+TABLE_PATH = Path(__file__).resolve().parent / "data" / "ps3_15_table_e1_1.json"
+#: Tag patterns of Table E.1-1 rows that are not single tags.
+CURVE_DATA, OVERLAY_DATA, OVERLAY_COMMENTS, PRIVATE = "50xxxxxx", "60xx3000", "60xx4000", "private"
+
+
+class Action(str, Enum):
+    """The action codes of PS3.15 Table E.1-1, once a combined action is resolved."""
+
+    REMOVE = "X"
+    ZERO = "Z"  # zero-length value
+    DUMMY = "D"  # non-zero-length dummy value consistent with the VR
+    KEEP = "K"  # keep; a sequence is kept and its items are de-identified
+    CLEAN = "C"  # replace with values of similar meaning known not to contain identifying information
+    UID = "U"  # replace with a UID consistent within the set of instances
+    #: C of the Retain Longitudinal Temporal Information with Modified Dates column: dates are shifted by
+    #: a whole number of days per patient, times kept (E.3.6)
+    SHIFT = "C(dates)"
+
+
+def resolve_combined(code: str) -> Action:
+    """One action for a (possibly combined) Table E.1-1 code, conformant whatever the attribute's IOD type."""
+    choices = code.replace("*", "").split("/")
+    if len(choices) == 1:
+        return Action(choices[0])
+    if "D" in choices:
+        return Action.DUMMY
+    if "U" in choices:  # X/Z/U*: keep the sequence, replace the UIDs inside it
+        return Action.KEEP
+    return Action.ZERO
+
+
+@dataclass(frozen=True)
+class ProfileOptions:
+    """The PS3.15 Annex E.3 options this app offers (``deidentification.options`` in ``app/config/app.json``).
+
+    Names follow the option column names of Table E.1-1; all are off by default.
+    """
+
+    retain_longitudinal_modified_dates: bool = False  # E.3.6: dates shifted by a per-patient offset
+    retain_patient_characteristics: bool = False  # E.3.7
+    retain_device_identity: bool = False  # E.3.8
+    retain_uids: bool = False  # E.3.9
+    retain_safe_private: bool = False  # E.3.10: Table E.3.10-1 entries only
+    clean_descriptors: bool = False  # E.3.5
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "ProfileOptions":
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown de-identification option(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+        for name, value in values.items():
+            if not isinstance(value, bool):
+                raise ValueError(f"de-identification option {name} must be true or false, not {value!r}")
+        return cls(**values)
+
+    def enabled(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name)]
+
+
+#: CID 7050 De-identification Method codes for the profile and each option (PS3.16).
+METHOD_CODES: dict[str, Code] = {
+    "basic": codes.DCM.BasicApplicationConfidentialityProfile,
+    "retain_longitudinal_modified_dates": codes.DCM.RetainLongitudinalTemporalInformationModifiedDatesOption,
+    "retain_patient_characteristics": codes.DCM.RetainPatientCharacteristicsOption,
+    "retain_device_identity": codes.DCM.RetainDeviceIdentityOption,
+    "retain_uids": codes.DCM.RetainUidsOption,
+    "retain_safe_private": codes.DCM.RetainSafePrivateOption,
+    "clean_descriptors": codes.DCM.CleanDescriptorsOption,
+}
+
+
+@dataclass(frozen=True)
+class SafePrivateAttribute:
+    """A row of PS3.15 Table E.3.10-1: private group, creator, element offset within the block (xx00-xxFF)."""
+
+    group: int
+    creator: str
+    element: int
+
+
+@dataclass(frozen=True)
+class DeidentificationProfile:
+    """Table E.1-1 resolved for a set of options: tag -> action, plus the pattern rows and safe private list."""
+
+    options: ProfileOptions
+    actions: Mapping[int, Action]
+    #: tag -> Basic Profile action, used where an option's C cannot apply to a value (see ``Deidentifier``)
+    basic_actions: Mapping[int, Action]
+    #: tags whose Basic Profile action is not K: their values identify the patient, and are what
+    #: Clean Descriptors removes from free text
+    identifying_tags: frozenset[int]
+    safe_private: frozenset[SafePrivateAttribute]
+    edition: str
+
+    @classmethod
+    def basic(cls, options: ProfileOptions | None = None) -> "DeidentificationProfile":
+        return load_profile(options or ProfileOptions())
+
+    @cached_property
+    def method_codes(self) -> list[Code]:
+        return [METHOD_CODES["basic"], *(METHOD_CODES[name] for name in self.options.enabled())]
+
+    @property
+    def method_description(self) -> str:
+        """De-identification Method (0012,0063): a short text; the codes are authoritative."""
+        enabled = self.options.enabled()
+        return f"PS3.15 {self.edition} E.1-1 Basic Profile" + (f" + {', '.join(enabled)}" if enabled else "")
+
+
+def _table() -> dict[str, Any]:
+    return json.loads(TABLE_PATH.read_text())
+
+
+def _effective_action(row: Mapping[str, Any], options: ProfileOptions) -> Action:
+    """The Basic Profile action, overridden by the column of an enabled option (K before C where two apply)."""
+    chosen = {name: code for name, code in row.get("options", {}).items() if getattr(options, name, False)}
+    if "K" in chosen.values():
+        return Action.KEEP
+    if chosen.get("retain_longitudinal_modified_dates") == "C":
+        return Action.SHIFT
+    if "C" in chosen.values():
+        return Action.CLEAN
+    return resolve_combined(row["basic"])
+
+
+def load_profile(options: ProfileOptions) -> DeidentificationProfile:
+    table = _table()
+    actions: dict[int, Action] = {}
+    basic: dict[int, Action] = {}
+    identifying: set[int] = set()
+    for row in table["attributes"] + table["attributes_after_2024b"]:
+        if not all(c in "0123456789ABCDEF" for c in row["tag"]):
+            continue  # the pattern rows (curves, overlays, private) are handled by the de-identifier
+        tag = int(row["tag"], 16)
+        actions[tag] = _effective_action(row, options)
+        basic[tag] = resolve_combined(row["basic"])
+        if row["basic"] != "K" and "clean_descriptors" not in row.get("options", {}):
+            identifying.add(tag)
+    safe = frozenset(
+        SafePrivateAttribute(int(s["group"], 16), s["creator"], int(s["element"], 16))
+        for s in table["safe_private"]["attributes"]
+    )
+    return DeidentificationProfile(options, actions, basic, frozenset(identifying), safe, table["edition"])
