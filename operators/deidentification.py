@@ -223,9 +223,7 @@ class Deidentifier:
 
     def _dummy(self, elem: DataElement) -> None:
         vr = elem.VR
-        if vr == "SQ":  # a dummy item could not carry meaning: an empty sequence
-            elem.value = Sequence()
-        elif vr == "UI":
+        if vr == "UI":
             self._replace_uids(elem)
         elif vr in PSEUDONYM_VRS:
             elem.value = "ANON" + self.keyed_hex(f"dummy|{elem.tag}|{elem.value}")[:12].upper()

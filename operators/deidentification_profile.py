@@ -8,26 +8,34 @@ options a site chose into one resolved action per tag; ``operators.deidentificat
 
 Combined actions (X/Z, X/D, Z/D, X/Z/D, X/Z/U*) let the de-identifier keep an attribute where the IOD
 requires it. Without the IOD's attribute types at hand this implementation takes the choice that is
-conformant whatever the type: D where D is allowed (a dummy value satisfies Type 1, 2 and 3), else Z,
-and for X/Z/U* (Referenced/Source Image Sequence) the sequence is kept with its UIDs replaced, so the
-references still resolve among the de-identified instances.
+conformant whatever the type (``resolve_combined``); for X/Z/U* (Referenced/Source Image Sequence) the
+sequence is kept with its UIDs replaced, so the references still resolve among the de-identified
+instances.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, fields
 from enum import Enum
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
 
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 TABLE_PATH = Path(__file__).resolve().parent / "data" / "ps3_15_table_e1_1.json"
-#: Tag patterns of Table E.1-1 rows that are not single tags.
-CURVE_DATA, OVERLAY_DATA, OVERLAY_COMMENTS, PRIVATE = "50xxxxxx", "60xx3000", "60xx4000", "private"
+#: X/Z sequences that are Type 2 in an image IOD: emptied (Z), not removed. Acquisition Context Sequence
+#: (0040,0555) is Type 2 in the Acquisition Context Module (PS3.3 C.7.6.14) of the enhanced image IODs.
+TYPE2_SEQUENCES = frozenset({0x00400555})
+
+
+def parse_tag(text: str) -> int | None:
+    """The tag of a Table E.1-1 row, or None for the pattern rows (50xx,xxxx 60xx,3000 60xx,4000, private)."""
+    return int(text, 16) if re.fullmatch(r"[0-9A-F]{8}", text) else None
 
 
 class Action(str, Enum):
@@ -44,16 +52,22 @@ class Action(str, Enum):
     SHIFT = "C(dates)"
 
 
-def resolve_combined(code: str) -> Action:
-    """One action for a (possibly combined) Table E.1-1 code, conformant whatever the attribute's IOD type."""
+def resolve_combined(code: str, tag: int, vr: str | None) -> Action:
+    """One action for a (possibly combined) Table E.1-1 code, conformant whatever the attribute's type in the IOD.
+
+    Values: D where D is allowed (a dummy satisfies Type 1, 2 and 3), else Z. Sequences: X/Z/U* keeps the
+    sequence with its UIDs replaced; otherwise X where allowed, since an empty Type 3 sequence is invalid
+    (PS3.5 7.5.3) and a dummy item could carry no meaning; a pure D sequence is removed too (those are
+    SR content, presentation-state graphics and observer sequences, of IODs this app does not accept).
+    """
     choices = code.replace("*", "").split("/")
+    if vr == "SQ":
+        if "U" in choices or choices == ["K"]:
+            return Action.KEEP
+        return Action.ZERO if choices == ["Z"] or (choices == ["X", "Z"] and tag in TYPE2_SEQUENCES) else Action.REMOVE
     if len(choices) == 1:
         return Action(choices[0])
-    if "D" in choices:
-        return Action.DUMMY
-    if "U" in choices:  # X/Z/U*: keep the sequence, replace the UIDs inside it
-        return Action.KEEP
-    return Action.ZERO
+    return Action.DUMMY if "D" in choices else Action.ZERO
 
 
 @dataclass(frozen=True)
@@ -139,7 +153,7 @@ def _table() -> dict[str, Any]:
     return json.loads(TABLE_PATH.read_text())
 
 
-def _effective_action(row: Mapping[str, Any], options: ProfileOptions) -> Action:
+def _effective_action(row: Mapping[str, Any], tag: int, vr: str | None, options: ProfileOptions) -> Action:
     """The Basic Profile action, overridden by the column of an enabled option (K before C where two apply)."""
     chosen = {name: code for name, code in row.get("options", {}).items() if getattr(options, name, False)}
     if "K" in chosen.values():
@@ -148,7 +162,7 @@ def _effective_action(row: Mapping[str, Any], options: ProfileOptions) -> Action
         return Action.SHIFT
     if "C" in chosen.values():
         return Action.CLEAN
-    return resolve_combined(row["basic"])
+    return resolve_combined(row["basic"], tag, vr)
 
 
 def load_profile(options: ProfileOptions) -> DeidentificationProfile:
@@ -157,11 +171,12 @@ def load_profile(options: ProfileOptions) -> DeidentificationProfile:
     basic: dict[int, Action] = {}
     identifying: set[int] = set()
     for row in table["attributes"] + table["attributes_after_2024b"]:
-        if not all(c in "0123456789ABCDEF" for c in row["tag"]):
-            continue  # the pattern rows (curves, overlays, private) are handled by the de-identifier
-        tag = int(row["tag"], 16)
-        actions[tag] = _effective_action(row, options)
-        basic[tag] = resolve_combined(row["basic"])
+        tag = parse_tag(row["tag"])
+        if tag is None:
+            continue  # the pattern rows are applied by the de-identifier
+        vr = dictionary_VR(tag) if dictionary_has_tag(tag) else None
+        actions[tag] = _effective_action(row, tag, vr, options)
+        basic[tag] = resolve_combined(row["basic"], tag, vr)
         if row["basic"] != "K" and "clean_descriptors" not in row.get("options", {}):
             identifying.add(tag)
     safe = frozenset(

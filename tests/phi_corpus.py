@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import json
 import re
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,15 +31,15 @@ from pydicom.data import get_testdata_file
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.uid import CTImageStorage
 
-from operators.deidentification_profile import TABLE_PATH
+from operators.deidentification_profile import TABLE_PATH, parse_tag
 
 DEID_DATA = Path(__import__("deid_data").__file__).parent / "data"
-#: Real images of the corpus: CT and MR (pydicom), enhanced multi-frame MR (pydicom), CT with fake PHI (deid-data).
+#: Real images of the corpus: CT and MR (pydicom), enhanced multi-frame MR (pydicom), DX with fake PHI (deid-data).
 SOURCES = (
     get_testdata_file("CT_small.dcm"),
     get_testdata_file("MR_small.dcm"),
     get_testdata_file("emri_small.dcm"),
-    str(DEID_DATA / "humans" / "ctbrain1.dcm"),
+    str(DEID_DATA / "animals" / "cat.dcm"),
 )
 #: Sequences outside Table E.1-1 used to nest markers deeper (the de-identifier must descend into them).
 NESTING_SEQUENCES = ("DerivationCodeSequence", "PurposeOfReferenceCodeSequence")
@@ -162,10 +163,8 @@ def table_tags() -> list[tuple[int, str]]:
     table = json.loads(TABLE_PATH.read_text())
     result = []
     for row in table["attributes"] + table["attributes_after_2024b"]:
-        if not all(c in "0123456789ABCDEF" for c in row["tag"]):
-            continue
-        tag = int(row["tag"], 16)
-        if tag >> 16 in NOT_IN_DATASET_GROUPS:
+        tag = parse_tag(row["tag"])
+        if tag is None or tag >> 16 in NOT_IN_DATASET_GROUPS:
             continue
         try:
             vr = dictionary_VR(tag)
@@ -267,3 +266,9 @@ def make_phi_corpus(out: Path, sources: tuple[str, ...] = SOURCES) -> PhiCorpus:
         ds.save_as(path, enforce_file_format=True)
         corpus.files.append(path)
     return corpus
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The "Error" lines dciodvfy (dicom3tools) reports for a file."""
+    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, errors="replace")
+    return [line for line in result.stderr.splitlines() if line.startswith("Error")]
