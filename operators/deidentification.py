@@ -47,13 +47,13 @@ IMPLEMENTATION_VERSION_NAME = "BMCLIP_DEID_1"
 
 #: Dummy values (action D) for VRs where a pseudonym of the original value would not be valid.
 DUMMY_DATE, DUMMY_DATETIME, DUMMY_TIME, DUMMY_AGE = "19000101", "19000101000000", "000000", "000D"
-#: Text VRs whose D value is a keyed pseudonym of the original (so equal originals stay equal).
-PSEUDONYM_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
+#: Text VRs: D gives a keyed pseudonym of the original (so equal originals stay equal); C cleans the text.
+TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
 NUMBER_STRING_VRS = frozenset({"DS", "IS"})
 BINARY_NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "AT"})
-TEXT_VRS = PSEUDONYM_VRS
-#: Free-text runs of this many digits or more are removed by cleaning (dates, record numbers, phone numbers).
-DIGIT_RUN = re.compile(r"\d{4,}")
+#: Removed from free text by cleaning: dates in any common notation, and runs of 4 or more digits (record
+#: numbers, phone numbers, years).
+DATE_OR_NUMBER = re.compile(r"\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}|\d{4,}")
 #: Maximum date shift for the Retain Longitudinal Temporal Information with Modified Dates Option.
 MAX_SHIFT_DAYS = 3650
 
@@ -225,7 +225,7 @@ class Deidentifier:
         vr = elem.VR
         if vr == "UI":
             self._replace_uids(elem)
-        elif vr in PSEUDONYM_VRS:
+        elif vr in TEXT_VRS:
             elem.value = "ANON" + self.keyed_hex(f"dummy|{elem.tag}|{elem.value}")[:12].upper()
         elif vr in ("DA", "DT", "TM", "AS"):
             elem.value = {"DA": DUMMY_DATE, "DT": DUMMY_DATETIME, "TM": DUMMY_TIME, "AS": DUMMY_AGE}[vr]
@@ -349,7 +349,7 @@ def _shift_date(value: str, days: int) -> str | None:
 def _clean_text(value: str, identifying: re.Pattern[str] | None) -> str:
     if identifying is not None:
         value = identifying.sub("", value)
-    return " ".join(DIGIT_RUN.sub("", value).split())
+    return " ".join(DATE_OR_NUMBER.sub("", value).split())
 
 
 def _study_attributes(ds: Dataset) -> Dataset:

@@ -28,9 +28,12 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 TABLE_PATH = Path(__file__).resolve().parent / "data" / "ps3_15_table_e1_1.json"
-#: X/Z sequences that are Type 2 in an image IOD: emptied (Z), not removed. Acquisition Context Sequence
-#: (0040,0555) is Type 2 in the Acquisition Context Module (PS3.3 C.7.6.14) of the enhanced image IODs.
-TYPE2_SEQUENCES = frozenset({0x00400555})
+#: Attributes the table lets be removed that are Type 2 (or 2C) in an image IOD: emptied (Z), not removed, so
+#: the output stays valid; an empty value carries no information. Acquisition Context Sequence (0040,0555,
+#: X/Z): Type 2 in the Acquisition Context Module (PS3.3 C.7.6.14). Responsible Person (0010,2297) and
+#: Responsible Organization (0010,2299), both X: Type 2C in the Patient Module (C.7.1.1) when the patient is
+#: an animal.
+EMPTIED_NOT_REMOVED = frozenset({0x00400555, 0x00102297, 0x00102299})
 
 
 def parse_tag(text: str) -> int | None:
@@ -61,10 +64,12 @@ def resolve_combined(code: str, tag: int, vr: str | None) -> Action:
     SR content, presentation-state graphics and observer sequences, of IODs this app does not accept).
     """
     choices = code.replace("*", "").split("/")
+    if "X" in choices and tag in EMPTIED_NOT_REMOVED:
+        return Action.ZERO
     if vr == "SQ":
         if "U" in choices or choices == ["K"]:
             return Action.KEEP
-        return Action.ZERO if choices == ["Z"] or (choices == ["X", "Z"] and tag in TYPE2_SEQUENCES) else Action.REMOVE
+        return Action.ZERO if choices == ["Z"] else Action.REMOVE
     if len(choices) == 1:
         return Action(choices[0])
     return Action.DUMMY if "D" in choices else Action.ZERO
@@ -143,10 +148,10 @@ class DeidentificationProfile:
         return [METHOD_CODES["basic"], *(METHOD_CODES[name] for name in self.options.enabled())]
 
     @property
-    def method_description(self) -> str:
-        """De-identification Method (0012,0063): a short text; the codes are authoritative."""
-        enabled = self.options.enabled()
-        return f"PS3.15 {self.edition} E.1-1 Basic Profile" + (f" + {', '.join(enabled)}" if enabled else "")
+    def method_description(self) -> list[str]:
+        """De-identification Method (0012,0063, LO, VM 1-n): the profile and each option, one value each (LO
+        holds 64 characters); the codes are authoritative."""
+        return [f"PS3.15 {self.edition} E.1-1 Basic Profile", *self.options.enabled()]
 
 
 def _table() -> dict[str, Any]:

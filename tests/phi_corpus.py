@@ -48,6 +48,8 @@ NOT_IN_DATASET_GROUPS = (0x0000, 0x0002)
 SAFE_PRIVATE_CREATOR, SAFE_PRIVATE_GROUP, SAFE_PRIVATE_ELEMENT = "SIEMENS MR HEADER", 0x0019, 0x0C  # B Value
 SAFE_PRIVATE_VALUE = "1000"
 TEXT_VRS = ("AE", "CS", "LO", "LT", "SH", "ST", "UC", "UT", "UR")
+TEXT_MARKER = re.compile(r"(PHI\d{5})([A-Z]{0,3})")
+NUMERIC_TOKEN = re.compile(r"(?<![0-9.])[0-9](?:[0-9.]*[0-9])?(?![0-9])")
 
 
 @dataclass
@@ -60,27 +62,27 @@ class PhiCorpus:
     #: the markers of date (DA, and DT date part) values, which the modified-dates option shifts
     date_markers: set[str] = field(default_factory=set)
 
-    def _pattern(self) -> re.Pattern[str]:
-        # digit boundaries: a numeric marker inside a longer number (a replaced UID) is no leak
-        words = "|".join(map(re.escape, sorted(self.markers, key=len, reverse=True)))
-        return re.compile(rf"(?<![0-9])(?:{words})(?![0-9])")
-
     def found_in(self, text: str) -> set[str]:
-        """The markers that occur in ``text``."""
-        return set(self._pattern().findall(text))
+        """The markers that occur in ``text``. Candidates are found by shape (fast on large files): a text
+        marker, possibly followed by more letters, or a maximal run of digits and dots, which is a marker only
+        if it equals one (a numeric marker inside a longer number, e.g. a replaced UID, is no leak)."""
+        found = set()
+        for match in TEXT_MARKER.finditer(text):
+            found.update(match.group(1) + match.group(2)[:k] for k in range(1, len(match.group(2)) + 1))
+        found.update(NUMERIC_TOKEN.findall(text))
+        return found & self.markers
 
     def found_in_bytes(self, data: bytes) -> set[str]:
-        return {m.decode() for m in re.compile(self._pattern().pattern.encode()).findall(data)}
+        return self.found_in(data.decode("latin-1"))
 
     def found_in_dataset(self, ds: Dataset) -> list[str]:
         """'keyword: marker' for every element (at any depth, file meta included) holding a marker."""
-        pattern = self._pattern()
         found: list[str] = []
 
         def check(_: Dataset, elem: pydicom.DataElement) -> None:
             if elem.VR != "SQ":
                 value = elem.value.decode("latin-1") if isinstance(elem.value, bytes) else str(elem.value)
-                found.extend(f"{elem.keyword or elem.tag}: {m}" for m in pattern.findall(value))
+                found.extend(f"{elem.keyword or elem.tag}: {m}" for m in sorted(self.found_in(value)))
                 if isinstance(elem.value, (int, float)) and (int(elem.tag), elem.value) in self.binary_markers:
                     found.append(f"{elem.keyword or elem.tag}: {elem.value}")
 

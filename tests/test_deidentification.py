@@ -114,9 +114,11 @@ def test_combined_actions_resolve_to_a_choice_valid_for_any_attribute_type(code:
     assert resolve_combined(code, 0x00080050, vr) is action
 
 
-def test_acquisition_context_sequence_is_emptied_not_removed() -> None:
-    """Type 2 in the Acquisition Context Module (PS3.3 C.7.6.14): X/Z resolves to Z."""
-    assert DeidentificationProfile.basic().actions[0x00400555] is Action.ZERO
+@pytest.mark.parametrize("keyword", ["AcquisitionContextSequence", "ResponsiblePerson", "ResponsibleOrganization"])
+def test_type_2_attributes_of_image_iods_are_emptied_not_removed(keyword: str) -> None:
+    """Acquisition Context Sequence (X/Z; Type 2, PS3.3 C.7.6.14), Responsible Person/Organization (X; Type 2C for
+    animals, C.7.1.1): Z, so that the output stays valid."""
+    assert DeidentificationProfile.basic().actions[pydicom.datadict.tag_for_keyword(keyword)] is Action.ZERO
 
 
 def test_unknown_or_non_boolean_options_are_refused_by_name() -> None:
