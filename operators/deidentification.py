@@ -352,11 +352,18 @@ def _clean_text(value: str, identifying: re.Pattern[str] | None) -> str:
     return " ".join(DATE_OR_NUMBER.sub("", value).split())
 
 
+#: Patient's Sex (0010,0040) enumerated values (PS3.3 C.7.1.1): any other original value is not carried into
+#: the SR, where it would make the writer fail with the value in its error message.
+PATIENT_SEX_VALUES = frozenset({"M", "F", "O"})
+
+
 def _study_attributes(ds: Dataset) -> Dataset:
     study = Dataset()
     for keyword in ORIGINAL_STUDY_KEYWORDS:
         if keyword in ds:
             setattr(study, keyword, copy.deepcopy(ds[keyword].value))
+    if "PatientSex" in study and study.PatientSex not in PATIENT_SEX_VALUES:
+        study.PatientSex = ""
     return study
 
 

@@ -126,3 +126,12 @@ def test_unknown_or_non_boolean_options_are_refused_by_name() -> None:
         ProfileOptions.from_mapping({"retain_everything": True})
     with pytest.raises(ValueError, match="retain_uids must be true or false"):
         ProfileOptions.from_mapping({"retain_uids": "yes"})
+
+
+@pytest.mark.parametrize(("sex", "kept"), [("M", "M"), ("F", "F"), ("O", "O"), ("male", ""), ("", "")])
+def test_only_an_enumerated_patient_sex_is_kept_for_the_sr(series: list[pydicom.Dataset], sex: str, kept: str) -> None:
+    """Patient's Sex is M, F or O (PS3.3 C.7.1.1); another original value would fail the SR writer, naming it."""
+    series[0].PatientSex = sex
+    deidentifier = Deidentifier(DeidentificationProfile.basic(), b"k")
+    ds = deidentifier.deidentify(series[0])
+    assert deidentifier.reidentification.original_study(ds.StudyInstanceUID).PatientSex == kept
