@@ -35,6 +35,8 @@ import pydicom
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dcm_anon import UIDMapper, anonymize_file  # noqa: E402
+from deid.dicom import replace_identifiers  # noqa: E402
 from dicognito.anonymizer import Anonymizer  # noqa: E402
 from dicomanonymizer import anonymize_dataset  # noqa: E402
 
@@ -44,6 +46,8 @@ from tests.phi_corpus import SOURCES, dciodvfy_errors, make_phi_corpus  # noqa: 
 
 BEGIN, END = "<!-- deid:begin -->", "<!-- deid:end -->"
 Tool = Callable[[pydicom.Dataset], pydicom.Dataset]
+#: path in -> de-identified file bytes out
+FileTool = Callable[[Path], bytes]
 
 
 def tools() -> dict[str, Tool]:
@@ -60,6 +64,27 @@ def tools() -> dict[str, Tool]:
 
     return {"this app": ours.deidentify, f"dicognito {version('dicognito')}": dicognito,
             f"dicom-anonymizer {version('dicom-anonymizer')}": dicom_anonymizer}
+
+
+def file_tools(folder: Path) -> dict[str, FileTool]:
+    """Every evaluated library as a user calls it, with its defaults: the timed ones, plus pydicom ``deid``
+    (default recipe) and ``dcm-anonymizer`` (file API only), evaluated for quality."""
+    named: dict[str, FileTool] = {name: (lambda path, tool=tool: run_once(tool, path.read_bytes())) for name, tool in tools().items()}
+
+    def deid(path: Path) -> bytes:
+        (ds,) = replace_identifiers(dicom_files=[str(path)])
+        out = io.BytesIO()
+        ds.save_as(out)  # its default recipe removes the SOP UIDs the File Meta needs: not a valid file
+        return out.getvalue()
+
+    def dcm_anon(path: Path) -> bytes:
+        target = folder / "dcm-anon" / path.name
+        anonymize_file(path, target, UIDMapper(salt="benchmark secret"))
+        return target.read_bytes()
+
+    named[f"deid {version('deid')} (default recipe)"] = deid
+    named[f"dcm-anonymizer {version('dcm-anonymizer')}"] = dcm_anon
+    return named
 
 
 def run_once(tool: Tool, data: bytes) -> bytes:
@@ -89,25 +114,25 @@ def evaluate(folder: Path) -> dict[str, dict]:
     corpus = make_phi_corpus(folder / "phi")
     real = [Path(p) for p in SOURCES]
     result = {}
-    for name, tool in tools().items():
-        outputs = [pydicom.dcmread(io.BytesIO(run_once(tool, path.read_bytes()))) for path in corpus.files]
+    for name, tool in file_tools(folder).items():
+        written = [tool(path) for path in corpus.files]
+        outputs = [pydicom.dcmread(io.BytesIO(data)) for data in written]
         leaks = set()
-        for path, ds in zip(corpus.files, outputs):
+        for path, ds, data in zip(corpus.files, outputs, written):
             leaks |= {f"{path.name}:{m}" for m in corpus.found_in_dataset(ds)}
-            buffer = io.BytesIO()
-            ds.save_as(buffer, enforce_file_format=True)
-            leaks |= {f"{path.name}:{m}" for m in corpus.found_in_bytes(buffer.getvalue())}
-        new_uids = [str(ds.SOPInstanceUID) for ds in outputs]
-        references = [str(ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID) if "ReferencedImageSequence" in ds else None for ds in outputs]
+            leaks |= {f"{path.name}:{m}" for m in corpus.found_in_bytes(data)}
+        new_uids = [str(ds.get("SOPInstanceUID", "")) for ds in outputs]
+        references = [str(ds.ReferencedImageSequence[0].get("ReferencedSOPInstanceUID")) if ds.get("ReferencedImageSequence") else None for ds in outputs]
         new_errors = 0
         for path in real:
             out = folder / f"{name.split()[0]}-{path.name}"
-            out.write_bytes(run_once(tool, path.read_bytes()))
+            out.write_bytes(tool(path))
             new_errors += len([e for e in dciodvfy_errors(out) if e not in dciodvfy_errors(path)])
         result[name] = {
             "markers_injected": len(corpus.markers),
             "distinct_markers_left": len({leak.split(":", 1)[1] for leak in leaks}),
             "marker_occurrences_left_per_file": round(len(leaks) / len(corpus.files), 1),
+            "sop_instance_uid_kept_valid": all(uid.startswith(("1.", "2.")) for uid in new_uids),
             "patient_identity_removed": all(ds.get("PatientIdentityRemoved") == "YES" for ds in outputs),
             "method_code_sequence": all("DeidentificationMethodCodeSequence" in ds for ds in outputs),
             "references_resolve": all(references[i] == new_uids[(i + 1) % len(outputs)] for i in range(len(outputs))),
@@ -131,10 +156,10 @@ def write_markdown(results: dict) -> None:
         + ") | new dciodvfy errors (4 real files) | Patient Identity Removed + method codes | references resolve |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name in speed["sample"]:
-        q = quality[name]
+    for name, q in quality.items():
+        sample, phi = speed["sample"].get(name), speed["phi"].get(name)
         lines.append(
-            f"| {name} | {speed['sample'][name]} | {1000 / speed['sample'][name]:.0f} | {speed['phi'][name]} | "
+            f"| {name} | {sample or '–'} | {f'{1000 / sample:.0f}' if sample else '–'} | {phi or '–'} | "
             f"{q['distinct_markers_left']} | {q['new_dciodvfy_errors_on_real_files']} | "
             f"{'yes' if q['patient_identity_removed'] and q['method_code_sequence'] else 'no'} | {'yes' if q['references_resolve'] else 'no'} |"
         )
