@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
+from pydicom import Dataset
 
 from operators.burned_in_annotation import burned_in_phi_risk
 from operators.deidentification import Deidentifier, DeidentificationProfile, deidentify_series
@@ -67,7 +68,7 @@ class DeidentificationOperator(Operator):
         op_output.emit(result, "series")
         op_output.emit(deidentifier.reidentification, "reidentification")
 
-    def _refuse_burned_in(self, originals: list) -> list:
+    def _refuse_burned_in(self, originals: list[Dataset]) -> list[Dataset]:
         """The instances that may go on; the others are marked refused (by original UID, in memory only)."""
         if self.accept_burned_in_annotation:
             return originals

@@ -41,8 +41,6 @@ SOURCES = (
     get_testdata_file("emri_small.dcm"),
     str(DEID_DATA / "animals" / "cat.dcm"),
 )
-#: Sequences outside Table E.1-1 used to nest markers deeper (the de-identifier must descend into them).
-NESTING_SEQUENCES = ("DerivationCodeSequence", "PurposeOfReferenceCodeSequence")
 #: Group 0000 (command) and 0002 (file meta) attributes of the table cannot sit in a stored dataset.
 NOT_IN_DATASET_GROUPS = (0x0000, 0x0002)
 SAFE_PRIVATE_CREATOR, SAFE_PRIVATE_GROUP, SAFE_PRIVATE_ELEMENT = "SIEMENS MR HEADER", 0x0019, 0x0C  # B Value
