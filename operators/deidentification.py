@@ -21,11 +21,12 @@ import hashlib
 import hmac
 import re
 import secrets
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Iterable
+from typing import Iterable, Iterator
 
-from pydicom import Dataset
+from pydicom import Dataset, config
 from pydicom.dataelem import DataElement
 from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence
@@ -152,15 +153,16 @@ class Deidentifier:
 
     def deidentify(self, original: Dataset) -> Dataset:
         """A de-identified deep copy of ``original`` (which is never modified)."""
-        ds = copy.deepcopy(original)
-        self._deidentify_dataset(ds, _Instance(self, original))
-        self._record_method(ds)
-        self._replace_file_meta(ds)
-        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
-            if keyword in original:  # with Retain UIDs the "replacement" is the original itself
-                self.reidentification.uids.setdefault(str(ds[keyword].value), str(original[keyword].value))
-        if "StudyInstanceUID" in ds:
-            self.reidentification.studies.setdefault(str(ds.StudyInstanceUID), _study_attributes(original))
+        with _values_not_quoted_in_logs():
+            ds = copy.deepcopy(original)
+            self._deidentify_dataset(ds, _Instance(self, original))
+            self._record_method(ds)
+            self._replace_file_meta(ds)
+            for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+                if keyword in original:  # with Retain UIDs the "replacement" is the original itself
+                    self.reidentification.uids.setdefault(str(ds[keyword].value), str(original[keyword].value))
+            if "StudyInstanceUID" in ds:
+                self.reidentification.studies.setdefault(str(ds.StudyInstanceUID), _study_attributes(original))
         return ds
 
     def deidentify_all(self, datasets: Iterable[Dataset]) -> list[Dataset]:
@@ -337,6 +339,20 @@ class Deidentifier:
         ds.preamble = b"\x00" * 128
 
 
+@contextmanager
+def _values_not_quoted_in_logs() -> Iterator[None]:
+    """pydicom's value validation warns with the offending value quoted ("Invalid value for VR DT: '…'") into the
+    log and stderr. Values derived from the original (a shifted date-time keeps its original time part, cleaned
+    text) are therefore assigned with validation off."""
+    settings = config.settings
+    modes = settings.reading_validation_mode, settings.writing_validation_mode
+    settings.reading_validation_mode = settings.writing_validation_mode = config.IGNORE
+    try:
+        yield
+    finally:
+        settings.reading_validation_mode, settings.writing_validation_mode = modes
+
+
 def _shift_date(value: str, days: int) -> str | None:
     """A DA value, or a DT value's date part, moved ``days`` into the past; None if it is not a full date."""
     try:
@@ -361,7 +377,7 @@ def _study_attributes(ds: Dataset) -> Dataset:
     study = Dataset()
     for keyword in ORIGINAL_STUDY_KEYWORDS:
         if keyword in ds:
-            setattr(study, keyword, copy.deepcopy(ds[keyword].value))
+            study[ds[keyword].tag] = copy.deepcopy(ds[keyword])
     if "PatientSex" in study and study.PatientSex not in PATIENT_SEX_VALUES:
         study.PatientSex = ""
     return study

@@ -7,6 +7,7 @@ import copy
 import importlib
 import json
 import re
+import warnings
 from pathlib import Path
 
 import pydicom
@@ -131,7 +132,26 @@ def test_unknown_or_non_boolean_options_are_refused_by_name() -> None:
 @pytest.mark.parametrize(("sex", "kept"), [("M", "M"), ("F", "F"), ("O", "O"), ("male", ""), ("", "")])
 def test_only_an_enumerated_patient_sex_is_kept_for_the_sr(series: list[pydicom.Dataset], sex: str, kept: str) -> None:
     """Patient's Sex is M, F or O (PS3.3 C.7.1.1); another original value would fail the SR writer, naming it."""
-    series[0].PatientSex = sex
+    series[0]["PatientSex"] = pydicom.DataElement(0x00100040, "CS", sex, validation_mode=pydicom.config.IGNORE)
     deidentifier = Deidentifier(DeidentificationProfile.basic(), b"k")
     ds = deidentifier.deidentify(series[0])
     assert deidentifier.reidentification.original_study(ds.StudyInstanceUID).PatientSex == kept
+
+
+def test_invalid_original_values_are_not_quoted_in_logs_or_warnings(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """pydicom warns about invalid values quoting them; reading the original for de-identification must not."""
+    path = tmp_path / "invalid.dcm"
+    ds = pydicom.dcmread(SAMPLE / "CT2N" / "6293")
+    invalid = {"PatientSex": ("CS", "male"), "PatientBirthDate": ("DA", "1961-03-04"), "StudyTime": ("TM", "10:11:12"),
+               "AcquisitionDateTime": ("DT", "19610304 T101112")}
+    for keyword, (vr, value) in invalid.items():
+        ds[keyword] = pydicom.DataElement(pydicom.datadict.tag_for_keyword(keyword), vr, value, validation_mode=pydicom.config.IGNORE)
+    with pydicom.config.disable_value_validation():
+        ds.save_as(path, enforce_file_format=True)
+    original = pydicom.dcmread(path)
+    with caplog.at_level("DEBUG"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Deidentifier(DeidentificationProfile.basic(ProfileOptions(retain_longitudinal_modified_dates=True)), b"k").deidentify(original)
+    said = caplog.text + "\n".join(str(w.message) for w in caught)
+    assert not [value for _, value in invalid.values() if value in said]
+    assert "T101112" not in said, "the kept time of a shifted date-time is original content too"
