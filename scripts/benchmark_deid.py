@@ -146,6 +146,7 @@ def evaluate(folder: Path) -> dict[str, dict]:
 
 def write_markdown(results: dict) -> None:
     speed, quality = results["ms_per_file"], results["quality"]
+    first = next(iter(quality.values()))
     lines = [
         BEGIN,
         "## De-identification (PS3.15 Annex E) vs dicognito and dicom-anonymizer",
@@ -153,9 +154,9 @@ def write_markdown(results: dict) -> None:
         f"`{results['command']}` on {results['cpu']} ({results['load']}); one run, tools interleaved, "
         f"median of {results['repeats']} repeats × files; read from memory + de-identify + write to memory.",
         "",
-        "| tool | ms/file, sample files (" + str(results["files"]["sample"]) + ") | files/s | ms/file, PHI-injected corpus ("
-        + str(results["files"]["phi"]) + ") | markers left (of " + str(next(iter(quality.values()))["markers_injected"])
-        + ") | new dciodvfy errors (4 real files) | Patient Identity Removed + method codes | references resolve |",
+        f"| tool | ms/file, sample files ({results['files']['sample']}) | files/s | ms/file, PHI-injected corpus "
+        f"({results['files']['phi']}) | markers left (of {first['markers_injected']}) | new dciodvfy errors "
+        f"({len(first['real_files'])} real files) | Patient Identity Removed + method codes | references resolve |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, q in quality.items():

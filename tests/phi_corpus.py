@@ -34,12 +34,14 @@ from pydicom.uid import CTImageStorage
 from operators.deidentification_profile import TABLE_PATH, parse_tag
 
 DEID_DATA = Path(__import__("deid_data").__file__).parent / "data"
-#: Real images of the corpus: CT and MR (pydicom), enhanced multi-frame MR (pydicom), DX with fake PHI (deid-data).
+#: Real images of the corpus: CT and MR (pydicom), enhanced multi-frame MR (pydicom), DX with fake PHI
+#: (deid-data), CR (pydicom-data).
 SOURCES = (
     get_testdata_file("CT_small.dcm"),
     get_testdata_file("MR_small.dcm"),
     get_testdata_file("emri_small.dcm"),
     str(DEID_DATA / "animals" / "cat.dcm"),
+    get_testdata_file("RG3_UNCR.dcm"),
 )
 #: Group 0000 (command) and 0002 (file meta) attributes of the table cannot sit in a stored dataset.
 NOT_IN_DATASET_GROUPS = (0x0000, 0x0002)
