@@ -19,8 +19,9 @@ import json
 import re
 from dataclasses import dataclass, fields
 from enum import Enum
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Mapping
 
 from pydicom.datadict import dictionary_has_tag, dictionary_VR
@@ -170,7 +171,9 @@ def _effective_action(row: Mapping[str, Any], tag: int, vr: str | None, options:
     return resolve_combined(row["basic"], tag, vr)
 
 
+@cache
 def load_profile(options: ProfileOptions) -> DeidentificationProfile:
+    """The profile for ``options`` (built once per set of options; profiles are immutable)."""
     table = _table()
     actions: dict[int, Action] = {}
     basic: dict[int, Action] = {}
@@ -188,4 +191,6 @@ def load_profile(options: ProfileOptions) -> DeidentificationProfile:
         SafePrivateAttribute(int(s["group"], 16), s["creator"], int(s["element"], 16))
         for s in table["safe_private"]["attributes"]
     )
-    return DeidentificationProfile(options, actions, basic, frozenset(identifying), safe, table["edition"])
+    return DeidentificationProfile(
+        options, MappingProxyType(actions), MappingProxyType(basic), frozenset(identifying), safe, table["edition"]
+    )
