@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydicom import Dataset
 from pydicom.pixels import apply_color_lut, get_decoder
+from pydicom.uid import ExplicitVRBigEndian
 
 from operators.grey_levels import frame_to_unit
 from operators.image_header import header_problem, number_of_frames
@@ -33,6 +34,9 @@ from operators.image_header import header_problem, number_of_frames
 IMAGE_SIZE = 224
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
+PALETTE_KEYWORDS = tuple(
+    f"{colour}PaletteColorLookupTable{part}" for colour in ("Red", "Green", "Blue", "Alpha") for part in ("Descriptor", "Data")
+)
 
 
 class UnsupportedImage(ValueError):
@@ -90,12 +94,28 @@ def to_unit(ds: Dataset, frame: np.ndarray, index: int | None = None) -> np.ndar
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
         return frame_to_unit(ds, frame, index)
     if photometric == "PALETTE COLOR":
-        frame, bits = apply_color_lut(frame, ds), int(ds.RedPaletteColorLookupTableDescriptor[2])
+        frame, bits = apply_color_lut(frame, _palette_of(ds)), int(ds.RedPaletteColorLookupTableDescriptor[2])
     else:
         bits = int(ds.BitsStored)
     unit = frame.astype(np.float32)
     unit *= np.float32(1.0 / (2**bits - 1))
     return np.clip(unit, 0.0, 1.0, out=unit)
+
+
+def _palette_of(ds: Dataset) -> Dataset:
+    """The Palette Color Lookup Table Module of ``ds`` (PS3.3 C.7.6.19) as pydicom 3.0's
+    ``apply_color_lut`` reads it: that reads (non-segmented) LUT Data as little endian whatever the
+    transfer syntax, so big endian LUT Data (OW) is handed over with its 16-bit words swapped."""
+    if ds.file_meta.TransferSyntaxUID != ExplicitVRBigEndian or "RedPaletteColorLookupTableData" not in ds:
+        return ds  # segmented LUT Data is read with the data set's endianness
+    palette = Dataset()
+    for keyword in PALETTE_KEYWORDS:
+        if keyword in ds:
+            value = ds[keyword].value
+            if keyword.endswith("LookupTableData") and ds[keyword].VR == "OW":
+                value = np.frombuffer(value, ">u2").astype("<u2").tobytes()
+            setattr(palette, keyword, value)
+    return palette
 
 
 def to_model_input(unit: np.ndarray) -> np.ndarray:

@@ -20,13 +20,14 @@ from typing import Iterator
 
 import data_store
 import deid_data
+import numpy as np
 import pydicom
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from operators.inventory import classify_file  # noqa: E402
-from operators.preprocessing import SamplingPolicy, preprocess_series  # noqa: E402
+from operators.preprocessing import CLIP_MEAN, CLIP_STD, SamplingPolicy, preprocess_series  # noqa: E402
 
 CORPORA = {
     "pydicom": Path(pydicom.__file__).parent / "data" / "test_files",
@@ -53,6 +54,24 @@ class Outcome:
     reason: str  # why refused or skipped; for classified files, the sampling
     images: int  # model inputs produced (3 x 224 x 224 each)
     description: str  # transfer syntax, photometric interpretation, bits, frames
+    frames: int = 1
+    problems: tuple[str, ...] = ()  # what is wrong with the model inputs (``input_problems``)
+
+
+def input_problems(pixel_values: np.ndarray, grey: bool) -> tuple[str, ...]:
+    """What is wrong with a batch of model inputs: shape, non-finite values, intensities outside
+    [0, 1] before CLIP normalisation, grey images whose 3 channels differ."""
+    if pixel_values.shape[1:] != (3, 224, 224) or pixel_values.dtype != np.float32:
+        return (f"inputs are {pixel_values.dtype} {pixel_values.shape}",)
+    problems = []
+    if not np.isfinite(pixel_values).all():
+        problems.append("non-finite values")
+    unit = pixel_values * CLIP_STD[:, None, None] + CLIP_MEAN[:, None, None]
+    if unit.min() < -1e-5 or unit.max() > 1 + 1e-5:
+        problems.append(f"intensities {unit.min():.4f}..{unit.max():.4f} outside [0, 1]")
+    if grey and not (np.abs(unit[:, 0] - unit[:, 1]).max() < 1e-5 and np.abs(unit[:, 0] - unit[:, 2]).max() < 1e-5):
+        problems.append("grey image with unequal channels")
+    return tuple(problems)
 
 
 def corpus_files(unzip_to: Path) -> Iterator[CorpusFile]:
@@ -86,18 +105,24 @@ def describe(path: Path) -> str:
 
 
 def outcome_of(file: CorpusFile) -> Outcome:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about quirks it tolerates; outcomes say what matters
+        return _outcome_of(file)
+
+
+def _outcome_of(file: CorpusFile) -> Outcome:
     classification = classify_file(file.path)
     description = describe(file.path)
     if classification.reason:
         status = REFUSED if classification.refused else SKIPPED
         return Outcome(file, status, classification.reason, 0, description)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pydicom warns about quirks it tolerates; outcomes say what matters
-        ds = pydicom.dcmread(file.path)
-        series = preprocess_series(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), [ds], POLICY)
+    ds = pydicom.dcmread(file.path)
+    series = preprocess_series(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), [ds], POLICY)
     if not series.images:
         return Outcome(file, REFUSED, series.refused[0][1], 0, description)
-    return Outcome(file, CLASSIFIED, series.sampling, len(series.images), description)
+    grey = str(ds.PhotometricInterpretation).startswith("MONOCHROME")
+    problems = input_problems(series.pixel_values, grey) + tuple(reason for _, reason in series.refused)
+    return Outcome(file, CLASSIFIED, series.sampling, len(series.images), description, series.total_images, problems)
 
 
 def all_outcomes(unzip_to: Path) -> list[Outcome]:
