@@ -53,7 +53,7 @@ def dropped_by_loader(accepted: list[InputFile], loaded: list[Dataset]) -> list[
         if kept is not None:
             reason = (
                 f"same Image Position (Patient) as {kept} in its series: the loader keeps one instance per "
-                "position (the higher Acquisition Number)"
+                "position (the higher Acquisition Number, else the first read)"
             )
             drops.append(LoaderDrop(uid, reason, refused=False))
         else:

@@ -1,17 +1,18 @@
 #!/usr/bin/env python3
 """Decode + preprocess benchmark: images/s per transfer syntax, and peak RSS for the largest image.
 
-Images/s: one image = header check, decode of one frame, grey pipeline or colour scaling, resize to
-the 3 x 224 x 224 model input (``operators.preprocessing.model_input``), on the CPU threads given
+Images/s: one image = ``preprocess_series`` of one single-frame instance: header check, decode,
+grey pipeline or colour scaling, resize to the 3 x 224 x 224 model input, on the CPU threads given
 (default 2, as ``torch.set_num_threads``). The same 512 x 512 CT slice (pydicom-data ``693_UNCR``)
-is encoded by pydicom into every transfer syntax it can write; JPEG baseline, extended and lossless,
-and big endian come from pydicom's test files (their sizes are in the table). Runs are interleaved
+is encoded by pydicom into every transfer syntax it can write, into big endian (pixels swapped here)
+and, windowed to 8 bits, into JPEG baseline by Pillow; JPEG extended and lossless and a colour JPEG
+come from pydicom's test files (their sizes are in the table). Runs are interleaved
 over syntaxes, ``--repeats`` times; medians are reported.
 
 Peak RSS: a fresh process per case decodes and preprocesses one generated 4096 x 4096 16-bit
 MONOCHROME1 image (a CR/MG-sized frame) stored native and as JPEG 2000 lossless, with this pipeline
 and with the one on branch ``main`` (``git show main:operators/preprocessing.py``), and reports
-``ru_maxrss`` above the same process's RSS before decoding.
+the peak RSS (VmHWM, reset just before) above the same process's RSS before decoding.
 
     .venv/bin/python scripts/benchmark_decode.py     # writes benchmarks/decode.json and BENCHMARKS.md's decode section
 """
@@ -19,6 +20,8 @@ and with the one on branch ``main`` (``git show main:operators/preprocessing.py`
 from __future__ import annotations
 
 import argparse
+import copy
+import io
 import json
 import os
 import platform
@@ -32,15 +35,19 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom import Dataset
+from PIL import Image
 from pydicom.data import get_testdata_file
+from pydicom.encaps import encapsulate
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000,
     JPEG2000Lossless,
     JPEGLSLossless,
+    JPEGBaseline8Bit,
     JPEGLSNearLossless,
     RLELossless,
     generate_uid,
@@ -53,25 +60,53 @@ BEGIN, END = "<!-- decode:begin -->", "<!-- decode:end -->"
 LARGE_SIDE = 4096
 #: pydicom test files for the syntaxes pydicom cannot encode
 CORPUS_SAMPLES = {
-    "JPEG Baseline (Process 1)": "SC_rgb_jpeg_dcmtk.dcm",
-    "JPEG Extended (Process 2 and 4)": "JPEG-lossy.dcm",
+    "JPEG Baseline (Process 1), colour": "examples_ybr_color.dcm",
+    "JPEG Extended (Process 2 and 4)": "JPGExtended.dcm",
     "JPEG Lossless, Non-Hierarchical, First-Order Prediction (Process 14 [Selection Value 1])": "JPEG-LL.dcm",
-    "Explicit VR Big Endian": "MR_small_bigendian.dcm",
 }
 
 
+def read_back(ds: Dataset, **write_options: bool) -> Dataset:
+    """``ds`` written to a file and read again, as the app would meet it."""
+    with tempfile.TemporaryFile() as fp:
+        enforce = not write_options.get("force_encoding", False)  # pydicom allows one or the other
+        pydicom.dcmwrite(fp, ds, enforce_file_format=enforce, **write_options)
+        fp.seek(0)
+        return pydicom.dcmread(fp)
+
+
 def encoded(source: Dataset, syntax: UID) -> Dataset:
-    """``source`` in transfer syntax ``syntax``, written and read back as a file would be."""
-    ds = source.copy()
+    """``source`` in a transfer syntax that pydicom can encode."""
+    ds = copy.deepcopy(source)
     if syntax.is_compressed:
         kwargs = {"jls_error": 2} if syntax == JPEGLSNearLossless else {"j2k_cr": [20]} if syntax == JPEG2000 else {}
         ds.compress(syntax, **kwargs)
     else:
         ds.file_meta.TransferSyntaxUID = syntax
-    with tempfile.TemporaryFile() as fp:
-        ds.save_as(fp, implicit_vr=syntax == ImplicitVRLittleEndian, enforce_file_format=True)
-        fp.seek(0)
-        return pydicom.dcmread(fp)
+    return read_back(ds, implicit_vr=syntax == ImplicitVRLittleEndian)
+
+
+def big_endian(source: Dataset) -> Dataset:
+    """``source`` (16-bit) in Explicit VR Big Endian: pydicom writes the header, the pixels are swapped here."""
+    ds = copy.deepcopy(source)
+    ds.PixelData = ds.pixel_array.astype(ds.pixel_array.dtype.newbyteorder(">")).tobytes()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    return read_back(ds, implicit_vr=False, little_endian=False, force_encoding=True)
+
+
+def jpeg_baseline(source: Dataset) -> Dataset:
+    """``source`` windowed to 8 bits and encoded as JPEG baseline by Pillow (quality 90)."""
+    from operators.grey_levels import frame_to_unit
+
+    ds = copy.deepcopy(source)
+    pixels = np.rint(frame_to_unit(ds, ds.pixel_array, None) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    ds.PixelData = encapsulate([buffer.getvalue()])
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.RescaleSlope, ds.RescaleIntercept, ds.WindowCenter, ds.WindowWidth = 1, 0, 127.5, 256
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    return read_back(ds)
 
 
 def samples() -> dict[str, Dataset]:
@@ -81,20 +116,24 @@ def samples() -> dict[str, Dataset]:
         JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000,
     )
     result = {syntax.name: encoded(ct, syntax) for syntax in syntaxes}
+    result[ExplicitVRBigEndian.name] = big_endian(ct)
+    result[JPEGBaseline8Bit.name] = jpeg_baseline(ct)
     for name, file in CORPUS_SAMPLES.items():
         result[name] = pydicom.dcmread(get_testdata_file(file))
     return result
 
 
 def images_per_second(datasets: dict[str, Dataset], repeats: int, seconds: float) -> dict[str, dict]:
-    from operators.preprocessing import model_input
+    from operators.preprocessing import SamplingPolicy, preprocess_series
+
+    policy = SamplingPolicy(1)
 
     times: dict[str, list[float]] = {name: [] for name in datasets}
     for _ in range(repeats):  # interleaved: every syntax sees the same machine state
         for name, ds in datasets.items():
             count, start = 0, time.perf_counter()
             while True:
-                model_input(ds, None)
+                assert preprocess_series("1", "2", [ds], policy).images, name
                 count += 1
                 elapsed = time.perf_counter() - start
                 if elapsed >= seconds:
@@ -134,15 +173,17 @@ import resource, sys, importlib.util
 import numpy, pydicom, torch
 torch.set_num_threads(2)
 spec = importlib.util.spec_from_file_location("pre", sys.argv[1]); pre = importlib.util.module_from_spec(spec)
+sys.modules["pre"] = pre  # dataclasses look their module up
 spec.loader.exec_module(pre)
 ds = pydicom.dcmread(sys.argv[2])
 _ = ds.PixelData
-def rss_kib():
-    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1])
-before = rss_kib()
+def status_kib(field):
+    return int(next(l for l in open("/proc/self/status") if l.startswith(field)).split()[1])
+before = status_kib("VmRSS:")
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
 series = pre.preprocess_series("1", "2", [ds], pre.SamplingPolicy(16))
 assert series.pixel_values.shape == (1, 3, 224, 224), series.refused
-print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(before, status_kib("VmHWM:"))
 """
 
 
@@ -158,8 +199,10 @@ def peak_rss(work: Path, repeats: int) -> list[dict]:
             for _ in range(repeats):
                 out = subprocess.run(
                     [sys.executable, "-c", RSS_PROBE, str(module), str(image)],
-                    capture_output=True, text=True, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                    capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                 )
+                if out.returncode:
+                    raise RuntimeError(f"RSS probe failed: {out.stderr[-2000:]}")
                 before, peak = map(int, out.stdout.split()[-2:])
                 rows.append((peak - before) / 1024)
             results.append(

@@ -96,7 +96,7 @@ def test_bad_files_are_refused_and_the_rest_goes_on_with_one_sr_per_study(sample
     assert files["study_b/ct3_same_position.dcm"] == {
         "status": "not used",
         "reason": "same Image Position (Patient) as study_b/ct1.dcm in its series: the loader keeps one instance per "
-        "position (the higher Acquisition Number)",
+        "position (the higher Acquisition Number, else the first read)",
     }
     used = sorted(name for name, entry in files.items() if entry["status"] == "used")
     assert used == ["CT2N/6293", "CT2N/6924", "CT5N/2062", "CT5N/2392", "CT5N/2693", "CT5N/3023", "CT5N/3353", "study_b/ct1.dcm", "study_b/ct2.dcm"]

@@ -235,3 +235,26 @@ def test_signed_8_bit_and_32_bit_allocated_grey_images() -> None:
     wide = np.array([[0, 70000], [140000, 280000]], dtype=np.uint32)  # 32 bits allocated: computed directly
     ds32 = _grey_image(wide, WindowCenter=140000.5, WindowWidth=280001)
     assert to_unit(ds32, ds32.pixel_array) == pytest.approx(np.array([[0.0, 0.25], [0.5, 1.0]]), abs=1e-5)
+
+
+def test_enhanced_ct_file_uses_its_shared_functional_groups() -> None:
+    # pydicom-data eCT_Supplemental: Enhanced CT, 2 frames; rescale and window only in the shared groups
+    ds = pydicom.dcmread(get_testdata_file("eCT_Supplemental.dcm"))
+    assert "WindowCenter" not in ds and "RescaleIntercept" not in ds
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    rescale, voi = shared.PixelValueTransformationSequence[0], shared.FrameVOILUTSequence[0]
+    for index in (0, 1):
+        stored = ds.pixel_array[index]
+        hu = stored * float(rescale.RescaleSlope) + float(rescale.RescaleIntercept)
+        expected = window_linear(hu, float(voi.WindowCenter), float(voi.WindowWidth))
+        assert to_unit(ds, stored, index) == pytest.approx(expected, abs=1e-5)
+
+
+def test_xa_cine_frames_are_sampled_like_slices_and_each_is_its_own_frame() -> None:
+    frames = np.stack([np.full((32, 40), 10 * i, dtype=np.uint16) for i in range(20)])  # frame i holds 10 i
+    ds = _grey_image(frames, Modality="XA", WindowCenter=95.5, WindowWidth=191)  # 0 -> black, 190 -> white
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.12.1"  # X-Ray Angiographic Image Storage
+    series = preprocess_series("1.2", "1.2.3", [ds], SamplingPolicy(4))
+    assert [ref.frame_number for ref in series.images] == [1, 7, 14, 20]
+    grey = series.pixel_values[:, 0, 112, 112] * CLIP_STD[0] + CLIP_MEAN[0]
+    assert grey == pytest.approx([0.0, 60 / 190, 130 / 190, 1.0], abs=1e-5)
