@@ -5,13 +5,20 @@ docs/input-coverage.md holds the table these outcomes generate."""
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
+import imagecodecs
 import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.encaps import encapsulate
+from pydicom.uid import HTJ2K, HTJ2KLossless, UID
 
 from operators.image_header import number_of_frames
-from operators.preprocessing import decode_frame, model_input
+from operators.inventory import classify_file
+from operators.preprocessing import SamplingPolicy, decode_frame, model_input, preprocess_series
 from tests.input_coverage import CLASSIFIED, REFUSED, SKIPPED, Outcome, all_outcomes, documented_table, table
 
 NOT_DICOM = "not a DICOM file (no 'DICM' prefix after a 128-byte preamble; PS3.10 7.1)"
@@ -171,3 +178,23 @@ def test_twins_decode_to_the_same_pixels_and_model_inputs(reference: str, twin: 
         assert np.abs(pixels_a.astype(np.int64) - pixels_b.astype(np.int64)).max() <= tolerance
         difference = np.abs(model_input(a, index) - model_input(b, index))
         assert difference.max() <= (1e-6 if tolerance == 0 else 0.1)
+
+
+@pytest.mark.parametrize(("syntax", "options", "tolerance"), [(HTJ2KLossless, {}, 0), (HTJ2K, {"reversible": False}, 4)])
+def test_htj2k_twin_made_by_openjph_is_read_by_the_installed_decoder(
+    tmp_path: Path, syntax: UID, options: dict[str, bool], tolerance: int
+) -> None:
+    # no HTJ2K file ships with the three packages: encode one (imagecodecs' OpenJPH) from a 512 x 512 CT
+    reference = pydicom.dcmread(get_testdata_file("693_UNCR.dcm"))
+    twin = copy.deepcopy(reference)
+    twin.PixelData = encapsulate([imagecodecs.htj2k_encode(reference.pixel_array, **options)])
+    twin["PixelData"].VR, twin["PixelData"].is_undefined_length = "OB", True
+    twin.file_meta.TransferSyntaxUID = syntax
+    twin.save_as(tmp_path / "htj2k.dcm", enforce_file_format=True)
+
+    assert classify_file(tmp_path / "htj2k.dcm").reason is None
+    read = pydicom.dcmread(tmp_path / "htj2k.dcm")
+    series = preprocess_series("1.2", "1.2.3", [read], SamplingPolicy(16))
+    assert len(series.images) == 1 and not series.refused
+    assert np.abs(decode_frame(read, None).astype(np.int64) - reference.pixel_array).max() <= tolerance
+    assert np.abs(series.pixel_values[0] - model_input(reference, None)).max() <= (1e-6 if tolerance == 0 else 0.05)
