@@ -86,8 +86,10 @@ def classify_file(path: Path) -> Classification:
 
 
 def _classify_dataset(ds: Dataset, size: int, parse_end: int) -> Classification:
-    truncated = None if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian else _truncation(ds, size, parse_end)
-    if truncated:  # (deflated data sets are parsed from the inflated stream: positions are not file offsets)
+    deflated = ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+    # a deflated data set is parsed from the inflated stream: its positions are not file offsets
+    truncated = None if deflated else _truncation(ds, size, parse_end)
+    if truncated:
         return _refuse(truncated)
     sop_class = UID(ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID") or "")
     if not any(k in ds for k in PIXEL_KEYWORDS):
