@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from operators.backends import BackendSpec
+
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 CONFIG_ENV = "BIOMEDCLIP_APP_CONFIG"
 
@@ -15,7 +17,7 @@ CONFIG_ENV = "BIOMEDCLIP_APP_CONFIG"
 class AppSettings:
     series_selection_rules: str  # JSON text for the SDK's DICOMSeriesSelectorOperator
     max_images_per_series: int
-    backend: str
+    backend: BackendSpec
     batch_size: int
     deid_secret: bytes | None
 
@@ -30,7 +32,12 @@ class AppSettings:
         return cls(
             series_selection_rules=rules,
             max_images_per_series=int(data["sampling"]["max_images_per_series"]),
-            backend=str(data["inference"]["backend"]),
+            backend=BackendSpec(
+                backend=str(data["inference"]["backend"]),
+                precision=str(data["inference"].get("precision", "fp32")),
+                compile=bool(data["inference"].get("compile", False)),
+                cuda_graphs=bool(data["inference"].get("cuda_graphs", False)),
+            ),
             batch_size=int(data["inference"]["batch_size"]),
             deid_secret=secret.encode() or None,
         )
