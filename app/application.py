@@ -62,14 +62,13 @@ class BiomedCLIPZeroShotApp(Application):
         selector = SeriesSelectorOperator(
             self, rules=settings.series_selection_rules, report=self.report, name="series_selector"
         )
+        sampling = SamplingPolicy(settings.max_images_per_series)
         deid_settings = settings.deidentification
         deid = DeidentificationOperator(
-            self, options=deid_settings.options, secret=deid_settings.secret,
+            self, options=deid_settings.options, secret=deid_settings.secret, policy=sampling,
             accept_burned_in_annotation=deid_settings.accept_burned_in_annotation, report=self.report, name="deidentification",
         )
-        preprocess = PreprocessingOperator(
-            self, policy=SamplingPolicy(settings.max_images_per_series), report=self.report, name="preprocessing"
-        )
+        preprocess = PreprocessingOperator(self, policy=sampling, report=self.report, name="preprocessing")
         infer = ZeroShotInferenceOperator(
             self, package=package, backend=settings.backend, batch_size=settings.batch_size, report=self.report, name="inference"
         )

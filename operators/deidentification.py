@@ -390,8 +390,12 @@ class DeidentifiedSeries:
     study_instance_uid: str
     series_instance_uid: str
     datasets: list[Dataset]
+    #: images in the whole series, where ``datasets`` holds only the instances the sampling uses
+    total_images: int | None = None
 
 
-def deidentify_series(deidentifier: Deidentifier, originals: list[Dataset]) -> DeidentifiedSeries:
+def deidentify_series(
+    deidentifier: Deidentifier, originals: list[Dataset], total_images: int | None = None
+) -> DeidentifiedSeries:
     datasets = deidentifier.deidentify_all(originals)
-    return DeidentifiedSeries(str(datasets[0].StudyInstanceUID), str(datasets[0].SeriesInstanceUID), datasets)
+    return DeidentifiedSeries(str(datasets[0].StudyInstanceUID), str(datasets[0].SeriesInstanceUID), datasets, total_images)

@@ -10,6 +10,7 @@ from pydicom import Dataset
 from operators.burned_in_annotation import burned_in_phi_risk
 from operators.deidentification import Deidentifier, DeidentificationProfile, deidentify_series
 from operators.deidentification_profile import ProfileOptions
+from operators.preprocessing import SamplingPolicy, instances_to_use
 from operators.run_report import RunReport, timed_stage
 
 logger = logging.getLogger(__name__)
@@ -21,7 +22,8 @@ class DeidentificationOperator(Operator):
     writer only). Nothing downstream of ``series`` carries an original identifier.
 
     Images that may carry burned-in PHI are refused before de-identification (unless
-    ``accept_burned_in_annotation``) and recorded in the run report with the reason.
+    ``accept_burned_in_annotation``) and recorded in the run report with the reason. Only the
+    instances the sampling ``policy`` will use are de-identified (less work, less PHI handled).
     """
 
     def __init__(
@@ -31,9 +33,11 @@ class DeidentificationOperator(Operator):
         options: ProfileOptions,
         secret: bytes | None,
         accept_burned_in_annotation: bool,
+        policy: SamplingPolicy,
         report: RunReport,
         **kwargs,
     ) -> None:
+        self.policy = policy
         self.profile = DeidentificationProfile.basic(options)
         self.secret = secret
         self.accept_burned_in_annotation = accept_burned_in_annotation
@@ -62,8 +66,9 @@ class DeidentificationOperator(Operator):
                 accepted = self._refuse_burned_in(originals)
                 if not accepted:
                     continue
-                deidentified = deidentify_series(deidentifier, accepted)
-                logger.info("De-identified series %s: %d instances", deidentified.series_instance_uid, len(accepted))
+                used, total_images = instances_to_use(accepted, self.policy)
+                deidentified = deidentify_series(deidentifier, used, total_images)
+                logger.info("De-identified series %s: %d of %d instances", deidentified.series_instance_uid, len(used), len(accepted))
                 result.append(deidentified)
         op_output.emit(result, "series")
         op_output.emit(deidentifier.reidentification, "reidentification")

@@ -179,11 +179,29 @@ def _header_problem(ds: Dataset) -> str | None:
         return f"malformed image header ({_one_line(exc)})"
 
 
-def preprocess_series(
-    study_uid: str, series_uid: str, datasets: list[Dataset], policy: SamplingPolicy
-) -> PreprocessedSeries:
-    """Sample and preprocess a (de-identified) series; images that cannot be used are listed with why."""
+def instances_to_use(datasets: list[Dataset], policy: SamplingPolicy) -> tuple[list[Dataset], int]:
+    """The instances holding the images ``policy`` will pick, and the series' image count.
+
+    Only those need de-identifying and decoding. Where every instance is single-frame the subset holds
+    exactly the chosen images, so sampling it again picks them all; with multi-frame instances every
+    instance is kept, so that the frames chosen are the same as over the whole series.
+    """
     images = series_images(datasets)
+    if any(index is not None for _, index, _, _ in images):
+        return datasets, len(images)
+    chosen = {id(images[i][0]) for i in policy.select(len(images))}
+    return [ds for ds in datasets if id(ds) in chosen], len(images)
+
+
+def preprocess_series(
+    study_uid: str, series_uid: str, datasets: list[Dataset], policy: SamplingPolicy, total_images: int | None = None
+) -> PreprocessedSeries:
+    """Sample and preprocess a (de-identified) series; images that cannot be used are listed with why.
+
+    ``total_images``: the whole series' image count where ``datasets`` is already ``instances_to_use``.
+    """
+    images = series_images(datasets)
+    total = total_images or len(images)
     chosen = [images[i] for i in policy.select(len(images))]
     arrays, refs, refused = [], [], []
     for ds, index, ref, problem in chosen:
@@ -203,7 +221,7 @@ def preprocess_series(
         series_number=int(first.SeriesNumber) if first.get("SeriesNumber") not in (None, "") else None,
         pixel_values=pixel_values.astype(np.float32, copy=False),
         images=refs,
-        total_images=len(images),
-        sampling=policy.describe(len(chosen), len(images)),
+        total_images=total,
+        sampling=policy.describe(len(chosen), total),
         refused=refused,
     )

@@ -29,7 +29,9 @@ class PreprocessingOperator(Operator):
     def compute(self, op_input, op_output, context) -> None:
         result = []
         for series in op_input.receive("series"):
-            pre = preprocess_series(series.study_instance_uid, series.series_instance_uid, series.datasets, self.policy)
+            pre = preprocess_series(
+                series.study_instance_uid, series.series_instance_uid, series.datasets, self.policy, series.total_images
+            )
             for ref, reason in pre.refused:
                 logger.warning("Image %s frame %s refused: %s", ref.sop_instance_uid, ref.frame_number, reason)
                 self.report.mark_refused(ref.sop_instance_uid, reason)

@@ -25,9 +25,9 @@ seen: dict[str, list] = {"preprocessing": [], "inference": []}
 real_preprocess, real_classify = preprocessing_operator.preprocess_series, inference_operator.classify_series
 
 
-def preprocess_series(study_uid, series_uid, datasets, policy):
+def preprocess_series(study_uid, series_uid, datasets, *args, **kwargs):
     seen["preprocessing"].append((study_uid, series_uid, datasets))
-    return real_preprocess(study_uid, series_uid, datasets, policy)
+    return real_preprocess(study_uid, series_uid, datasets, *args, **kwargs)
 
 
 def classify_series(series, *args, **kwargs):

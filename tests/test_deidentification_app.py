@@ -45,7 +45,8 @@ def app_run(model_package: Path, tmp_path_factory: pytest.TempPathFactory):
         capture_output=True, text=True, timeout=900,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "APP_PROBE_OUT": str(probe), "BIOMEDCLIP_DEID_SECRET": "app-test"},
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    # 3 = some inputs refused (the burned-in ultrasound), the rest reported on (README's exit codes)
+    assert result.returncode == 3, result.stderr[-3000:]
     assert tree_digest(folder / "input") == before, "the input folder was modified"
     return corpus, result, folder / "out", pickle.loads(probe.read_bytes())
 
@@ -69,7 +70,7 @@ def test_burned_in_image_refused_with_the_reason_in_the_run_report(app_run) -> N
     _, _, out, _ = app_run
     report = json.loads((out / "run_report.json").read_text())
     assert report["files"]["burned_in_us.dcm"] == {
-        "status": "skipped",
+        "status": "refused",
         "reason": "refused by de-identification: Burned In Annotation (0028,0301) is YES; pixel data is not cleaned "
         "(a site may accept with deidentification.accept_burned_in_annotation)",
     }

@@ -17,6 +17,7 @@ from operators.preprocessing import (
     CLIP_MEAN,
     CLIP_STD,
     SamplingPolicy,
+    instances_to_use,
     preprocess_series,
     to_model_input,
     to_unit,
@@ -258,3 +259,22 @@ def test_xa_cine_frames_are_sampled_like_slices_and_each_is_its_own_frame() -> N
     assert [ref.frame_number for ref in series.images] == [1, 7, 14, 20]
     grey = series.pixel_values[:, 0, 112, 112] * CLIP_STD[0] + CLIP_MEAN[0]
     assert grey == pytest.approx([0.0, 60 / 190, 130 / 190, 1.0], abs=1e-5)
+
+
+def test_only_the_sampled_instances_go_on_and_the_report_counts_the_whole_series() -> None:
+    series = [_grey_image(np.full((8, 8), i), InstanceNumber=i + 1, WindowCenter=100, WindowWidth=200) for i in range(40)]
+    policy = SamplingPolicy(5)
+    used, total = instances_to_use(series, policy)
+    assert total == 40
+    assert [int(ds.InstanceNumber) for ds in used] == [1, 11, 21, 30, 40]
+    subset = preprocess_series("1.2", "1.2.3", used, policy, total)
+    assert subset.sampling == "5 of 40 images, evenly spaced (max_images_per_series=5)"
+    whole = preprocess_series("1.2", "1.2.3", series, policy)
+    assert [r.sop_instance_uid for r in subset.images] == [r.sop_instance_uid for r in whole.images]
+    assert np.array_equal(subset.pixel_values, whole.pixel_values)
+
+
+def test_multi_frame_instances_are_all_kept_for_frame_sampling() -> None:
+    ds = pydicom.dcmread(get_testdata_file("emri_small.dcm"))  # 10 frames
+    used, total = instances_to_use([ds], SamplingPolicy(4))
+    assert used == [ds] and total == 10
