@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""Listener benchmark, on loopback inside a private network namespace (scripts/listener_peers.py).
+
+1. Reception: instances/s from dcmtk ``storescu`` into the listener (every instance fsync'd into the
+   spool before it is acknowledged; TCP_NODELAY on), for 1 and 4 concurrent associations, 800
+   copies of pydicom's 39 KB ``CT_small`` CT; the same transfers into dcmtk ``storescp`` (writes
+   without fsync) as the reference, interleaved, medians over ``--repeats``. The quiet period is
+   long, so no job runs while receiving.
+2. Result latency: from the end of the transfer of the sample study (2 CT series, 7 instances) to
+   the SR stored at the PACS (dcmtk storescp), minus the quiet period; split into the MAP job
+   (from the journal) and the rest (completion tick, job start, delivery).
+
+    .venv/bin/python scripts/benchmark_listener.py   # writes benchmarks/listener.json and the BENCHMARKS.md section
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scripts.listener_peers import (  # noqa: E402
+    PACS_AE,
+    PACS_PORT,
+    DcmtkPacs,
+    ListenerProcess,
+    LoopbackNamespace,
+    listener_config,
+    make_ct_studies,
+    wait_for,
+)
+from scripts.make_sample_study import make_sample_study  # noqa: E402
+
+BEGIN, END = "<!-- listener:begin -->", "<!-- listener:end -->"
+INSTANCES = 800
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def send(ns: LoopbackNamespace, files: list[Path], associations: int, called_ae: str, port: int) -> float:
+    """Seconds for ``associations`` concurrent storescu processes to send ``files`` (split evenly)."""
+    started = time.perf_counter()
+    senders = [ns.popen(["storescu", "-aet", "STORESCU", "-aec", called_ae, "127.0.0.1", port, *files[k::associations]],
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for k in range(associations)]
+    for sender in senders:
+        output, _ = sender.communicate(timeout=600)
+        if sender.returncode != 0:
+            raise RuntimeError(f"storescu failed: {output.decode()[-2000:]}")
+    return time.perf_counter() - started
+
+
+def reception(ns: LoopbackNamespace, work: Path, files: list[Path], repeats: int) -> dict:
+    results: dict[str, list[float]] = {}
+    for repeat in range(repeats):
+        for associations in (1, 4):
+            for receiver in ("listener", "storescp"):
+                run = work / f"recv-{receiver}-{associations}-{repeat}"
+                run.mkdir()
+                if receiver == "listener":
+                    peer = ListenerProcess(ns, listener_config(run, run / "unused-model", quiet_period_s=3600), run / "listener.log").start()
+                    seconds = send(ns, files, associations, "BIOMEDCLIP", 11112)
+                    spooled = len(list((run / "spool" / "arrivals").glob("*/*.dcm")))
+                else:
+                    peer = DcmtkPacs(ns, run / "pacs")
+                    seconds = send(ns, files, associations, PACS_AE, PACS_PORT)
+                    spooled = len(peer.received())
+                peer.stop()
+                if spooled != len(files):
+                    raise RuntimeError(f"{receiver}: {spooled} of {len(files)} instances stored")
+                key = f"{receiver}, {associations} association(s)"
+                results.setdefault(key, []).append(len(files) / seconds)
+                print(f"{key}: {results[key][-1]:.0f} instances/s", flush=True)
+                shutil.rmtree(run)
+    return {k: {"runs": v, "median": statistics.median(v)} for k, v in results.items()}
+
+
+def latency(ns: LoopbackNamespace, work: Path, model: Path, repeats: int, quiet_period_s: float) -> dict:
+    study = work / "sample"
+    make_sample_study(study)
+    files = sorted(p for p in study.rglob("*") if p.is_file())
+    pacs = DcmtkPacs(ns, work / "pacs")
+    (work / "lat").mkdir()
+    listener = ListenerProcess(ns, listener_config(work / "lat", model, quiet_period_s=quiet_period_s), work / "lat.log").start()
+    runs = []
+    try:
+        for repeat in range(repeats):
+            before = len(pacs.received())
+            send(ns, files, 1, "BIOMEDCLIP", 11112)
+            last_instance = time.perf_counter()
+            wait_for(lambda: len(pacs.received()) > before, 900, "the SR at the PACS", 0.01)
+            total = time.perf_counter() - last_instance
+            job = [json.loads(line) for line in (work / "lat" / "spool" / "journal.jsonl").read_text().splitlines()]
+            job_s = [r["seconds"] for r in job if r["event"] == "job_finished"][-1]
+            runs.append({"after_quiet_period_s": total - quiet_period_s, "job_s": job_s, "other_s": total - quiet_period_s - job_s})
+            print(f"latency run {repeat + 1}: {runs[-1]}", flush=True)
+    finally:
+        listener.stop()
+        pacs.stop()
+    return {"quiet_period_s": quiet_period_s, "runs": runs,
+            "median": {k: statistics.median(r[k] for r in runs) for k in runs[0]}}
+
+
+def markdown(data: dict) -> str:
+    rec, lat = data["reception"], data["latency"]
+    lines = [
+        BEGIN,
+        "## DICOM listener (`scripts/benchmark_listener.py`)",
+        "",
+        f"Machine: {data['machine']}; load average before the run: {data['load_before']}. Loopback inside a",
+        f"private network namespace. Medians of {data['repeats']} interleaved runs.",
+        "",
+        f"Reception of {INSTANCES} CT instances (pydicom's `CT_small`, 39 KB each) from dcmtk `storescu`; the listener",
+        "fsyncs every instance into the spool before acknowledging it; dcmtk `storescp` (no fsync) is the reference.",
+        "",
+        "| receiver | associations | instances/s (median) | runs |",
+        "|---|---:|---:|---|",
+    ]
+    for key, value in rec.items():
+        receiver, associations = key.split(", ")
+        lines.append(f"| {receiver} | {associations.split()[0]} | {value['median']:.0f} | {', '.join(f'{v:.0f}' for v in value['runs'])} |")
+    m = lat["median"]
+    lines += [
+        "",
+        f"Result latency, sample study (2 CT series, 7 instances), quiet period {lat['quiet_period_s']:g} s: from the end of",
+        "the transfer to the SR stored at the PACS (dcmtk `storescp`), minus the quiet period.",
+        "",
+        "| latency after the quiet period (s) | of which the MAP job (s) | completion + delivery (s) |",
+        "|---:|---:|---:|",
+        f"| {m['after_quiet_period_s']:.2f} | {m['job_s']:.2f} | {m['other_s']:.2f} |",
+        "",
+        "The MAP job is a fresh `python app` process (imports, model load, inference on CPU) per study.",
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def replace_section(path: Path, section: str) -> None:
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if BEGIN in text:
+        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "biomedclip")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quiet-period", type=float, default=2.0)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks")
+    args = parser.parse_args()
+    if not LoopbackNamespace.available():
+        print("error: needs `unshare --net` (root) to confine the peers to loopback", file=sys.stderr)
+        return 2
+    data = {"machine": machine(), "load_before": " ".join(open("/proc/loadavg").read().split()[:3]), "repeats": args.repeats}
+    ns = LoopbackNamespace()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            studies = make_ct_studies(work / "ct", studies=2, series_per_study=2, instances_per_series=INSTANCES // 4)
+            files = sorted(p for paths in studies.values() for p in paths)
+            data["reception"] = reception(ns, work, files, args.repeats)
+            data["latency"] = latency(ns, work, args.model.resolve(), args.repeats, args.quiet_period)
+    finally:
+        ns.close()
+    data["load_after"] = " ".join(open("/proc/loadavg").read().split()[:3])
+    args.out.mkdir(exist_ok=True)
+    (args.out / "listener.json").write_text(json.dumps(data, indent=2))
+    section = markdown(data)
+    replace_section(ROOT / "BENCHMARKS.md", section)
+    print(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
