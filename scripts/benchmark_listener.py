@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -40,15 +39,11 @@ from scripts.listener_peers import (  # noqa: E402
     make_ct_studies,
     wait_for,
 )
+from scripts.benchmark_pipeline import machine  # noqa: E402
 from scripts.make_sample_study import make_sample_study  # noqa: E402
 
 BEGIN, END = "<!-- listener:begin -->", "<!-- listener:end -->"
 INSTANCES = 800
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def send(ns: LoopbackNamespace, files: list[Path], associations: int, called_ae: str, port: int) -> float:
@@ -149,12 +144,10 @@ def markdown(data: dict) -> str:
 
 
 def replace_section(path: Path, section: str) -> None:
+    """Put ``section`` between this benchmark's markers in BENCHMARKS.md (appended if absent)."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
+    markers = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.DOTALL)
+    path.write_text(markers.sub(lambda _: section, text) if markers.search(text) else text.rstrip() + "\n\n" + section + "\n")
 
 
 def main() -> int:

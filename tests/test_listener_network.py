@@ -16,7 +16,6 @@ import pytest
 from pydicom.uid import Comprehensive3DSRStorage
 
 from scripts.listener_peers import (
-    PACS_AE,
     DcmtkPacs,
     ListenerProcess,
     LoopbackNamespace,
@@ -111,7 +110,7 @@ def test_multi_series_study_from_storescu_returns_one_valid_sr_to_the_pacs(ns, s
     assert "SR delivered to PACS@127.0.0.1" in log
     identifiers = {str(ds.get(k)) for ds in sent for k in ("PatientName", "PatientID", "AccessionNumber", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
     identifiers |= {sr.SOPInstanceUID, sr.SeriesInstanceUID}
-    leaked = sorted(v for v in identifiers if v and v in log)
+    leaked = sorted(v for v in identifiers if len(v) >= 4 and v in log)  # shorter values (accession "2") match any log
     assert not leaked, f"identifiers in the listener's log: {leaked}"
     listener.stop()
     assert listener.process.returncode == 0

@@ -9,15 +9,12 @@ that could race the re-run.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-logger = logging.getLogger(__name__)
 
 APP_DIR = Path(__file__).resolve().parent.parent
 #: The application's exit code for "nothing usable in the input" (app/__main__.py): re-running cannot help.

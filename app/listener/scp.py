@@ -77,8 +77,20 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
 
 
+class ServerTlsContext(ssl.SSLContext):
+    """TLS for accepted connections, with a time limit on the handshake: pynetdicom wraps sockets in
+    its accept loop, so a client that connects and stays silent would otherwise block every other."""
+
+    handshake_timeout_s = 10.0
+
+    def wrap_socket(self, sock, *args, **kwargs):  # type: ignore[override]
+        sock.settimeout(self.handshake_timeout_s)
+        return super().wrap_socket(sock, *args, **kwargs)
+
+
 def server_tls_context(tls: TlsSettings) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context = ServerTlsContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2  # BCP 195, as PS3.15 Annex B's TLS profiles require
     context.load_cert_chain(tls.certificate, tls.private_key)
     if tls.ca_certificates:
         context.load_verify_locations(tls.ca_certificates)
