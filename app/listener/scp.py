@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import ssl
 
+from pydicom.filereader import read_dataset
 from pydicom.uid import (
     JPEG2000TransferSyntaxes,
     JPEGLSTransferSyntaxes,
@@ -66,6 +67,8 @@ ACCEPTED_TRANSFER_SYNTAXES = [
     *UncompressedTransferSyntaxes, *JPEGTransferSyntaxes, *JPEGLSTransferSyntaxes, *JPEG2000TransferSyntaxes, *RLETransferSyntaxes,
 ]
 
+STUDY_INSTANCE_UID = 0x0020000D
+
 # A-ASSOCIATE-RJ (result, source, reason/diag.), PS3.8 Table 9-21.
 REJECT_CALLING_AE_TITLE = (0x01, 0x01, 0x03)  # rejected-permanent, service-user, calling-AE-title-not-recognized
 REJECT_SOURCE_ADDRESS = (0x01, 0x01, 0x01)  # rejected-permanent, service-user, no-reason-given
@@ -96,6 +99,18 @@ def server_tls_context(tls: TlsSettings) -> ssl.SSLContext:
         context.load_verify_locations(tls.ca_certificates)
         context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+def study_instance_uid(event: Event) -> UID:
+    """The received data set's Study Instance UID, parsing only the top-level elements up to
+    (0020,000D) instead of the whole data set (the spool stores the bytes as received)."""
+    syntax = event.context.transfer_syntax
+    if syntax.is_deflated:
+        return UID(event.dataset.StudyInstanceUID)
+    stream = event.request.DataSet
+    stream.seek(0)
+    header = read_dataset(stream, syntax.is_implicit_VR, syntax.is_little_endian, stop_when=lambda tag, vr, length: tag > STUDY_INSTANCE_UID)
+    return UID(header.StudyInstanceUID)
 
 
 class StorageSCP:
@@ -153,7 +168,7 @@ class StorageSCP:
         """EVT_C_STORE: acknowledge only once the instance is durably in the spool."""
         try:
             sop_instance_uid = UID(event.request.AffectedSOPInstanceUID)
-            study_uid = UID(event.dataset.StudyInstanceUID)
+            study_uid = study_instance_uid(event)
         except Exception as exc:  # a malformed data set raises many kinds; none may escape into pynetdicom's log
             logger.warning("C-STORE refused: the data set cannot be read (%s)", type(exc).__name__)
             return STATUS_CANNOT_UNDERSTAND

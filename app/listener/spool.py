@@ -23,6 +23,8 @@ from operators.atomic import write_atomically
 logger = logging.getLogger(__name__)
 
 INSTANCE_SUFFIX = ".dcm"
+#: statvfs at most this often, not for every C-STORE; the byte limit is tracked exactly.
+FREE_SPACE_CHECK_INTERVAL_S = 0.5
 
 
 @dataclass
@@ -51,6 +53,7 @@ class Spool:
         #: Study Instance UID -> the arrival receiving it (memory only: UIDs are identifiers).
         self._receiving: dict[str, _Receiving] = {}
         self._used_bytes = folder_bytes(self.root)
+        self._free_bytes, self._free_checked = 0, float("-inf")
 
     def folder(self, arrival_id: str) -> Path:
         return self.arrivals_dir / arrival_id
@@ -62,7 +65,9 @@ class Spool:
         """Why nothing more can be spooled now (disk limits), or None."""
         if self._used_bytes + incoming_bytes > self.max_bytes:
             return f"spool limit reached ({self._used_bytes} of {self.max_bytes} bytes used)"
-        free = shutil.disk_usage(self.root).free
+        if time.monotonic() - self._free_checked > FREE_SPACE_CHECK_INTERVAL_S:
+            self._free_bytes, self._free_checked = shutil.disk_usage(self.root).free, time.monotonic()
+        free = self._free_bytes
         if free - incoming_bytes < self.min_free_bytes:
             return f"disk nearly full ({free} bytes free, {self.min_free_bytes} required)"
         return None
