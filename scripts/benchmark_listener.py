@@ -3,9 +3,10 @@
 
 1. Reception: instances/s from dcmtk ``storescu`` into the listener (every instance fsync'd into the
    spool before it is acknowledged; TCP_NODELAY on), for 1 and 4 concurrent associations, 800
-   copies of pydicom's 39 KB ``CT_small`` CT; the same transfers into dcmtk ``storescp`` (writes
-   without fsync) as the reference, interleaved, medians over ``--repeats``. The quiet period is
-   long, so no job runs while receiving.
+   copies of pydicom's 39 KB ``CT_small`` CT. References, interleaved with it: dcmtk ``storescp``
+   (writes without fsync), and a bare pynetdicom Storage SCP that discards what it receives (the
+   ceiling pynetdicom sets). Medians over ``--repeats``. The quiet period is long, so no job runs
+   while receiving. Also the rate of durable (fsync'd, atomic) 39 KB file writes alone, 1 and 4 writers.
 2. Result latency: from the end of the transfer of the sample study (2 CT series, 7 instances) to
    the SR stored at the PACS (dcmtk storescp), minus the quiet period; split into the MAP job
    (from the journal) and the rest (completion tick, job start, delivery).
@@ -17,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -39,11 +42,23 @@ from scripts.listener_peers import (  # noqa: E402
     make_ct_studies,
     wait_for,
 )
+from operators.atomic import write_atomically  # noqa: E402
 from scripts.benchmark_pipeline import machine  # noqa: E402
 from scripts.make_sample_study import make_sample_study  # noqa: E402
 
 BEGIN, END = "<!-- listener:begin -->", "<!-- listener:end -->"
 INSTANCES = 800
+BARE_SCP_PORT = 11114
+#: A pynetdicom Storage SCP doing nothing but answer Success, with TCP_NODELAY like the listener.
+BARE_SCP = f"""
+import sys
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import CTImageStorage
+from app.listener.tcp import NODELAY_HANDLER
+ae = AE("BARE")
+ae.add_supported_context(CTImageStorage)
+ae.start_server(("127.0.0.1", {BARE_SCP_PORT}), evt_handlers=[NODELAY_HANDLER, (evt.EVT_C_STORE, lambda event: 0)])
+"""
 
 
 def send(ns: LoopbackNamespace, files: list[Path], associations: int, called_ae: str, port: int) -> float:
@@ -58,29 +73,67 @@ def send(ns: LoopbackNamespace, files: list[Path], associations: int, called_ae:
     return time.perf_counter() - started
 
 
+class BareScp:
+    def __init__(self, ns: LoopbackNamespace) -> None:
+        self.process = ns.popen([sys.executable, "-c", BARE_SCP], cwd=ROOT)
+        wait_for(lambda: ns.run(["echoscu", "-aec", "BARE", "127.0.0.1", BARE_SCP_PORT]).returncode == 0, 60, "the bare pynetdicom SCP", 0.2)
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
 def reception(ns: LoopbackNamespace, work: Path, files: list[Path], repeats: int) -> dict:
     results: dict[str, list[float]] = {}
     for repeat in range(repeats):
         for associations in (1, 4):
-            for receiver in ("listener", "storescp"):
+            for receiver in ("listener", "storescp", "bare pynetdicom SCP"):
                 run = work / f"recv-{receiver}-{associations}-{repeat}"
                 run.mkdir()
+                stored = len(files)
                 if receiver == "listener":
                     peer = ListenerProcess(ns, listener_config(run, run / "unused-model", quiet_period_s=3600), run / "listener.log").start()
                     seconds = send(ns, files, associations, "BIOMEDCLIP", 11112)
-                    spooled = len(list((run / "spool" / "arrivals").glob("*/*.dcm")))
-                else:
+                    stored = len(list((run / "spool" / "arrivals").glob("*/*.dcm")))
+                elif receiver == "storescp":
                     peer = DcmtkPacs(ns, run / "pacs")
                     seconds = send(ns, files, associations, PACS_AE, PACS_PORT)
-                    spooled = len(peer.received())
+                    stored = len(peer.received())
+                else:
+                    peer = BareScp(ns)
+                    seconds = send(ns, files, associations, "BARE", BARE_SCP_PORT)
                 peer.stop()
-                if spooled != len(files):
-                    raise RuntimeError(f"{receiver}: {spooled} of {len(files)} instances stored")
+                if stored != len(files):
+                    raise RuntimeError(f"{receiver}: {stored} of {len(files)} instances stored")
                 key = f"{receiver}, {associations} association(s)"
                 results.setdefault(key, []).append(len(files) / seconds)
                 print(f"{key}: {results[key][-1]:.0f} instances/s", flush=True)
                 shutil.rmtree(run)
     return {k: {"runs": v, "median": statistics.median(v)} for k, v in results.items()}
+
+
+def durable_writes(work: Path, size: int = 39_266, count: int = 400) -> dict:
+    """Files/s of ``write_atomically`` (temporary file, fsync, rename, fsync of the folder) alone."""
+    data = os.urandom(size)
+    rates = {}
+    for writers in (1, 4):
+        folder = work / f"writes-{writers}"
+        folder.mkdir()
+
+        def write(k: int) -> None:
+            for i in range(k, count, writers):
+                write_atomically(folder / f"{i}.dcm", lambda f: f.write(data))
+
+        started = time.perf_counter()
+        threads = [threading.Thread(target=write, args=(k,)) for k in range(writers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        rates[f"{writers} writer(s)"] = count / (time.perf_counter() - started)
+        shutil.rmtree(folder)
+    print(f"durable writes: {rates}", flush=True)
+    return rates
 
 
 def latency(ns: LoopbackNamespace, work: Path, model: Path, repeats: int, quiet_period_s: float) -> dict:
@@ -118,8 +171,9 @@ def markdown(data: dict) -> str:
         f"Machine: {data['machine']}; load average before the run: {data['load_before']}. Loopback inside a",
         f"private network namespace. Medians of {data['repeats']} interleaved runs.",
         "",
-        f"Reception of {INSTANCES} CT instances (pydicom's `CT_small`, 39 KB each) from dcmtk `storescu`; the listener",
-        "fsyncs every instance into the spool before acknowledging it; dcmtk `storescp` (no fsync) is the reference.",
+        f"Reception of {INSTANCES} CT instances (pydicom's `CT_small`, 39 KB each) from dcmtk `storescu` (`TCP_NODELAY=1`);",
+        "the listener fsyncs every instance into the spool before acknowledging it. References: dcmtk `storescp`",
+        "(stores without fsync) and a bare pynetdicom SCP that discards the data sets (TCP_NODELAY on).",
         "",
         "| receiver | associations | instances/s (median) | runs |",
         "|---|---:|---:|---|",
@@ -128,6 +182,13 @@ def markdown(data: dict) -> str:
         receiver, associations = key.split(", ")
         lines.append(f"| {receiver} | {associations.split()[0]} | {value['median']:.0f} | {', '.join(f'{v:.0f}' for v in value['runs'])} |")
     m = lat["median"]
+    writes = data["durable_writes_per_s"]
+    lines += [
+        "",
+        f"Durable 39 KB file writes alone (`operators/atomic.py`: temporary file, fsync, rename, fsync of the folder):",
+        f"{writes['1 writer(s)']:.0f}/s with 1 writer, {writes['4 writer(s)']:.0f}/s with 4 (the file system commits concurrent fsyncs together).",
+        "One association waits for each acknowledgement, so its rate is bounded by one durable write per instance.",
+    ]
     lines += [
         "",
         f"Result latency, sample study (2 CT series, 7 instances), quiet period {lat['quiet_period_s']:g} s: from the end of",
@@ -167,6 +228,7 @@ def main() -> int:
             work = Path(tmp)
             studies = make_ct_studies(work / "ct", studies=2, series_per_study=2, instances_per_series=INSTANCES // 4)
             files = sorted(p for paths in studies.values() for p in paths)
+            data["durable_writes_per_s"] = durable_writes(work)
             data["reception"] = reception(ns, work, files, args.repeats)
             data["latency"] = latency(ns, work, args.model.resolve(), args.repeats, args.quiet_period)
     finally:

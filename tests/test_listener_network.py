@@ -8,6 +8,7 @@ import json
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -232,6 +233,30 @@ def test_refused_association_is_rejected_and_nothing_is_spooled(ns, started, sam
     assert not any((tmp_path / "spool" / "arrivals").iterdir())
     assert _journal(tmp_path / "spool") == []
     assert "rejected" in listener.log.read_text()
+
+
+HOLD_ASSOCIATION = """
+import sys, time
+from pynetdicom import AE
+ae = AE("STORESCU")
+ae.add_requested_context("1.2.840.10008.1.1")
+assoc = ae.associate("127.0.0.1", int(sys.argv[1]), ae_title="BIOMEDCLIP")
+print("established" if assoc.is_established else "refused", flush=True)
+sys.stdin.readline()
+assoc.release()
+"""
+
+
+def test_associations_beyond_the_limit_are_rejected_transiently(ns, started, tmp_path: Path) -> None:
+    config = listener_config(tmp_path, tmp_path / "no-model-needed", quiet_period_s=1, max_associations=1)
+    started(ListenerProcess(ns, config, tmp_path / "listener.log").start())
+    holder = ns.popen([sys.executable, "-c", HOLD_ASSOCIATION, "11112"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "established"
+
+    refused = echo(ns)
+    holder.communicate("release\n", timeout=30)
+    assert refused.returncode != 0 and "Rejected Transient" in refused.stderr and "Local Limit Exceeded" in refused.stderr, refused.stderr
+    assert wait_for(lambda: echo(ns).returncode == 0, 10, "C-ECHO once the first association is released")
 
 
 def _openssl(*args: str, cwd: Path) -> None:

@@ -80,7 +80,10 @@ class Spool:
             receiving.writes_in_flight += 1
         path = receiving.folder / (sop_instance_uid + INSTANCE_SUFFIX)
         try:
-            replaced = path.stat().st_size if path.exists() else 0
+            try:
+                replaced = path.stat().st_size  # a retransmitted instance replaces its earlier copy
+            except FileNotFoundError:
+                replaced = 0
             write_atomically(path, lambda f: f.write(encoded))
         finally:
             with self._lock:
