@@ -53,10 +53,11 @@ BARE_SCP_PORT = 11114
 BARE_SCP = f"""
 import sys
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import CTImageStorage
+from pynetdicom.sop_class import CTImageStorage, Verification
 from app.listener.tcp import NODELAY_HANDLER
 ae = AE("BARE")
 ae.add_supported_context(CTImageStorage)
+ae.add_supported_context(Verification)
 ae.start_server(("127.0.0.1", {BARE_SCP_PORT}), evt_handlers=[NODELAY_HANDLER, (evt.EVT_C_STORE, lambda event: 0)])
 """
 

@@ -82,7 +82,12 @@ class Listener:
     def _completion_loop(self) -> None:
         tick = min(0.25, self.config.quiet_period_s / 4)
         while not self._stop.wait(tick):
-            for arrival in self.spool.complete_quiet_arrivals():
+            try:
+                completed = self.spool.complete_quiet_arrivals()
+            except OSError as exc:  # e.g. the journal's disk is full: try again at the next tick
+                logger.error("Cannot complete arrivals: %s", exc.strerror)
+                continue
+            for arrival in completed:
                 self.jobs.put(arrival)
 
     def _job_loop(self) -> None:
@@ -91,7 +96,12 @@ class Listener:
                 arrival = self.jobs.get(timeout=0.5)
             except queue.Empty:
                 continue
-            self._process(arrival)
+            try:
+                self._process(arrival)
+            except OSError as exc:  # the job could not be set up (disk full, permissions): it stays unfinished
+                delay = self.backoff.max_s
+                logger.error("Arrival %s: job could not run (%s); retrying in %.0f s", arrival.id, exc.strerror, delay)
+                threading.Timer(delay, self.jobs.put, args=(arrival,)).start()
 
     def _process(self, arrival: Arrival) -> None:
         attempt = arrival.job_attempts + 1
@@ -124,10 +134,11 @@ class Listener:
             arrival = pending.arrival
             try:
                 store_sr(pending.sr, self.destination, self.config.ae_title, self.config.network_timeout_s)
-            except (DeliveryError, OSError) as exc:
+            except Exception as exc:  # whatever failed, the SR stays queued: it is never dropped
                 failures = pending.failures + 1
                 delay = self.backoff.delay(failures)
-                why = exc.strerror if isinstance(exc, OSError) else str(exc)  # an OSError's text holds the file name, a UID
+                # Only our own messages are shown: an OSError's or pydicom's text may hold a file name (a UID).
+                why = str(exc) if isinstance(exc, DeliveryError) else exc.strerror if isinstance(exc, OSError) else type(exc).__name__
                 logger.warning("Arrival %s: SR delivery failed (%s); attempt %d, retrying in %.0f s", arrival.id, why, failures, delay)
                 self.deliveries.put(arrival, pending.sr, delay, failures)
                 continue
