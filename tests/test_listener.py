@@ -9,6 +9,7 @@ import pytest
 
 from app.listener.config import ConfigError, Destination, load, parser
 from app.listener.journal import COMPLETE, PROCESSED, Arrival, Journal
+from app.listener.scp import names_a_file
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "app" / "config" / "listener.example.json"
 
@@ -69,3 +70,12 @@ def test_journal_records_hold_no_dicom_identifiers(tmp_path: Path) -> None:
     journal.append(arrival, "completed", instances=1)
     record_keys = {k for line in journal.path.read_text().splitlines() for k in json.loads(line)}
     assert record_keys == {"arrival", "event", "time", "instances"}
+
+
+@pytest.mark.parametrize(
+    ("uid", "spooled"),
+    [("1.2.840.10008.5.1.4.1.1.2", True), ("1.2.840.0123.4", True), ("../../etc/passwd", False), ("1.2/3", False),
+     ("", False), ("1." + "2" * 63, False)],
+)
+def test_only_uids_that_are_safe_file_names_are_spooled(uid: str, spooled: bool) -> None:
+    assert names_a_file(uid) is spooled

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import ssl
 
 from pydicom.filereader import read_dataset
@@ -68,6 +69,7 @@ ACCEPTED_TRANSFER_SYNTAXES = [
 ]
 
 STUDY_INSTANCE_UID = 0x0020000D
+_UID_CHARACTERS = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 # A-ASSOCIATE-RJ (result, source, reason/diag.), PS3.8 Table 9-21.
 REJECT_CALLING_AE_TITLE = (0x01, 0x01, 0x03)  # rejected-permanent, service-user, calling-AE-title-not-recognized
@@ -99,6 +101,12 @@ def server_tls_context(tls: TlsSettings) -> ssl.SSLContext:
         context.load_verify_locations(tls.ca_certificates)
         context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+def names_a_file(uid: str) -> bool:
+    """Digits and dots, at most 64 characters (PS3.5 §9.1), so the UID is safe as a file name. Leading
+    zeros in a component, which PS3.5 forbids but some devices write, are tolerated."""
+    return len(uid) <= 64 and _UID_CHARACTERS.fullmatch(uid) is not None
 
 
 def study_instance_uid(event: Event) -> UID:
@@ -172,8 +180,8 @@ class StorageSCP:
         except Exception as exc:  # a malformed data set raises many kinds; none may escape into pynetdicom's log
             logger.warning("C-STORE refused: the data set cannot be read (%s)", type(exc).__name__)
             return STATUS_CANNOT_UNDERSTAND
-        if not (sop_instance_uid.is_valid and study_uid.is_valid):
-            logger.warning("C-STORE refused: invalid SOP Instance UID or Study Instance UID")
+        if not (names_a_file(sop_instance_uid) and names_a_file(study_uid)):
+            logger.warning("C-STORE refused: malformed SOP Instance UID or Study Instance UID")
             return STATUS_CANNOT_UNDERSTAND
         encoded = event.encoded_dataset(include_meta=True)
         refusal = self.spool.refusal(len(encoded))
