@@ -106,6 +106,7 @@ def test_multi_series_study_from_storescu_returns_one_valid_sr_to_the_pacs(ns, s
     (report,) = _run_reports(tmp_path / "output")
     assert sorted(report["files"]) == sorted(f"{ds.SOPInstanceUID}.dcm" for ds in sent), "one arrival held the whole study"
     assert not any((tmp_path / "spool" / "arrivals").iterdir()), "the spooled study is removed once its SR is written"
+    assert (tmp_path / "spool").stat().st_mode & 0o077 == 0, "only the listener's user can read the spool"
 
     log = (tmp_path / "listener.log").read_text()
     assert "SR delivered to PACS@127.0.0.1" in log

@@ -9,6 +9,7 @@ its files after a restart), so the journal holds no DICOM identifiers.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 import time
@@ -45,6 +46,7 @@ class Spool:
         self.arrivals_dir = self.root / "arrivals"
         self.failed_dir = self.root / "failed"
         self.arrivals_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)  # the spooled instances hold PHI: only the listener's user may enter
         self.journal = journal
         self.quiet_period_s = quiet_period_s
         self.max_bytes = max_bytes
