@@ -62,7 +62,11 @@ class BiomedCLIPZeroShotApp(Application):
         selector = SeriesSelectorOperator(
             self, rules=settings.series_selection_rules, report=self.report, name="series_selector"
         )
-        deid = DeidentificationOperator(self, report=self.report, secret=settings.deid_secret, name="deidentification")
+        deid_settings = settings.deidentification
+        deid = DeidentificationOperator(
+            self, options=deid_settings.options, secret=deid_settings.secret,
+            accept_burned_in_annotation=deid_settings.accept_burned_in_annotation, report=self.report, name="deidentification",
+        )
         preprocess = PreprocessingOperator(
             self, policy=SamplingPolicy(settings.max_images_per_series), report=self.report, name="preprocessing"
         )

@@ -17,7 +17,7 @@ import string
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -129,6 +129,128 @@ def export_onnx(model: Any, path: Path) -> None:
     )
 
 
+#: ONNX variants ``--variants`` can add to a package (see operators/model_package.py).
+VARIANTS = ("fp16", "int8-dynamic", "int8-qdq")
+#: Real DICOM images that ship with pydicom: the default calibration set for int8-qdq.
+DEFAULT_CALIBRATION = Path(__import__("pydicom").__file__).parent / "data" / "test_files"
+
+
+def onnx_fp16(src: Path, dst: Path) -> None:
+    """fp16 weights and activations (inputs/outputs too), for TensorRT strongly typed networks."""
+    import onnx
+    from onnx import TensorProto
+    from onnxconverter_common import float16
+
+    model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=False)
+    for node in model.graph.node:  # the converter leaves Cast(to=float) inside attention: make them fp16
+        for attribute in node.attribute:
+            if node.op_type == "Cast" and attribute.name == "to" and attribute.i == TensorProto.FLOAT:
+                attribute.i = TensorProto.FLOAT16
+    onnx.save(model, str(dst))
+
+
+def onnx_int8_dynamic(src: Path, dst: Path) -> None:
+    """Dynamic INT8 (weights per channel offline, activations per batch at run time): ONNX Runtime CPU."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+
+
+def model_inputs_from_dicom(folder: Path, limit: int) -> np.ndarray:
+    """Up to ``limit`` model inputs from the DICOM images under ``folder``, through the app's own
+    preprocessing (at most 2 images per file): calibration and validation sets."""
+    from pydicom import dcmread
+
+    from operators.inventory import scan_input
+    from operators.preprocessing import SamplingPolicy, preprocess_series
+
+    batches = []
+    for item in scan_input(folder):
+        if item.skip_reason is None and sum(len(b) for b in batches) < limit:
+            try:
+                batches.append(preprocess_series("", "", [dcmread(item.path)], SamplingPolicy(2)).pixel_values)
+            except (ValueError, AttributeError, KeyError):  # malformed test files: calibration needs good ones
+                continue
+    images = np.concatenate([b for b in batches if len(b)])[:limit]
+    if len(images) == 0:
+        raise ValueError(f"{folder}: no usable DICOM image")
+    return images
+
+
+def onnx_int8_qdq(src: Path, dst: Path, calibration: np.ndarray) -> None:
+    """Explicit symmetric INT8 Q/DQ on MatMul/Gemm/Conv only (quantising every op costs accuracy:
+    cosine 0.966 vs 0.998, facts.md), per-channel weights; the form TensorRT consumes (zero point 0)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"pixel_values": calibration[i : i + 8]} for i in range(0, len(calibration), 8)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    quantize_static(
+        str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QDQ_OPS),
+        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+    )
+    restrict_qdq_to(dst, QDQ_OPS)
+
+
+QDQ_OPS = ("MatMul", "Gemm", "Conv")
+
+
+def restrict_qdq_to(path: Path, ops: Sequence[str]) -> None:
+    """Feed every non-GEMM consumer of a Q/DQ'd activation the original float tensor again.
+
+    ONNX Runtime's quantizer replaces a quantised activation for all its consumers, so residual Adds,
+    Softmax and Shape ops would see INT8 rounding. TensorRT's recommended placement (as NVIDIA
+    ModelOpt makes it) quantises only the GEMM/convolution inputs; the rest stays in high precision.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    nodes = list(model.graph.node)
+    producer = {out: node for node in nodes for out in node.output}
+    float_of = {}
+    for node in nodes:
+        if node.op_type == "DequantizeLinear" and node.input[0] in producer and producer[node.input[0]].op_type == "QuantizeLinear":
+            float_of[node.output[0]] = producer[node.input[0]].input[0]
+    for node in nodes:
+        if node.op_type not in ops:
+            for i, name in enumerate(node.input):
+                if name in float_of:
+                    node.input[i] = float_of[name]
+    used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    while True:  # drop Q/DQ pairs left without a consumer
+        dead = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.output[0] not in used]
+        if not dead:
+            break
+        for node in dead:
+            model.graph.node.remove(node)
+        used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    for initializer in [t for t in model.graph.initializer if t.name not in used]:
+        model.graph.initializer.remove(initializer)  # scales/zero points of the dropped pairs
+    onnx.save(model, str(path))
+
+
+def add_variants(staging: Path, variants: Sequence[str], calibration: Path, calibration_count: int) -> dict[str, str]:
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise ValueError(f"unknown variant(s) {sorted(unknown)}; choose from {list(VARIANTS)}")
+    src, files = staging / "image_encoder.onnx", {}
+    for variant in variants:
+        dst = staging / f"image_encoder.{variant}.onnx"
+        if variant == "fp16":
+            onnx_fp16(src, dst)
+        elif variant == "int8-dynamic":
+            onnx_int8_dynamic(src, dst)
+        else:
+            onnx_int8_qdq(src, dst, model_inputs_from_dicom(calibration, calibration_count))
+        files[variant] = dst.name
+    return files
+
+
 def label_embeddings(model: Any, tokenizer: Any, labels: LabelSet) -> np.ndarray:
     import torch
 
@@ -139,7 +261,15 @@ def label_embeddings(model: Any, tokenizer: Any, labels: LabelSet) -> np.ndarray
     return ensemble_prompt_embeddings(per_label)
 
 
-def build_package(weights: str | None, seed: int | None, labels_path: Path, out: Path) -> dict[str, Any]:
+def build_package(
+    weights: str | None,
+    seed: int | None,
+    labels_path: Path,
+    out: Path,
+    variants: Sequence[str] = (),
+    calibration: Path = DEFAULT_CALIBRATION,
+    calibration_count: int = 64,
+) -> dict[str, Any]:
     """Build the package into ``out`` atomically (a half-built package is never visible there)."""
     import open_clip
     import torch
@@ -159,6 +289,7 @@ def build_package(weights: str | None, seed: int | None, labels_path: Path, out:
             )
             embeddings = label_embeddings(model, tokenizer, labels)
             logit_scale = float(model.logit_scale.exp().item())
+        variant_files = add_variants(staging, variants, calibration, calibration_count)
         np.save(staging / "label_embeddings.npy", embeddings)
         shutil.copyfile(labels_path, staging / "labels.json")
         config = json.loads(BIOMEDCLIP_CONFIG.read_text())
@@ -178,6 +309,7 @@ def build_package(weights: str | None, seed: int | None, labels_path: Path, out:
             },
             "image_encoder": {
                 "onnx": "image_encoder.onnx",
+                "variants": variant_files,
                 "safetensors": "image_encoder.safetensors",
                 "input": "pixel_values",
                 "output": "image_features",
@@ -195,6 +327,7 @@ def build_package(weights: str | None, seed: int | None, labels_path: Path, out:
             "built_with": {
                 "open_clip": open_clip.__version__,
                 "torch": torch.__version__,
+                "calibration": f"{calibration} ({calibration_count} images)" if "int8-qdq" in variants else None,
             },
             "files": files,
         }

@@ -1,149 +1,62 @@
-"""De-identification of DICOM instances (DICOM PS3.15 Annex E, Basic Application Level Confidentiality
-Profile) with UIDs replaced consistently by a keyed hash, and an in-memory re-identification map.
+"""De-identification of DICOM instances to the Basic Application Level Confidentiality Profile
+(DICOM PS3.15 Annex E, Table E.1-1) and the options a site chose, with UIDs replaced by a keyed hash and an
+in-memory re-identification map.
 
-This is the seam for the full profile: ``DeidentificationProfile`` holds the attribute actions as
-data (tag -> action code of PS3.15 Table E.1-1); ``Deidentifier`` applies them recursively inside
-sequences. The current table covers the patient, study, visit, personnel and institution attributes
-of Table E.1-1 that reach this app; attributes not listed are kept, except private ones, which are
-removed.
+The table is data (``operators/deidentification_profile.py``); ``Deidentifier`` applies it to every
+element of the dataset and of every sequence item, at any depth (E.1.1: "whether contained in the main
+dataset or embedded in an Item of a Sequence of Items"), then records what was done (Patient Identity
+Removed, De-identification Method and its CID 7050 codes, Longitudinal Temporal Information Modified)
+and replaces the File Meta Information and preamble (E.1.1 item 7).
 
-Everything downstream of the de-identification operator sees only de-identified data. The map
-back to the original identifiers stays in memory and is used only by the SR writer, so that the SR
-is filed into the original study; it is never logged or written.
+Everything downstream of the de-identification operator sees only de-identified data. The map back to
+the original identifiers stays in memory and is used only by the SR writer, so that the SR is filed
+into the original study; it is never logged or written.
 """
 
 from __future__ import annotations
 
 import copy
+import datetime
 import hashlib
 import hmac
+import re
 import secrets
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Iterable, Mapping
+from functools import cached_property
+from typing import Iterable, Iterator
 
-from pydicom import Dataset
+from pydicom import Dataset, config
 from pydicom.dataelem import DataElement
-from pydicom.datadict import tag_for_keyword
-from pydicom.tag import BaseTag, Tag
+from pydicom.dataset import FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import UID
 
-#: Root of the UIDs this app generates: "2.25." + a 128-bit integer (PS3.5 Annex B.2).
+from operators.deidentification_profile import Action, DeidentificationProfile, SafePrivateAttribute
+
+#: Root of the UIDs this app generates: "2.25." + a 128-bit integer (PS3.5 Annex B.2), at most 44 characters.
 UID_ROOT = "2.25."
 #: Standard UIDs (SOP classes, transfer syntaxes, coding schemes…) are not instance identifiers.
 DICOM_UID_ROOT = "1.2.840.10008."
+#: UI attributes outside Table E.1-1 that name a definition rather than an instance: kept. Every other
+#: UI value outside the DICOM root is replaced, so that no instance UID escapes through an attribute
+#: the table does not list.
+DEFINITION_UID_SUFFIXES = ("ClassUID", "TransferSyntaxUID", "CodingSchemeUID", "ContextUID", "MappingResourceUID", "CreatorUID")
+#: Identifies this application in the File Meta Information of de-identified files (E.1.1 item 7).
+IMPLEMENTATION_CLASS_UID = "2.25.207331460426593651837327461098561137081"
+IMPLEMENTATION_VERSION_NAME = "BMCLIP_DEID_1"
 
-
-class Action(str, Enum):
-    """Action codes of PS3.15 Table E.1-1."""
-
-    REMOVE = "X"
-    ZERO = "Z"  # replace with a zero-length value
-    KEEP = "K"
-    UID = "U"  # replace with a non-zero-length UID, consistent within the set of instances
-
-
-# PS3.15 Table E.1-1 (2025b) actions for the attributes handled by this first version. Where the
-# standard allows a choice (e.g. Z/D) the zero-length choice is taken for type 2 attributes.
-_BASIC_PROFILE: dict[str, Action] = {
-    "PatientName": Action.ZERO,
-    "PatientID": Action.ZERO,
-    "PatientBirthDate": Action.ZERO,
-    "PatientBirthTime": Action.REMOVE,
-    "PatientSex": Action.ZERO,
-    "PatientAge": Action.REMOVE,
-    "PatientSize": Action.REMOVE,
-    "PatientWeight": Action.REMOVE,
-    "PatientAddress": Action.REMOVE,
-    "PatientTelephoneNumbers": Action.REMOVE,
-    "PatientMotherBirthName": Action.REMOVE,
-    "OtherPatientIDs": Action.REMOVE,
-    "OtherPatientIDsSequence": Action.REMOVE,
-    "OtherPatientNames": Action.REMOVE,
-    "PatientBirthName": Action.REMOVE,
-    "IssuerOfPatientID": Action.REMOVE,
-    "MedicalRecordLocator": Action.REMOVE,
-    "EthnicGroup": Action.REMOVE,
-    "Occupation": Action.REMOVE,
-    "AdditionalPatientHistory": Action.REMOVE,
-    "PatientComments": Action.REMOVE,
-    "MilitaryRank": Action.REMOVE,
-    "BranchOfService": Action.REMOVE,
-    "CountryOfResidence": Action.REMOVE,
-    "RegionOfResidence": Action.REMOVE,
-    "AccessionNumber": Action.ZERO,
-    "StudyID": Action.ZERO,
-    "StudyDate": Action.ZERO,
-    "StudyTime": Action.ZERO,
-    "SeriesDate": Action.REMOVE,
-    "SeriesTime": Action.REMOVE,
-    "AcquisitionDate": Action.REMOVE,
-    "AcquisitionTime": Action.REMOVE,
-    "AcquisitionDateTime": Action.REMOVE,
-    "ContentDate": Action.ZERO,
-    "ContentTime": Action.ZERO,
-    "InstanceCreationDate": Action.REMOVE,
-    "InstanceCreationTime": Action.REMOVE,
-    "StudyDescription": Action.REMOVE,
-    "SeriesDescription": Action.REMOVE,
-    "RequestAttributesSequence": Action.REMOVE,
-    "ReferencedPatientSequence": Action.REMOVE,
-    "ReferencedStudySequence": Action.REMOVE,
-    "ReferringPhysicianName": Action.ZERO,
-    "ReferringPhysicianAddress": Action.REMOVE,
-    "ReferringPhysicianTelephoneNumbers": Action.REMOVE,
-    "PerformingPhysicianName": Action.REMOVE,
-    "NameOfPhysiciansReadingStudy": Action.REMOVE,
-    "PhysiciansOfRecord": Action.REMOVE,
-    "OperatorsName": Action.REMOVE,
-    "RequestingPhysician": Action.REMOVE,
-    "InstitutionName": Action.REMOVE,
-    "InstitutionAddress": Action.REMOVE,
-    "InstitutionalDepartmentName": Action.REMOVE,
-    "StationName": Action.REMOVE,
-    "DeviceSerialNumber": Action.REMOVE,
-    "AdmissionID": Action.REMOVE,
-    "AdmittingDiagnosesDescription": Action.REMOVE,
-    "PerformedProcedureStepID": Action.REMOVE,
-    "PerformedProcedureStepDescription": Action.REMOVE,
-    "PerformedProcedureStepStartDate": Action.REMOVE,
-    "PerformedProcedureStepStartTime": Action.REMOVE,
-    "RequestedProcedureID": Action.REMOVE,
-    "ScheduledProcedureStepID": Action.REMOVE,
-    "ImageComments": Action.REMOVE,
-    "FrameComments": Action.REMOVE,
-    "DerivationDescription": Action.REMOVE,
-    "ProtocolName": Action.REMOVE,
-    "PatientIdentityRemoved": Action.REMOVE,  # re-written below
-    "DeidentificationMethod": Action.REMOVE,  # re-written below
-}
-
-#: Patient and study module attributes the SR needs to be filed into the original study.
-ORIGINAL_STUDY_KEYWORDS = (
-    "PatientName",
-    "PatientID",
-    "IssuerOfPatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyInstanceUID",
-    "StudyDate",
-    "StudyTime",
-    "StudyID",
-    "AccessionNumber",
-    "ReferringPhysicianName",
-)
-
-
-@dataclass(frozen=True)
-class DeidentificationProfile:
-    """Attribute actions (tag -> PS3.15 action) and profile options."""
-
-    actions: Mapping[BaseTag, Action]
-    remove_private: bool = True
-    method_description: str = "PS3.15 E.1-1 Basic Profile (BiomedCLIP MAP v1 table)"
-
-    @classmethod
-    def basic(cls) -> "DeidentificationProfile":
-        return cls({Tag(tag_for_keyword(k)): a for k, a in _BASIC_PROFILE.items()})
+#: Dummy values (action D) for VRs where a pseudonym of the original value would not be valid.
+DUMMY_DATE, DUMMY_DATETIME, DUMMY_TIME, DUMMY_AGE = "19000101", "19000101000000", "000000", "000D"
+#: Text VRs: D gives a keyed pseudonym of the original (so equal originals stay equal); C cleans the text.
+TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
+NUMBER_STRING_VRS = frozenset({"DS", "IS"})
+BINARY_NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "AT"})
+#: Removed from free text by cleaning: dates in any common notation, and runs of 4 or more digits (record
+#: numbers, phone numbers, years).
+DATE_OR_NUMBER = re.compile(r"\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}|\d{4,}")
+#: Maximum date shift for the Retain Longitudinal Temporal Information with Modified Dates Option.
+MAX_SHIFT_DAYS = 3650
 
 
 @dataclass
@@ -166,12 +79,62 @@ class ReidentificationMap:
         return f"ReidentificationMap({len(self.uids)} UIDs, {len(self.studies)} studies)"
 
 
-class Deidentifier:
-    """Applies a ``DeidentificationProfile``; UIDs map through HMAC-SHA256 keyed by a deployment secret.
+#: Patient and study module attributes the SR needs to be filed into the original study.
+ORIGINAL_STUDY_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
 
-    A bare hash of a UID could be reversed by hashing candidate UIDs; a keyed hash cannot without the
-    key. Without a configured secret a random one is drawn per process: UIDs stay consistent within
-    the run, and nothing links runs.
+
+class _Instance:
+    """Per-instance facts derived from the original on first use: the date shift and the identifying values."""
+
+    def __init__(self, deidentifier: "Deidentifier", original: Dataset) -> None:
+        self._deidentifier = deidentifier
+        self._original = original
+
+    @cached_property
+    def shift_days(self) -> int:
+        """A per-patient whole-day shift into the past (1..MAX_SHIFT_DAYS): equal for all studies of a patient."""
+        patient = f"{self._original.get('PatientID', '')}|{self._original.get('IssuerOfPatientID', '')}"
+        if patient == "|":  # no patient identity: one shift per study
+            patient = f"study|{self._original.get('StudyInstanceUID', '')}"
+        return 1 + int(self._deidentifier.keyed_hex(f"date-shift|{patient}")[:12], 16) % MAX_SHIFT_DAYS
+
+    @cached_property
+    def identifying_pattern(self) -> re.Pattern[str] | None:
+        """Every identifying value of the original (values of Table E.1-1 attributes that are not descriptors)."""
+        values: set[str] = set()
+        tags = self._deidentifier.profile.identifying_tags
+
+        def collect(_: Dataset, elem: DataElement) -> None:
+            if elem.tag in tags and elem.VR in TEXT_VRS | {"DA", "DT"} and not elem.is_empty:
+                for value in elem.value if elem.VM > 1 else [elem.value]:
+                    values.update(v for v in re.split(r"[\^=\s,]+", str(value)) if len(v) >= 2)
+
+        self._original.walk(collect)
+        if not values:
+            return None
+        words = sorted(values, key=len, reverse=True)
+        return re.compile(r"(?<![0-9A-Za-z])(?:" + "|".join(map(re.escape, words)) + r")(?![0-9A-Za-z])", re.IGNORECASE)
+
+
+class Deidentifier:
+    """Applies a ``DeidentificationProfile``; UIDs and dummy values derive from HMAC-SHA256 keyed by a
+    deployment secret.
+
+    A bare hash of a UID could be reversed by hashing candidate UIDs; a keyed hash cannot without the key.
+    Without a configured secret a random one is drawn per process: UIDs stay consistent within the run,
+    and nothing links runs.
     """
 
     def __init__(self, profile: DeidentificationProfile, secret: bytes | None = None) -> None:
@@ -179,52 +142,244 @@ class Deidentifier:
         self._key = secret or secrets.token_bytes(32)
         self.reidentification = ReidentificationMap()
 
+    def keyed_hex(self, text: str) -> str:
+        return hmac.new(self._key, text.encode("utf-8", "replace"), hashlib.sha256).hexdigest()
+
     def replace_uid(self, uid: str) -> str:
-        digest = hmac.new(self._key, uid.encode("ascii", "replace"), hashlib.sha256).digest()
-        pseudo = UID_ROOT + str(int.from_bytes(digest[:16], "big"))
+        """``2.25.<first 128 bits of HMAC-SHA256(secret, uid)>``: the same UID always maps to the same replacement."""
+        pseudo = UID_ROOT + str(int(self.keyed_hex(f"uid|{uid}")[:32], 16))
         self.reidentification.uids[pseudo] = uid
         return pseudo
 
     def deidentify(self, original: Dataset) -> Dataset:
         """A de-identified deep copy of ``original`` (which is never modified)."""
-        ds = copy.deepcopy(original)
-        study_uid = str(original.get("StudyInstanceUID", ""))
-        ds.walk(self._apply)
-        if self.profile.remove_private:
-            ds.remove_private_tags()
-        if hasattr(ds, "file_meta") and "MediaStorageSOPInstanceUID" in ds.file_meta:
-            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = self.profile.method_description
-        if study_uid:
-            pseudo_study = self.replace_uid(study_uid)
-            if pseudo_study not in self.reidentification.studies:
-                self.reidentification.studies[pseudo_study] = _study_attributes(original)
+        with _values_not_quoted_in_logs():
+            ds = copy.deepcopy(original)
+            self._deidentify_dataset(ds, _Instance(self, original))
+            self._record_method(ds)
+            self._replace_file_meta(ds)
+            for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+                if keyword in original:  # with Retain UIDs the "replacement" is the original itself
+                    self.reidentification.uids.setdefault(str(ds[keyword].value), str(original[keyword].value))
+            if "StudyInstanceUID" in ds:
+                self.reidentification.studies.setdefault(str(ds.StudyInstanceUID), _study_attributes(original))
         return ds
 
     def deidentify_all(self, datasets: Iterable[Dataset]) -> list[Dataset]:
         return [self.deidentify(ds) for ds in datasets]
 
-    def _apply(self, ds: Dataset, elem: DataElement) -> None:
+    # -- the table, applied recursively -------------------------------------------------------------
+
+    def _deidentify_dataset(self, ds: Dataset, instance: _Instance) -> None:
+        self._remove_private(ds)
+        for tag in list(ds.keys()):
+            if tag not in ds:  # removed with its overlay group
+                continue
+            group, element = tag >> 16, tag & 0xFFFF
+            if element == 0 or 0x5000 <= group <= 0x50FF:  # group lengths (now wrong); curves (E.1-1: X)
+                del ds[tag]
+            elif 0x6000 <= group <= 0x60FF and element in (0x3000, 0x4000):
+                self._remove_overlay(ds, group, element)
+            else:
+                self._apply(ds, ds[tag], instance)
+
+    def _apply(self, ds: Dataset, elem: DataElement, instance: _Instance) -> None:
         action = self.profile.actions.get(elem.tag)
-        if action is Action.REMOVE:
+        if action is None:
+            self._outside_table(elem, instance)
+        elif action is Action.REMOVE:
             del ds[elem.tag]
         elif action is Action.ZERO:
-            elem.value = None if elem.VR != "SQ" else []
-        elif elem.VR == "UI" and elem.value and action is not Action.KEEP:
-            elem.value = self._replace_uid_value(elem.value)
+            elem.value = Sequence() if elem.VR == "SQ" else None
+        elif action is Action.DUMMY:
+            self._dummy(elem)
+        elif action is Action.UID:
+            self._replace_uids(elem)
+        elif action is Action.SHIFT:
+            self._shift_dates(ds, elem, instance)
+        elif action is Action.CLEAN:
+            self._clean(ds, elem, instance)
+        elif elem.VR == "SQ":  # K: kept, and cleaned inside (E.1-1 note on K for sequences)
+            self._recurse(elem, instance)
 
-    def _replace_uid_value(self, value: str | list[str]) -> str | list[str]:
-        if isinstance(value, str):
-            return value if value.startswith(DICOM_UID_ROOT) else self.replace_uid(value)
-        return [self._replace_uid_value(v) for v in value]
+    def _outside_table(self, elem: DataElement, instance: _Instance) -> None:
+        """Attributes Table E.1-1 does not list are kept; their sequences are de-identified, their instance UIDs replaced."""
+        if elem.VR == "SQ":
+            self._recurse(elem, instance)
+        elif elem.VR == "UI" and not self.profile.options.retain_uids and not elem.keyword.endswith(DEFINITION_UID_SUFFIXES):
+            self._replace_uids(elem)
+
+    def _recurse(self, elem: DataElement, instance: _Instance) -> None:
+        for item in elem.value:
+            self._deidentify_dataset(item, instance)
+
+    def _fallback(self, ds: Dataset, elem: DataElement) -> None:
+        """Where an option's C cannot apply to a value (unparsable date, binary timestamp), the Basic Profile action."""
+        action = self.profile.basic_actions[elem.tag]
+        if action is Action.REMOVE:
+            del ds[elem.tag]
+        elif action is Action.DUMMY:
+            self._dummy(elem)
+        else:
+            elem.value = Sequence() if elem.VR == "SQ" else None
+
+    def _dummy(self, elem: DataElement) -> None:
+        vr = elem.VR
+        if vr == "UI":
+            self._replace_uids(elem)
+        elif vr in TEXT_VRS:
+            elem.value = "ANON" + self.keyed_hex(f"dummy|{elem.tag}|{elem.value}")[:12].upper()
+        elif vr in ("DA", "DT", "TM", "AS"):
+            elem.value = {"DA": DUMMY_DATE, "DT": DUMMY_DATETIME, "TM": DUMMY_TIME, "AS": DUMMY_AGE}[vr]
+        elif vr in NUMBER_STRING_VRS:
+            elem.value = "0"
+        elif vr in BINARY_NUMBER_VRS:
+            elem.value = 0
+        else:  # OB, OW, UN…
+            elem.value = b"\x00\x00"
+
+    def _replace_uids(self, elem: DataElement) -> None:
+        if elem.is_empty:
+            return
+        values = [str(v) for v in (elem.value if elem.VM > 1 else [elem.value])]
+        replaced = [v if v.startswith(DICOM_UID_ROOT) else self.replace_uid(v) for v in values]
+        elem.value = replaced if len(replaced) > 1 else replaced[0]
+
+    def _shift_dates(self, ds: Dataset, elem: DataElement, instance: _Instance) -> None:
+        """E.3.6 with modified dates: DA/DT moved by the patient's shift; times (and the UTC offset) kept."""
+        if elem.VR not in ("DA", "DT"):
+            if elem.VR not in ("TM", "SH"):
+                self._fallback(ds, elem)
+            return
+        if elem.is_empty:
+            return
+        values = [str(v) for v in (elem.value if elem.VM > 1 else [elem.value])]
+        shifted = [_shift_date(v, instance.shift_days) for v in values]
+        if any(s is None for s in shifted):
+            self._fallback(ds, elem)
+        else:
+            elem.value = shifted if len(shifted) > 1 else shifted[0]
+
+    def _clean(self, ds: Dataset, elem: DataElement, instance: _Instance) -> None:
+        """C for descriptors, patient characteristics and AE titles: the text without any identifying value of
+        the instance (names, IDs, dates… from Table E.1-1 attributes) and without digit runs; sequences are
+        de-identified item by item. Other VRs fall back to the Basic Profile action."""
+        if elem.VR == "SQ":
+            self._recurse(elem, instance)
+        elif elem.VR not in TEXT_VRS:
+            self._fallback(ds, elem)
+        elif not elem.is_empty:
+            values = [str(v) for v in (elem.value if elem.VM > 1 else [elem.value])]
+            cleaned = [_clean_text(v, instance.identifying_pattern) for v in values]
+            elem.value = cleaned if len(cleaned) > 1 else cleaned[0]
+
+    # -- private attributes, overlays -----------------------------------------------------------------
+
+    def _remove_private(self, ds: Dataset) -> None:
+        """All private attributes go (E.1-1), except, with Retain Safe Private, Table E.3.10-1 entries and their creators."""
+        private = [tag for tag in ds.keys() if tag.is_private]
+        if not private:
+            return
+        keep: set[int] = set()
+        if self.profile.options.retain_safe_private:
+            for tag in private:
+                group, element = tag.group, tag.element
+                creator_tag = (group << 16) | (element >> 8)
+                if element >= 0x1000 and creator_tag in ds:
+                    creator = str(ds[creator_tag].value).strip()
+                    if SafePrivateAttribute(group, creator, element & 0xFF) in self.profile.safe_private:
+                        keep.update((tag, creator_tag))
+        for tag in private:
+            if tag not in keep:
+                del ds[tag]
+
+    @staticmethod
+    def _remove_overlay(ds: Dataset, group: int, element: int) -> None:
+        """Overlay Data (60xx,3000) is X: the whole overlay goes, so no incomplete Overlay Plane module is left.
+        Overlay Comments (60xx,4000) alone are X."""
+        if element == 0x3000:
+            for tag in [t for t in ds.keys() if t.group == group]:
+                del ds[tag]
+        else:
+            del ds[(group << 16) | element]
+
+    # -- what was done --------------------------------------------------------------------------------
+
+    def _record_method(self, ds: Dataset) -> None:
+        """Patient Identity Removed, De-identification Method (+ CID 7050 codes), Longitudinal Temporal
+        Information Modified (PS3.15 E.1.1 item 6, E.2, E.3.6)."""
+        ds.PatientIdentityRemoved = "YES"
+        ds.DeidentificationMethod = self.profile.method_description
+        items = []
+        for code in self.profile.method_codes:
+            item = Dataset()
+            item.CodeValue = code.value
+            item.CodingSchemeDesignator = code.scheme_designator
+            item.CodeMeaning = code.meaning
+            items.append(item)
+        ds.DeidentificationMethodCodeSequence = items
+        ds.LongitudinalTemporalInformationModified = (
+            "MODIFIED" if self.profile.options.retain_longitudinal_modified_dates else "REMOVED"
+        )
+
+    @staticmethod
+    def _replace_file_meta(ds: Dataset) -> None:
+        """File Meta Information and preamble describe this de-identifier only (E.1.1 item 7)."""
+        old = getattr(ds, "file_meta", None)
+        if old is None:
+            return
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = ds.get("SOPClassUID", old.get("MediaStorageSOPClassUID"))
+        meta.MediaStorageSOPInstanceUID = ds.get("SOPInstanceUID", "")
+        if "TransferSyntaxUID" in old:
+            meta.TransferSyntaxUID = old.TransferSyntaxUID
+        meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+        meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+        ds.file_meta = meta
+        ds.preamble = b"\x00" * 128
+
+
+@contextmanager
+def _values_not_quoted_in_logs() -> Iterator[None]:
+    """pydicom's value validation warns with the offending value quoted ("Invalid value for VR DT: '…'") into the
+    log and stderr. Values derived from the original (a shifted date-time keeps its original time part, cleaned
+    text) are therefore assigned with validation off."""
+    settings = config.settings
+    modes = settings.reading_validation_mode, settings.writing_validation_mode
+    settings.reading_validation_mode = settings.writing_validation_mode = config.IGNORE
+    try:
+        yield
+    finally:
+        settings.reading_validation_mode, settings.writing_validation_mode = modes
+
+
+def _shift_date(value: str, days: int) -> str | None:
+    """A DA value, or a DT value's date part, moved ``days`` into the past; None if it is not a full date."""
+    try:
+        date = datetime.datetime.strptime(value[:8], "%Y%m%d").date()
+    except ValueError:
+        return None
+    return (date - datetime.timedelta(days=days)).strftime("%Y%m%d") + value[8:]
+
+
+def _clean_text(value: str, identifying: re.Pattern[str] | None) -> str:
+    if identifying is not None:
+        value = identifying.sub("", value)
+    return " ".join(DATE_OR_NUMBER.sub("", value).split())
+
+
+#: Patient's Sex (0010,0040) enumerated values (PS3.3 C.7.1.1): any other original value is not carried into
+#: the SR, where it would make the writer fail with the value in its error message.
+PATIENT_SEX_VALUES = frozenset({"M", "F", "O"})
 
 
 def _study_attributes(ds: Dataset) -> Dataset:
     study = Dataset()
     for keyword in ORIGINAL_STUDY_KEYWORDS:
         if keyword in ds:
-            setattr(study, keyword, copy.deepcopy(ds[keyword].value))
+            study[ds[keyword].tag] = copy.deepcopy(ds[keyword])
+    if "PatientSex" in study and study.PatientSex not in PATIENT_SEX_VALUES:
+        study.PatientSex = ""
     return study
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
+from pydicom import Dataset
 
+from operators.burned_in_annotation import burned_in_phi_risk
 from operators.deidentification import Deidentifier, DeidentificationProfile, deidentify_series
+from operators.deidentification_profile import ProfileOptions
 from operators.run_report import RunReport, timed_stage
 
 logger = logging.getLogger(__name__)
@@ -16,12 +19,25 @@ class DeidentificationOperator(Operator):
     """Input ``study_selected_series_list`` (SDK ``StudySelectedSeries``); outputs ``series``
     (list of ``DeidentifiedSeries``) and ``reidentification`` (``ReidentificationMap``, for the SR
     writer only). Nothing downstream of ``series`` carries an original identifier.
+
+    Images that may carry burned-in PHI are refused before de-identification (unless
+    ``accept_burned_in_annotation``) and recorded in the run report with the reason.
     """
 
-    def __init__(self, fragment: Fragment, *args, report: RunReport, secret: bytes | None, **kwargs) -> None:
-        self.report = report
-        self.profile = DeidentificationProfile.basic()
+    def __init__(
+        self,
+        fragment: Fragment,
+        *args,
+        options: ProfileOptions,
+        secret: bytes | None,
+        accept_burned_in_annotation: bool,
+        report: RunReport,
+        **kwargs,
+    ) -> None:
+        self.profile = DeidentificationProfile.basic(options)
         self.secret = secret
+        self.accept_burned_in_annotation = accept_burned_in_annotation
+        self.report = report
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
@@ -43,8 +59,25 @@ class DeidentificationOperator(Operator):
                 seen.add(series.SeriesInstanceUID)
                 originals = [instance.get_native_sop_instance() for instance in series.get_sop_instances()]
                 self.report.mark_selected((str(ds.SOPInstanceUID) for ds in originals), "not sampled (series sampling policy)")
-                deidentified = deidentify_series(deidentifier, originals)
-                logger.info("De-identified series %s: %d instances", deidentified.series_instance_uid, len(originals))
+                accepted = self._refuse_burned_in(originals)
+                if not accepted:
+                    continue
+                deidentified = deidentify_series(deidentifier, accepted)
+                logger.info("De-identified series %s: %d instances", deidentified.series_instance_uid, len(accepted))
                 result.append(deidentified)
         op_output.emit(result, "series")
         op_output.emit(deidentifier.reidentification, "reidentification")
+
+    def _refuse_burned_in(self, originals: list[Dataset]) -> list[Dataset]:
+        """The instances that may go on; the others are marked refused (by original UID, in memory only)."""
+        if self.accept_burned_in_annotation:
+            return originals
+        accepted = []
+        for ds in originals:
+            reason = burned_in_phi_risk(ds)
+            if reason is None:
+                accepted.append(ds)
+            else:
+                self.report.mark_refused(str(ds.SOPInstanceUID), reason)
+                logger.warning("Instance refused before de-identification: %s", reason)
+        return accepted

@@ -6,7 +6,7 @@ import logging
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from operators.backends import create_backend
+from operators.backends import BackendSpec, create_backend
 from operators.classification import classify_series
 from operators.model_package import ModelPackage
 from operators.run_report import RunReport, timed_stage
@@ -16,14 +16,14 @@ logger = logging.getLogger(__name__)
 
 class ZeroShotInferenceOperator(Operator):
     """Input ``preprocessed`` (list of ``PreprocessedSeries``); output ``classifications`` (list of
-    ``SeriesClassification``). The backend (``auto``, ``onnxruntime``, ``pytorch``) is chosen once
-    at start; the operator does not depend on which one it is."""
+    ``SeriesClassification``). The backend (``operators.backends``) is created once at start; the
+    operator does not depend on which one it is."""
 
     def __init__(
-        self, fragment: Fragment, *args, package: ModelPackage, backend: str, batch_size: int, report: RunReport, **kwargs
+        self, fragment: Fragment, *args, package: ModelPackage, backend: BackendSpec, batch_size: int, report: RunReport, **kwargs
     ) -> None:
         self.package = package
-        self.backend_name = backend
+        self.spec = backend
         self.batch_size = batch_size
         self.report = report
         self.backend = None
@@ -34,7 +34,7 @@ class ZeroShotInferenceOperator(Operator):
         spec.output("classifications")
 
     def start(self) -> None:
-        self.backend = create_backend(self.backend_name, self.package)
+        self.backend = create_backend(self.spec, self.package)
         logger.info("Inference backend: %s", self.backend.name)
 
     @timed_stage("infer")

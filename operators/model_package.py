@@ -5,6 +5,10 @@ Layout of a package folder::
     manifest.json              identity, provenance, preprocessing constants, sha256 of every file
     image_encoder.onnx         BiomedCLIP image tower, input ``pixel_values`` (N x 3 x 224 x 224,
                                dynamic N), output ``image_features`` (N x 512, not normalised)
+    image_encoder.<variant>.onnx  optional variants of the same graph (``build_model.py --variants``):
+                               ``fp16`` (weights and activations fp16, for TensorRT strongly typed
+                               networks), ``int8-dynamic`` (ONNX Runtime CPU), ``int8-qdq`` (explicit
+                               symmetric Q/DQ on MatMul/Gemm/Conv, for TensorRT and ONNX Runtime)
     image_encoder.safetensors  the same tower's weights, for the PyTorch backend
     open_clip_config.json      the open_clip model config the tower is rebuilt from
     label_embeddings.npy       L x 512 float32, unit-norm label embeddings (prompt-ensembled)
@@ -34,6 +38,10 @@ logger = logging.getLogger(__name__)
 
 class ModelPackageError(RuntimeError):
     """The model package is missing, incomplete or corrupt."""
+
+
+class MissingArtefact(ModelPackageError):
+    """The package has no file for the requested precision."""
 
 
 def sha256_file(path: Path) -> str:
@@ -98,6 +106,32 @@ class ModelPackage:
     @property
     def onnx_path(self) -> Path:
         return self.root / self.manifest["image_encoder"]["onnx"]
+
+    def variants(self) -> dict[str, str]:
+        return {"fp32": self.manifest["image_encoder"]["onnx"], **self.manifest["image_encoder"].get("variants", {})}
+
+    def has_artefact(self, precision: str) -> bool:
+        return any(v == precision or v.startswith(precision + "-") for v in self.variants())
+
+    def artefact(self, precision: str, preferred: tuple[str, ...] = ("dynamic", "qdq")) -> Path:
+        """ONNX file for ``precision``; for int8 the first of ``preferred`` flavours the package has."""
+        variants = self.variants()
+        for name in (precision, *(f"{precision}-{flavour}" for flavour in preferred)):
+            if name in variants:
+                return self.root / variants[name]
+        raise MissingArtefact(
+            f"{self.root}: no {precision} image encoder in the package (build it with scripts/build_model.py --variants)"
+        )
+
+    def image_tower(self) -> Any:
+        """The image tower as a PyTorch module (open_clip architecture + the package's safetensors)."""
+        from open_clip.model import CLIPVisionCfg, _build_vision_tower
+        from safetensors.torch import load_file
+
+        config = json.loads((self.root / "open_clip_config.json").read_text())["model_cfg"]
+        tower = _build_vision_tower(config["embed_dim"], CLIPVisionCfg(**config["vision_cfg"]))
+        tower.load_state_dict(load_file(str(self.root / self.manifest["image_encoder"]["safetensors"])))
+        return tower.eval()
 
     @property
     def identity(self) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from operators.run_report import RunReport, timed_stage
-from operators.structured_report import Algorithm, build_study_sr, write_sr
+from operators.structured_report import Algorithm, build_study_sr, warm_up, write_sr
 from operators.zero_shot import LabelSet
 
 logger = logging.getLogger(__name__)
@@ -31,6 +31,10 @@ class StructuredReportWriterOperator(Operator):
     def setup(self, spec: OperatorSpec) -> None:
         spec.input("classifications")
         spec.input("reidentification")
+
+    def start(self) -> None:
+        with self.report.timed("write_sr_warm_up"):
+            warm_up(self.labels, self.algorithm)
 
     @timed_stage("write_sr")
     def compute(self, op_input, op_output, context) -> None:

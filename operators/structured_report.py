@@ -150,3 +150,21 @@ def build_study_sr(
 def write_sr(sr: Dataset, output_folder: Path) -> Path:
     """Write the SR atomically as ``<SOP Instance UID>.dcm`` (a new UID: no identifier of the input)."""
     return write_atomically(Path(output_folder) / f"{sr.SOPInstanceUID}.dcm", lambda f: sr.save_as(f, enforce_file_format=True))
+
+
+def warm_up(labels: LabelSet, algorithm: Algorithm) -> None:
+    """Build (and discard) one SR of a synthetic study, so that highdicom loads the standard's module
+    tables (~0.6 s, once per process) at start-up, beside the model, not inside the first study."""
+    import numpy as np
+
+    from operators.preprocessing import ImageRef
+
+    study, series, image = generate_uid(), generate_uid(), generate_uid()
+    reid = ReidentificationMap(uids={study: study, series: series, image: image}, studies={study: Dataset()})
+    reid.studies[study].StudyInstanceUID = study
+    probabilities = np.full((1, len(labels.labels)), 1.0 / len(labels.labels))
+    classification = SeriesClassification(
+        study, series, "OT", 1, [ImageRef("1.2.840.10008.5.1.4.1.1.7", image)], 1, "warm-up",
+        probabilities, probabilities[0], "warm-up",
+    )
+    build_study_sr([classification], labels, algorithm, reid)

@@ -80,6 +80,7 @@ def run_once(input_dir: Path, model: Path, config: Path, work: Path) -> dict[str
         raise RuntimeError(f"app failed ({result.returncode}): {result.stderr[-2000:]}")
     report = json.loads((output / "run_report.json").read_text())
     timings = {stage: report["timings_s"].get(stage, 0.0) for stage in STAGES}
+    timings["load_average"] = os.getloadavg()[0]
     timings["images"] = sum(s.get("images_inferred", 0) for s in report["series"])
     timings["pipeline"] = sum(timings[s] for s in STAGES)
     timings["startup"] = wall - timings["pipeline"]
@@ -122,9 +123,11 @@ def markdown(results: list[dict], repeats: int) -> str:
         BEGIN,
         "## Pipeline on CPU (`scripts/benchmark_pipeline.py`)",
         "",
-        f"Machine: {machine()}. Median of {repeats} runs each, backends interleaved in one run; seeded random",
+        f"Machine: {machine()}; 1-minute load average during the runs (median) "
+        f"{statistics.median(r['median']['load_average'] for r in results):.1f}. Median of {repeats} runs each, backends interleaved in one run; seeded random",
         "BiomedCLIP weights (same compute as real weights). Stage times are operator compute times from",
-        "`run_report.json`; *startup* is the rest of the process (imports, model load, graph set-up).",
+        "`run_report.json`; *startup* is the rest of the process (imports, model load and sha256 check, ONNX Runtime",
+        "session, highdicom's standard tables, graph set-up). *Non-model share* = stages other than `infer` / all stages.",
         "",
         "| scenario | backend | images | load | select | de-id | preprocess | infer | SR | non-model share | images/s (pipeline) | startup | wall |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",

@@ -2,6 +2,7 @@
 """Build the BiomedCLIP model package folder the app reads at run time.
 
     python scripts/build_model.py --random-init --seed 0 --out models/biomedclip
+    python scripts/build_model.py --random-init --seed 0 --variants fp16,int8-dynamic,int8-qdq --out DIR
     python scripts/build_model.py --weights hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 --out DIR
     python scripts/build_model.py --weights /path/to/open_clip/snapshot --out DIR
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.builder import DEFAULT_LABELS, HUB_ID, build_package  # noqa: E402
+from models.builder import DEFAULT_CALIBRATION, DEFAULT_LABELS, HUB_ID, VARIANTS, build_package  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,8 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed for --random-init (default 0)")
     parser.add_argument("--labels", type=Path, default=DEFAULT_LABELS, help="label set JSON (default models/labels.json)")
     parser.add_argument("--out", type=Path, required=True, help="package folder to write (replaced atomically)")
+    parser.add_argument("--variants", default="", help=f"comma-separated extra ONNX variants: {','.join(VARIANTS)}")
+    parser.add_argument("--calibration", type=Path, default=DEFAULT_CALIBRATION,
+                        help="folder of DICOM images for int8-qdq calibration (default: pydicom's test images)")
+    parser.add_argument("--calibration-images", type=int, default=64, help="images used for calibration (default 64)")
     args = parser.parse_args(argv)
-    manifest = build_package(None if args.random_init else args.weights, args.seed, args.labels, args.out)
+    variants = [v for v in args.variants.split(",") if v]
+    manifest = build_package(None if args.random_init else args.weights, args.seed, args.labels, args.out,
+                             variants, args.calibration, args.calibration_images)
     kind = "RANDOM weights, not for clinical use" if manifest["weights"]["random_init"] else manifest["weights"]["source"]
     print(f"model package written to {args.out} ({kind}; {len(manifest['files'])} files)")
     return 0

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1  # everything runs offline
 if [ ! -f models/biomedclip/manifest.json ]; then
-  .venv/bin/python scripts/build_model.py --random-init --seed 0 --out models/biomedclip
+  .venv/bin/python scripts/build_model.py --random-init --seed 0 --variants int8-dynamic --out models/biomedclip
 fi
 if [ ! -d sample_study ]; then
   .venv/bin/python scripts/make_sample_study.py sample_study

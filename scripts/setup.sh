@@ -21,3 +21,8 @@ if { ! command -v dciodvfy || ! command -v storescp || ! command -v Orthanc; } >
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools dcmtk orthanc >/dev/null
   [ -z "$no_services" ] || rm -f /usr/sbin/policy-rc.d
 fi
+
+# jq: the MAP's entrypoint script (holoscan-cli's `tools`) reads app.json with it; a packaging test runs it.
+if ! command -v jq >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null
+fi

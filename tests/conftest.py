@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ["HF_HUB_OFFLINE"] = "1"  # a wrong local path then fails at once instead of retrying a hub
 
-from models.builder import DEFAULT_LABELS, build_package  # noqa: E402
+from models.builder import DEFAULT_LABELS, VARIANTS, build_package  # noqa: E402
 from scripts.make_sample_study import make_sample_study  # noqa: E402
 
 SEED = 0
@@ -23,8 +23,9 @@ SEED = 0
 
 @pytest.fixture(scope="session")
 def model_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The package with every ONNX variant (fp16, int8-dynamic, int8-qdq calibrated on 16 images)."""
     out = tmp_path_factory.mktemp("models") / "biomedclip"
-    build_package(None, SEED, DEFAULT_LABELS, out)
+    build_package(None, SEED, DEFAULT_LABELS, out, variants=VARIANTS, calibration_count=16)
     return out
 
 

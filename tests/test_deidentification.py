@@ -1,17 +1,23 @@
-"""First-version de-identification: identifiers gone, UIDs remapped by a keyed hash, originals untouched."""
+"""De-identification unit behaviour: identifiers gone, UIDs remapped by a keyed hash, originals untouched, the
+table checked against an independent extraction of the standard."""
 
 from __future__ import annotations
 
 import copy
+import importlib
+import json
 import re
+import warnings
 from pathlib import Path
 
 import pydicom
 import pytest
 
 from operators.deidentification import Deidentifier, DeidentificationProfile, deidentify_series
+from operators.deidentification_profile import TABLE_PATH, Action, ProfileOptions, parse_tag, resolve_combined
 
 SAMPLE = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests" / "98892001"
+UID_PATTERN = re.compile(r"2\.25\.(0|[1-9][0-9]*)")
 
 
 @pytest.fixture()
@@ -41,14 +47,16 @@ def test_identifiers_removed_uids_replaced_and_originals_untouched(series: list[
         for identifier in (str(original.PatientName), original.PatientID, original.StudyInstanceUID,
                            original.SeriesInstanceUID, original.SOPInstanceUID, original.StudyDate):
             assert identifier not in values
-        assert all(ds[k].is_empty for k in ("PatientName", "PatientID", "AccessionNumber", "StudyDate"))  # type 2: zero length
+        assert all(ds[k].is_empty for k in ("PatientName", "AccessionNumber", "StudyDate"))  # Z: zero length
+        assert re.fullmatch(r"ANON[0-9A-F]{12}", ds.PatientID)  # Z/D: a keyed dummy, equal for equal originals
         assert ds.PatientIdentityRemoved == "YES"
         assert ds.SOPClassUID == original.SOPClassUID  # standard UIDs are not identifiers
         assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
         assert not any(elem.tag.is_private for elem in ds)
-        for uid in (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID):
-            assert len(uid) <= 64 and re.fullmatch(r"2\.25\.[1-9][0-9]*", uid)
+        for uid in (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.FrameOfReferenceUID):
+            assert len(uid) <= 64 and UID_PATTERN.fullmatch(uid)
     assert len({ds.StudyInstanceUID for ds in result.datasets}) == 1
+    assert len({ds.PatientID for ds in result.datasets}) == 1
     assert len({ds.SOPInstanceUID for ds in result.datasets}) == len(series)
     # a reference follows its target
     reference = result.datasets[0].ReferencedImageSequence[0].ReferencedSOPInstanceUID
@@ -72,3 +80,78 @@ def test_determinism_same_secret_same_uids_other_secret_other_uids(series: list[
 
     assert uids(b"one") == uids(b"one")
     assert set(uids(b"one")).isdisjoint(uids(b"two"))
+
+
+KITWARE_GROUPS = {"D_TAGS": "D", "Z_TAGS": "Z", "X_TAGS": "X", "U_TAGS": "U", "Z_D_TAGS": "Z/D", "X_Z_TAGS": "X/Z",
+                  "X_D_TAGS": "X/D", "X_Z_D_TAGS": "X/Z/D", "X_Z_U_STAR_TAGS": "X/Z/U*"}
+
+
+def _kitware_table(edition: str) -> dict[str, str]:
+    """tag -> Basic Profile code from dicom-anonymizer's own extraction of Table E.1-1 (single tags only)."""
+    module = importlib.import_module(f"dicomanonymizer.dicom_anonymization_databases.dicomfields_{edition}")
+    return {f"{t[0]:04X}{t[1]:04X}": code for name, code in KITWARE_GROUPS.items() for t in getattr(module, name) if len(t) == 2}
+
+
+def test_table_matches_an_independent_extraction_of_the_standard() -> None:
+    table = json.loads(TABLE_PATH.read_text())
+    ours = {row["tag"]: row["basic"] for row in table["attributes"] if parse_tag(row["tag"]) is not None}
+    assert table["edition"] == "2024b"
+    assert ours == _kitware_table("2024b"), "every Table E.1-1 (2024b) row with the same Basic Profile action"
+    later = {row["tag"]: row["basic"] for row in table["attributes_after_2024b"]}
+    assert {**ours, **later} == _kitware_table("2026c"), "rows added up to 2026c are covered"
+    patterns = {row["tag"] for row in table["attributes"]} - set(ours)
+    assert patterns == {"50xxxxxx", "60xx3000", "60xx4000", "private"}
+
+
+@pytest.mark.parametrize(
+    ("code", "vr", "action"),
+    [
+        ("X/D", "DA", Action.DUMMY), ("Z/D", "LO", Action.DUMMY), ("X/Z/D", "PN", Action.DUMMY), ("X/Z", "TM", Action.ZERO),
+        ("X/Z/U*", "SQ", Action.KEEP), ("X/Z", "SQ", Action.REMOVE), ("X/Z/D", "SQ", Action.REMOVE), ("D", "SQ", Action.REMOVE),
+        ("Z", "SQ", Action.ZERO), ("U", "UI", Action.UID),
+    ],
+)
+def test_combined_actions_resolve_to_a_choice_valid_for_any_attribute_type(code: str, vr: str, action: Action) -> None:
+    assert resolve_combined(code, 0x00080050, vr) is action
+
+
+@pytest.mark.parametrize("keyword", ["AcquisitionContextSequence", "ResponsiblePerson", "ResponsibleOrganization"])
+def test_type_2_attributes_of_image_iods_are_emptied_not_removed(keyword: str) -> None:
+    """Acquisition Context Sequence (X/Z; Type 2, PS3.3 C.7.6.14), Responsible Person/Organization (X; Type 2C for
+    animals, C.7.1.1): Z, so that the output stays valid."""
+    assert DeidentificationProfile.basic().actions[pydicom.datadict.tag_for_keyword(keyword)] is Action.ZERO
+
+
+def test_unknown_or_non_boolean_options_are_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="retain_everything"):
+        ProfileOptions.from_mapping({"retain_everything": True})
+    with pytest.raises(ValueError, match="retain_uids must be true or false"):
+        ProfileOptions.from_mapping({"retain_uids": "yes"})
+
+
+@pytest.mark.parametrize(("sex", "kept"), [("M", "M"), ("F", "F"), ("O", "O"), ("male", ""), ("", "")])
+def test_only_an_enumerated_patient_sex_is_kept_for_the_sr(series: list[pydicom.Dataset], sex: str, kept: str) -> None:
+    """Patient's Sex is M, F or O (PS3.3 C.7.1.1); another original value would fail the SR writer, naming it."""
+    series[0]["PatientSex"] = pydicom.DataElement(0x00100040, "CS", sex, validation_mode=pydicom.config.IGNORE)
+    deidentifier = Deidentifier(DeidentificationProfile.basic(), b"k")
+    ds = deidentifier.deidentify(series[0])
+    assert deidentifier.reidentification.original_study(ds.StudyInstanceUID).PatientSex == kept
+
+
+def test_invalid_original_values_are_not_quoted_in_logs_or_warnings(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """pydicom warns about invalid values quoting them; reading the original for de-identification must not."""
+    path = tmp_path / "invalid.dcm"
+    ds = pydicom.dcmread(SAMPLE / "CT2N" / "6293")
+    invalid = {"PatientSex": ("CS", "male"), "PatientBirthDate": ("DA", "1961-03-04"), "StudyTime": ("TM", "10:11:12"),
+               "AcquisitionDateTime": ("DT", "19610304 T101112")}
+    for keyword, (vr, value) in invalid.items():
+        ds[keyword] = pydicom.DataElement(pydicom.datadict.tag_for_keyword(keyword), vr, value, validation_mode=pydicom.config.IGNORE)
+    with pydicom.config.disable_value_validation():
+        ds.save_as(path, enforce_file_format=True)
+    original = pydicom.dcmread(path)
+    with caplog.at_level("DEBUG"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Deidentifier(DeidentificationProfile.basic(ProfileOptions(retain_longitudinal_modified_dates=True)), b"k").deidentify(original)
+    said = caplog.text + "\n".join(str(w.message) for w in caught)
+    assert not [value for _, value in invalid.values() if value in said]
+    assert "T101112" not in said, "the kept time of a shifted date-time is original content too"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from models.builder import load_biomedclip
-from operators.backends import OnnxRuntimeBackend, TorchBackend, create_backend
+from operators.backends import BackendSpec, OnnxRuntimeBackend, TorchBackend, create_backend
 from operators.model_package import ModelPackage, ModelPackageError
 from tests.conftest import SEED
 
@@ -41,9 +41,10 @@ def test_onnx_runtime_equals_open_clip_pytorch(model_package: Path, reference_mo
     with torch.no_grad():
         expected = model.encode_image(torch.from_numpy(x)).numpy()
     package = ModelPackage.load(model_package)
-    for backend in (OnnxRuntimeBackend(package), TorchBackend(package)):
+    fp32 = BackendSpec(precision="fp32")
+    for backend in (OnnxRuntimeBackend.from_package(package, fp32), TorchBackend.from_package(package, fp32, "cpu")):
         assert _cosine(backend.embed(x), expected).min() >= 0.9999, backend.name
-    assert create_backend("auto", package).name.startswith("onnxruntime")
+    assert create_backend(BackendSpec("auto"), package).name.startswith("onnxruntime")
 
 
 def test_label_embeddings_come_from_the_text_tower(model_package: Path, reference_model) -> None:

@@ -1,0 +1,348 @@
+#!/usr/bin/env python3
+"""Backend x precision x batch benchmark of the BiomedCLIP image tower, with fidelity vs fp32.
+
+GPU (run on the lent H100/H200 through the device tool; no model package needed there):
+
+    python scripts/benchmark_backends.py gpu --fidelity .bench/fidelity.npz --out $OUT/gpu.json [--compiled]
+
+  builds the exact image tower (open_clip config, seeded random weights) and times, side by side with
+  PyTorch eager fp32 in the same run: eager fp32/fp16/bf16, CUDA graphs fp16/bf16, FP8 (e4m3,
+  torch._scaled_mm) with CUDA graphs, and with ``--compiled`` torch.compile + CUDA graphs fp16/fp8.
+  TensorRT and the ONNX Runtime CUDA provider are tried and recorded as unavailable when they are.
+
+CPU (here): ONNX Runtime fp32 vs INT8 dynamic vs INT8 Q/DQ (MatMul/Gemm/Conv) from a package built
+with ``--variants``:
+
+    .venv/bin/python scripts/benchmark_backends.py cpu --package models/biomedclip-variants --out benchmarks/backends_cpu.json
+
+Report (JSON -> BENCHMARKS.md section + PNG):
+
+    .venv/bin/python scripts/benchmark_backends.py report benchmarks/backends_gpu.json benchmarks/backends_cpu.json
+
+Fidelity: cosine (min, mean) of each configuration's embeddings vs fp32 on the fidelity set (512 real
+images, ``make_fidelity_set.py``), and top-1 agreement of a 20-label zero-shot decision. With random
+weights there is no meaningful text tower, so the 20 label embeddings are the fp32 embeddings of 20
+images of the set (nearest-label decision over the rest): a proxy that keeps this network's feature
+geometry. Medians over repeated CUDA-event-timed iterations after warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from models.fidelity import embedding_fidelity  # noqa: E402
+
+BATCHES = (1, 8, 64, 256)
+LABELS = 20
+FLOPS_PER_IMAGE = 35.1e9  # ViT-B/16 at 224 + projection (facts.md)
+BEGIN, END = "<!-- backends:begin -->", "<!-- backends:end -->"
+
+
+def fidelity(features: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """The first ``LABELS`` fp32 embeddings act as the label set; the rest are scored against them."""
+    return embedding_fidelity(features[LABELS:], reference[LABELS:], reference[:LABELS])
+
+
+def load_fidelity_set(path: Path, part: str = "images") -> np.ndarray:
+    from scripts.make_fidelity_set import to_pixel_values
+
+    return to_pixel_values(np.load(path)[part])
+
+
+# ----------------------------------------------------------------------------------------------- GPU
+def build_tower(seed: int = 0) -> Any:
+    import torch
+    from open_clip.model import CLIPVisionCfg, _build_vision_tower
+
+    config = json.loads((ROOT / "models" / "biomedclip_open_clip_config.json").read_text())["model_cfg"]
+    torch.manual_seed(seed)
+    return _build_vision_tower(config["embed_dim"], CLIPVisionCfg(**config["vision_cfg"])).eval()
+
+
+def time_gpu(run: Callable[[Any], Any], batch: Any, iterations: int) -> list[float]:
+    import torch
+
+    for _ in range(3):
+        run(batch)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iterations):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run(batch)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return times
+
+
+def gpu(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from operators.backends import BackendUnavailable, TorchBackend
+
+    device = torch.device("cuda")
+    props = torch.cuda.get_device_properties(device)
+    images = load_fidelity_set(args.fidelity)
+    calibration = load_fidelity_set(args.fidelity, "calibration")
+    configs: list[tuple[str, dict[str, Any]]] = [
+        ("pytorch eager fp32", {"precision": "fp32"}),
+        ("pytorch eager fp16", {"precision": "fp16"}),
+        ("pytorch eager bf16", {"precision": "bf16"}),
+        ("pytorch cudagraph fp16", {"precision": "fp16", "cuda_graphs": True}),
+        ("pytorch cudagraph bf16", {"precision": "bf16", "cuda_graphs": True}),
+        ("pytorch cudagraph fp8 dynamic scales", {"precision": "fp8", "cuda_graphs": True}),
+    ]
+    batches = BATCHES
+    if args.autotune:  # max-autotune GEMM templates with fused epilogues; minutes of tuning per shape
+        batches = (1, 256)
+        configs = [configs[0]] + [
+            ("pytorch max-autotune+cudagraph fp16",
+             {"precision": "fp16", "compile": True, "cuda_graphs": True, "compile_mode": "max-autotune-no-cudagraphs"}),
+            ("pytorch max-autotune+cudagraph fp8 static scales",
+             {"precision": "fp8", "compile": True, "cuda_graphs": True, "calibration": calibration,
+              "compile_mode": "max-autotune-no-cudagraphs"}),
+        ]
+    elif args.compiled:
+        configs = [configs[0]] + [
+            ("pytorch compile+cudagraph fp16", {"precision": "fp16", "compile": True, "cuda_graphs": True}),
+            ("pytorch compile+cudagraph bf16", {"precision": "bf16", "compile": True, "cuda_graphs": True}),
+            ("pytorch compile+cudagraph fp8 dynamic scales", {"precision": "fp8", "compile": True, "cuda_graphs": True}),
+            ("pytorch compile+cudagraph fp8 static scales",
+             {"precision": "fp8", "compile": True, "cuda_graphs": True, "calibration": calibration}),
+        ]
+    results, reference = [], None
+    for name, options in configs:
+        torch.cuda.empty_cache()
+        backend = TorchBackend(build_tower(), "cuda", **options)
+        setup_start = time.perf_counter()
+        rows = []
+        for batch in batches:
+            x = torch.randn(batch, 3, 224, 224, device=device)
+            torch.cuda.reset_peak_memory_stats(device)
+            times = time_gpu(backend.embed_tensor, x, max(20, min(200, 4096 // batch)))
+            ms = statistics.median(times)
+            rows.append({"batch": batch, "median_ms": ms, "images_per_s": batch / ms * 1e3,
+                         "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20})
+            print(f"{name:34s} bs{batch:<4d} {ms:8.3f} ms {batch / ms * 1e3:10.0f} img/s", flush=True)
+        features = np.concatenate([
+            backend.embed_tensor(torch.from_numpy(images[i : i + max(batches)]).to(device)).float().cpu().numpy()
+            for i in range(0, len(images), max(batches))
+        ])
+        if reference is None:
+            reference = features
+        results.append({"config": name, "rows": rows, "fidelity": fidelity(features, reference),
+                        "setup_and_timing_s": time.perf_counter() - setup_start})
+        del backend
+    unavailable = {}
+    for name, probe in (("tensorrt", "tensorrt"), ("onnxruntime CUDA", "onnxruntime")):
+        try:
+            module = __import__(probe)
+            if probe == "onnxruntime" and "CUDAExecutionProvider" not in module.get_available_providers():
+                raise BackendUnavailable(f"onnxruntime {module.__version__} has no CUDAExecutionProvider")
+            unavailable[name] = f"importable ({module.__version__}) but not benchmarked in this run"
+        except (ImportError, BackendUnavailable) as exc:
+            unavailable[name] = str(exc)
+    return {
+        "kind": "gpu", "device": props.name, "compute_capability": f"{props.major}.{props.minor}",
+        "torch": torch.__version__, "cuda": torch.version.cuda, "fidelity_images": len(images),
+        "results": results, "unavailable": unavailable,
+    }
+
+
+KERNEL_GROUPS = (("attention", ("flash", "fmha", "attention")), ("gemm", ("gemm", "cutlass", "sm90", "xmma", "matmul", "scaled_mm")),
+                 ("layernorm", ("layer_norm", "layernorm")), ("gelu", ("gelu",)),
+                 ("reduction / fp8 scaling", ("reduce", "amax", "abs")))
+
+
+def profile(args: argparse.Namespace) -> dict[str, Any]:
+    """Where the GPU time goes at batch 256: kernel time grouped by kind (compiled fp16; compiled fp8 static)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    from operators.backends import TorchBackend
+
+    out: dict[str, Any] = {}
+    calibration = load_fidelity_set(args.fidelity, "calibration")
+    for precision in ("fp16", "fp8"):
+        backend = TorchBackend(build_tower(), "cuda", precision, compile=True, calibration=calibration if precision == "fp8" else None)
+        x = torch.randn(256, 3, 224, 224, device="cuda")
+        for _ in range(3):
+            backend.embed_tensor(x)
+        torch.cuda.synchronize()
+        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                backend.embed_tensor(x)
+            torch.cuda.synchronize()
+        groups: dict[str, float] = {}
+        for event in prof.key_averages():
+            if event.device_type.name != "CUDA":
+                continue
+            name = event.key.lower()
+            group = next((g for g, keys in KERNEL_GROUPS if any(k in name for k in keys)), "other elementwise/copies")
+            groups[group] = groups.get(group, 0.0) + event.device_time_total / 5 / 1e3
+        out[precision] = dict(sorted(groups.items(), key=lambda kv: -kv[1]))
+        print(precision, {k: round(v, 2) for k, v in out[precision].items()}, "ms per batch of 256", flush=True)
+        top = sorted((e for e in prof.key_averages() if e.device_type.name == "CUDA"), key=lambda e: -e.device_time_total)[:8]
+        for event in top:
+            print(f"   {event.device_time_total / 5 / 1e3:7.2f} ms  {event.key[:110]}", flush=True)
+        del backend
+    return {"kind": "profile", "device": torch.cuda.get_device_name(), "ms_per_batch256": out}
+
+
+# ----------------------------------------------------------------------------------------------- CPU
+def cpu(args: argparse.Namespace) -> dict[str, Any]:
+    from operators.backends import OnnxRuntimeBackend
+    from operators.model_package import ModelPackage
+
+    package = ModelPackage.load(args.package, verify=False)
+    images = load_fidelity_set(args.fidelity)[: args.images]
+    configs = [("onnxruntime fp32", "fp32", ()), ("onnxruntime int8 dynamic", "int8", ("dynamic",)),
+               ("onnxruntime int8 Q/DQ MatMul/Gemm/Conv", "int8", ("qdq",))]
+    backends = {name: OnnxRuntimeBackend(str(package.artefact(p, flavour)), "pixel_values", "image_features", p)
+                for name, p, flavour in configs}
+    timings: dict[str, dict[int, list[float]]] = {name: {1: [], 8: []} for name in backends}
+    rng = np.random.default_rng(0)
+    for _ in range(args.repeats):  # interleaved: every backend sees the same machine state
+        for batch in (1, 8):
+            x = rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)
+            for name, backend in backends.items():
+                backend.embed(x)  # warm
+                start = time.perf_counter()
+                backend.embed(x)
+                timings[name][batch].append((time.perf_counter() - start) * 1e3)
+    reference = None
+    results = []
+    for name, backend in backends.items():
+        features = np.concatenate([backend.embed(images[i : i + 8]) for i in range(0, len(images), 8)])
+        reference = features if reference is None else reference
+        rows = [{"batch": b, "median_ms": statistics.median(t), "images_per_s": b / statistics.median(t) * 1e3}
+                for b, t in timings[name].items()]
+        results.append({"config": name, "rows": rows, "fidelity": fidelity(features, reference),
+                        "onnx_mb": package.artefact(*[(p, f) for n, p, f in configs if n == name][0]).stat().st_size / 1e6})
+        print(name, rows, results[-1]["fidelity"], flush=True)
+    cpu_name = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    return {"kind": "cpu", "device": f"{cpu_name}, {os.cpu_count()} cores", "load_average": os.getloadavg(),
+            "repeats": args.repeats, "fidelity_images": len(images), "results": results}
+
+
+# -------------------------------------------------------------------------------------------- report
+def report(paths: list[Path], out_dir: Path) -> str:
+    runs = [json.loads(p.read_text()) for p in paths]
+    lines = [BEGIN, "## Inference backends (`scripts/benchmark_backends.py`)", ""]
+    for run in runs:
+        kind = run["kind"].upper()
+        lines.append(f"### {kind}: {run['device']}" + (f" (compute capability {run['compute_capability']}, torch {run['torch']})" if kind == "GPU" else ""))
+        lines.append("")
+        if kind == "CPU":
+            lines.append(f"ONNX Runtime, median of {run['repeats']} interleaved runs, load average {run['load_average'][0]:.2f} "
+                         "(other work shared the 2 cores: compare the ratios).")
+        else:
+            lines.append("CUDA-event medians after warm-up; fidelity vs eager fp32 on "
+                         f"{run['fidelity_images']} real images; seeded random weights (same compute as real weights). "
+                         f"Physical limit at {FLOPS_PER_IMAGE / 1e9:.1f} GFLOP/image (dense matmul measured on a lent H200: "
+                         f"bf16 766, fp8 1,384 TFLOP/s): ≈ {766e12 / FLOPS_PER_IMAGE:,.0f} img/s fp16/bf16, "
+                         f"≈ {1384e12 / FLOPS_PER_IMAGE:,.0f} img/s fp8. fp32 is true fp32 (PyTorch's default, TF32 off).")
+        memory = "peak_gpu_mib" in run["results"][0]["rows"][-1]
+        lines += ["", "| configuration | " + " | ".join(f"bs{r['batch']} ms (img/s)" for r in run["results"][0]["rows"])
+                  + (" | peak GPU MiB (largest batch)" if memory else "") + " | cosine min / mean | top-1 agreement |",
+                  "|---|" + "---:|" * (len(run["results"][0]["rows"]) + 2 + memory)]
+        for result in run["results"]:
+            cells = [f"{r['median_ms']:.2f} ({r['images_per_s']:,.0f})" for r in result["rows"]]
+            f = result["fidelity"]
+            peak = f" | {result['rows'][-1]['peak_gpu_mib']:,.0f}" if memory else ""
+            lines.append(f"| {result['config']} | " + " | ".join(cells) + peak
+                         + f" | {f['cosine_min']:.4f} / {f['cosine_mean']:.4f} | {f['top1_agreement']:.1%} |")
+        for name, why in run.get("unavailable", {}).items():
+            lines.append(f"| {name} | not run: {why} |" + " |" * (len(run['results'][0]['rows']) + 1))
+        lines.append("")
+    chart(runs, out_dir / "backends.png")
+    lines += ["![throughput vs batch](benchmarks/backends.png)", "", END]
+    return "\n".join(lines)
+
+
+def chart(runs: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gpu_runs = [r for r in runs if r["kind"] == "gpu"]
+    if not gpu_runs:
+        return
+    fig, ax = plt.subplots(figsize=(8, 5))
+    results = [result for run in gpu_runs for result in run["results"]]
+    colours = plt.cm.tab20(np.linspace(0, 1, max(len(results), 2)))
+    for result, colour in zip(results, colours):
+        rows = result["rows"]
+        ax.plot([r["batch"] for r in rows], [r["images_per_s"] for r in rows], marker="o", color=colour, label=result["config"])
+    peak_bf16 = 766e12 / FLOPS_PER_IMAGE
+    ax.axhline(peak_bf16, color="k", linestyle="--", linewidth=1, label=f"dense bf16 limit {peak_bf16:,.0f} img/s")
+    ax.axhline(1384e12 / FLOPS_PER_IMAGE, color="grey", linestyle=":", linewidth=1,
+               label=f"dense fp8 limit {1384e12 / FLOPS_PER_IMAGE:,.0f} img/s")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("images / s")
+    ax.set_title(f"BiomedCLIP image tower on {gpu_runs[0]['device']}", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def update_benchmarks_md(section: str) -> None:
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if BEGIN in text:
+        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="mode", required=True)
+    g = sub.add_parser("gpu")
+    g.add_argument("--fidelity", type=Path, default=ROOT / ".bench" / "fidelity.npz")
+    g.add_argument("--compiled", action="store_true")
+    g.add_argument("--autotune", action="store_true")
+    g.add_argument("--out", type=Path, required=True)
+    pr = sub.add_parser("profile")
+    pr.add_argument("--fidelity", type=Path, default=ROOT / ".bench" / "fidelity.npz")
+    pr.add_argument("--out", type=Path, required=True)
+    c = sub.add_parser("cpu")
+    c.add_argument("--package", type=Path, required=True)
+    c.add_argument("--fidelity", type=Path, default=ROOT / ".bench" / "fidelity.npz")
+    c.add_argument("--images", type=int, default=512)
+    c.add_argument("--repeats", type=int, default=7)
+    c.add_argument("--out", type=Path, required=True)
+    r = sub.add_parser("report")
+    r.add_argument("json", type=Path, nargs="+")
+    args = parser.parse_args()
+    if args.mode == "report":
+        section = report(args.json, ROOT / "benchmarks")
+        update_benchmarks_md(section)
+        print(section)
+        return 0
+    run = {"gpu": gpu, "cpu": cpu, "profile": profile}[args.mode]
+    result = {**run(args), "python": platform.python_version()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""De-identification benchmark and evaluation: this app's de-identifier side by side with dicognito and Kitware's
+dicom-anonymizer, on the same files, in one run.
+
+Speed: per-file wall time of read (from bytes in memory) + de-identify + write (to memory), for
+  - the sample files: the embedded sample study (7 CT) + pydicom's CT_small and MR_small,
+  - the PHI-injected corpus of ``tests/phi_corpus.py`` (every Table E.1-1 attribute set: heavy headers).
+Tools are interleaved per repeat (order rotated) so that all see the same machine state; medians reported.
+
+Quality, for these and for pydicom ``deid`` (default recipe) and ``dcm-anonymizer`` (file API only, so not timed
+side by side), on the PHI-injected corpus: injected markers left anywhere (dataset walk, file bytes), whether
+Patient Identity Removed / De-identification Method Code Sequence are set, whether a Referenced Image
+Sequence still resolves to the referenced file's new SOP Instance UID; and, on the real un-injected files,
+new ``dciodvfy`` errors.
+
+    .venv/bin/python scripts/benchmark_deid.py [--repeats 15]   # writes benchmarks/deid.json, BENCHMARKS.md section
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from importlib.metadata import version
+from pathlib import Path
+from typing import Callable
+
+import pydicom
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from dcm_anon import UIDMapper, anonymize_file  # noqa: E402
+from deid.dicom import replace_identifiers  # noqa: E402
+from dicognito.anonymizer import Anonymizer  # noqa: E402
+from dicomanonymizer import anonymize_dataset  # noqa: E402
+
+from operators.deidentification import Deidentifier, DeidentificationProfile  # noqa: E402
+from scripts.make_sample_study import make_sample_study  # noqa: E402
+from tests.phi_corpus import SOURCES, dciodvfy_errors, make_phi_corpus  # noqa: E402
+
+BEGIN, END = "<!-- deid:begin -->", "<!-- deid:end -->"
+Tool = Callable[[pydicom.Dataset], pydicom.Dataset]
+#: path in -> de-identified file bytes out
+FileTool = Callable[[Path], bytes]
+
+
+def tools() -> dict[str, Tool]:
+    ours = Deidentifier(DeidentificationProfile.basic(), b"benchmark secret")
+    cognito = Anonymizer(seed="benchmark secret")
+
+    def dicognito(ds: pydicom.Dataset) -> pydicom.Dataset:
+        cognito.anonymize(ds)
+        return ds
+
+    def dicom_anonymizer(ds: pydicom.Dataset) -> pydicom.Dataset:
+        anonymize_dataset(ds, delete_private_tags=True)
+        return ds
+
+    return {"this app": ours.deidentify, f"dicognito {version('dicognito')}": dicognito,
+            f"dicom-anonymizer {version('dicom-anonymizer')}": dicom_anonymizer}
+
+
+def file_tools(folder: Path) -> dict[str, FileTool]:
+    """Every evaluated library as a user calls it, with its defaults: the timed ones, plus pydicom ``deid``
+    (default recipe) and ``dcm-anonymizer`` (file API only), evaluated for quality."""
+    named: dict[str, FileTool] = {name: (lambda path, tool=tool: run_once(tool, path.read_bytes())) for name, tool in tools().items()}
+
+    def deid(path: Path) -> bytes:
+        (ds,) = replace_identifiers(dicom_files=[str(path)])
+        out = io.BytesIO()
+        ds.save_as(out)  # its default recipe removes the SOP UIDs the File Meta needs: not a valid file
+        return out.getvalue()
+
+    def dcm_anon(path: Path) -> bytes:
+        target = folder / "dcm-anon" / path.name
+        anonymize_file(path, target, UIDMapper(salt="benchmark secret"))
+        return target.read_bytes()
+
+    named[f"deid {version('deid')} (default recipe)"] = deid
+    named[f"dcm-anonymizer {version('dcm-anonymizer')}"] = dcm_anon
+    return named
+
+
+def run_once(tool: Tool, data: bytes) -> bytes:
+    ds = tool(pydicom.dcmread(io.BytesIO(data)))
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def time_tools(files: list[bytes], repeats: int) -> dict[str, float]:
+    """Median ms per file for each tool, interleaved."""
+    named = tools()
+    samples: dict[str, list[float]] = {name: [] for name in named}
+    order = list(named)
+    for repeat in range(repeats):
+        order = order[1:] + order[:1]
+        for name in order:
+            for data in files:
+                start = time.perf_counter()
+                run_once(named[name], data)
+                samples[name].append((time.perf_counter() - start) * 1000)
+    return {name: round(statistics.median(values), 2) for name, values in samples.items()}
+
+
+def evaluate(folder: Path) -> dict[str, dict]:
+    """Leaks and record-keeping on the PHI corpus; new dciodvfy errors on the real files."""
+    corpus = make_phi_corpus(folder / "phi")
+    real = [Path(p) for p in SOURCES]
+    result = {}
+    for name, tool in file_tools(folder).items():
+        written = [tool(path) for path in corpus.files]
+        outputs = [pydicom.dcmread(io.BytesIO(data)) for data in written]
+        leaks = set()
+        for path, ds, data in zip(corpus.files, outputs, written):
+            leaks |= {f"{path.name}:{m}" for m in corpus.found_in_dataset(ds)}
+            leaks |= {f"{path.name}:{m}" for m in corpus.found_in_bytes(data)}
+        new_uids = [str(ds.get("SOPInstanceUID", "")) for ds in outputs]
+        references = [str(ds.ReferencedImageSequence[0].get("ReferencedSOPInstanceUID")) if ds.get("ReferencedImageSequence") else None for ds in outputs]
+        new_errors = 0
+        for path in real:
+            out = folder / f"{name.split()[0]}-{path.name}"
+            out.write_bytes(tool(path))
+            new_errors += len([e for e in dciodvfy_errors(out) if e not in dciodvfy_errors(path)])
+        result[name] = {
+            "markers_injected": len(corpus.markers),
+            "distinct_markers_left": len({leak.split(":", 1)[1] for leak in leaks}),
+            "marker_occurrences_left_per_file": round(len(leaks) / len(corpus.files), 1),
+            "sop_instance_uid_kept_valid": all(uid.startswith(("1.", "2.")) for uid in new_uids),
+            "patient_identity_removed": all(ds.get("PatientIdentityRemoved") == "YES" for ds in outputs),
+            "method_code_sequence": all("DeidentificationMethodCodeSequence" in ds for ds in outputs),
+            "references_resolve": all(references[i] == new_uids[(i + 1) % len(outputs)] for i in range(len(outputs))),
+            "new_dciodvfy_errors_on_real_files": new_errors,
+            "real_files": [p.name for p in real],
+        }
+    return result
+
+
+def write_markdown(results: dict) -> None:
+    speed, quality = results["ms_per_file"], results["quality"]
+    first = next(iter(quality.values()))
+    lines = [
+        BEGIN,
+        "## De-identification (PS3.15 Annex E) vs dicognito and dicom-anonymizer",
+        "",
+        f"`{results['command']}` on {results['cpu']} ({results['load']}); one run, tools interleaved, "
+        f"median of {results['repeats']} repeats × files; read from memory + de-identify + write to memory.",
+        "",
+        f"| tool | ms/file, sample files ({results['files']['sample']}) | files/s | ms/file, PHI-injected corpus "
+        f"({results['files']['phi']}) | markers left (of {first['markers_injected']}) | new dciodvfy errors "
+        f"({len(first['real_files'])} real files) | Patient Identity Removed + method codes | references resolve |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, q in quality.items():
+        sample, phi = speed["sample"].get(name), speed["phi"].get(name)
+        lines.append(
+            f"| {name} | {sample or '–'} | {f'{1000 / sample:.0f}' if sample else '–'} | {phi or '–'} | "
+            f"{q['distinct_markers_left']} | {q['new_dciodvfy_errors_on_real_files']} | "
+            f"{'yes' if q['patient_identity_removed'] and q['method_code_sequence'] else 'no'} | {'yes' if q['references_resolve'] else 'no'} |"
+        )
+    lines += ["", "Raw numbers: `benchmarks/deid.json`. What the markers are and what each tool gets wrong: `docs/deidentification.md`.", END]
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    section = "\n".join(lines)
+    if BEGIN in text:
+        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    return platform.processor()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")  # the peers warn on the injected attributes; irrelevant to the numbers
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        sample = sorted(make_sample_study(folder / "sample")) + [Path(p) for p in SOURCES[:2]]
+        phi = make_phi_corpus(folder / "phi_timing").files
+        load_before = os.getloadavg()
+        speed = {
+            "sample": time_tools([p.read_bytes() for p in sample], args.repeats),
+            "phi": time_tools([p.read_bytes() for p in phi], args.repeats),
+        }
+        load_after = os.getloadavg()
+        quality = evaluate(folder)
+    results = {
+        "command": "python scripts/benchmark_deid.py" + (f" --repeats {args.repeats}" if args.repeats != 15 else ""),
+        "cpu": cpu_name(),
+        "load": f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after",
+        "repeats": args.repeats,
+        "files": {"sample": len(sample), "phi": len(phi)},
+        "ms_per_file": speed,
+        "quality": quality,
+    }
+    (ROOT / "benchmarks").mkdir(exist_ok=True)
+    (ROOT / "benchmarks" / "deid.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_markdown(results)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Backend seam: every backend/precision returns the fp32 embeddings within its tolerance; ``auto``
+falls back in the documented order; TensorRT's engine cache is keyed, atomic and built once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from operators.backends import BackendSpec, BackendUnavailable, OnnxRuntimeBackend, TorchBackend, create_backend
+from operators.model_package import MissingArtefact, ModelPackage
+from operators.tensorrt_backend import EngineKey, EngineOptions, cached_engine
+from scripts.make_fidelity_set import make_set, to_pixel_values
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return to_pixel_values(make_set(24))  # real DICOM images through the app's preprocessing
+
+
+@pytest.fixture(scope="module")
+def package(model_package: Path) -> ModelPackage:
+    return ModelPackage.load(model_package)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def _onnx(package: ModelPackage, precision: str, flavour: tuple[str, ...] = ()) -> OnnxRuntimeBackend:
+    return OnnxRuntimeBackend(str(package.artefact(precision, flavour)), "pixel_values", "image_features", precision)
+
+
+@pytest.mark.parametrize(
+    ("precision", "flavour", "min_cosine"),
+    [("fp16", (), 0.999), ("int8", ("dynamic",), 0.99), ("int8", ("qdq",), 0.99)],
+)
+def test_onnx_variants_match_fp32_within_tolerance(package: ModelPackage, images: np.ndarray, precision: str,
+                                                     flavour: tuple[str, ...], min_cosine: float) -> None:
+    reference = _onnx(package, "fp32").embed(images)
+    variant = _onnx(package, precision, flavour)
+    assert _cosine(variant.embed(images), reference).min() >= min_cosine
+
+
+def test_pytorch_bf16_on_cpu_matches_fp32(package: ModelPackage, images: np.ndarray) -> None:
+    reference = TorchBackend(package.image_tower(), "cpu", "fp32").embed(images[:4])
+    assert _cosine(TorchBackend(package.image_tower(), "cpu", "bf16").embed(images[:4]), reference).min() >= 0.999
+
+
+def test_qdq_is_symmetric_int8_on_matmul_gemm_conv_only(package: ModelPackage) -> None:
+    graph = onnx.load(str(package.artefact("int8", ("qdq",)))).graph
+    produced_by = {out: node for node in graph.node for out in node.output}
+    quantized_consumers = {
+        node.op_type for node in graph.node
+        if any(produced_by.get(i) is not None and produced_by[i].op_type == "DequantizeLinear" for i in node.input)
+    }
+    assert quantized_consumers and quantized_consumers <= {"MatMul", "Gemm", "Conv"}
+    initializers = {t.name: t for t in graph.initializer}
+    zero_points = [initializers[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert zero_points and all(zp.data_type == onnx.TensorProto.INT8 for zp in zero_points)
+    assert all(not onnx.numpy_helper.to_array(zp).any() for zp in zero_points), "TensorRT needs zero point 0"
+
+
+def test_auto_on_a_cpu_machine_takes_onnxruntime_int8(package: ModelPackage, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO")
+    backend = create_backend(BackendSpec("auto"), package)
+    assert backend.name == "onnxruntime-CPUExecutionProvider-int8"
+    assert "tensorrt-fp16: no CUDA device" in caplog.text
+
+
+def test_auto_without_int8_artefact_takes_fp32(package: ModelPackage) -> None:
+    manifest = {**package.manifest, "image_encoder": {**package.manifest["image_encoder"], "variants": {}}}
+    assert create_backend(BackendSpec("auto"), replace(package, manifest=manifest)).name.endswith("-fp32")
+    with pytest.raises(MissingArtefact, match="no int8 image encoder"):
+        replace(package, manifest=manifest).artefact("int8")
+
+
+def test_explicit_gpu_backends_refuse_clearly_without_a_gpu(package: ModelPackage) -> None:
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(BackendUnavailable, match="no CUDA device"):
+        TorchBackend(package.image_tower(), "cuda", "fp16")
+    with pytest.raises((BackendUnavailable, ImportError)):
+        create_backend(BackendSpec("tensorrt", "fp16"), package)
+    with pytest.raises(ValueError, match="unknown precision"):
+        BackendSpec("pytorch", "int4")
+
+
+def _key(**changes: object) -> EngineKey:
+    base = dict(gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0", tensorrt_version="10.13.0",
+                onnx_sha256="ab" * 32, options=EngineOptions("fp16"))
+    return EngineKey(**{**base, **changes})  # type: ignore[arg-type]
+
+
+def test_engine_key_changes_with_every_component(tmp_path: Path) -> None:
+    files = {_key().engine_file(tmp_path)}
+    for change in (dict(gpu_name="NVIDIA H200"), dict(compute_capability="8.9"), dict(tensorrt_version="11.4.0"),
+                   dict(onnx_sha256="cd" * 32), dict(options=EngineOptions("int8")), dict(options=EngineOptions("fp16", max_batch=64))):
+        files.add(_key(**change).engine_file(tmp_path))
+    assert len(files) == 7
+    assert _key().engine_file(tmp_path) == _key().engine_file(tmp_path)
+
+
+def test_engine_cache_builds_once_under_concurrency_and_never_exposes_partial_files(tmp_path: Path) -> None:
+    builds = []
+
+    def build() -> bytes:
+        builds.append(1)
+        time.sleep(0.3)  # a slow build: the second instance must wait, not build again
+        return b"engine-bytes" * 1000
+
+    results: list[bytes] = []
+    threads = [threading.Thread(target=lambda: results.append(cached_engine(_key(), tmp_path, build))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(builds) == 1
+    assert results == [b"engine-bytes" * 1000] * 4
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".lock") == [_key().engine_file(tmp_path).name]
+
+
+def test_tensorrt_engine_builds_and_matches_fp32(package: ModelPackage, images: np.ndarray, tmp_path: Path) -> None:
+    pytest.importorskip("tensorrt", reason="TensorRT wheels are only on NVIDIA's package index, unreachable from this machine")
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("TensorRT needs a CUDA GPU; this machine has none")
+    from operators.tensorrt_backend import TensorRTBackend
+
+    reference = _onnx(package, "fp32").embed(images[:8])
+    backend = TensorRTBackend(package.artefact("fp16", ()), EngineOptions("fp16", max_batch=8, opt_batch=8), tmp_path)
+    assert _cosine(backend.embed(images[:8]), reference).min() >= 0.999
