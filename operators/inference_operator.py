@@ -23,7 +23,7 @@ class ZeroShotInferenceOperator(Operator):
         self, fragment: Fragment, *args, package: ModelPackage, backend: BackendSpec, batch_size: int, report: RunReport, **kwargs
     ) -> None:
         self.package = package
-        self.spec = backend
+        self.backend_spec = backend
         self.batch_size = batch_size
         self.report = report
         self.backend = None
@@ -34,7 +34,7 @@ class ZeroShotInferenceOperator(Operator):
         spec.output("classifications")
 
     def start(self) -> None:
-        self.backend = create_backend(self.spec, self.package)
+        self.backend = create_backend(self.backend_spec, self.package)
         logger.info("Inference backend: %s", self.backend.name)
 
     @timed_stage("infer")

@@ -1,10 +1,14 @@
 """DICOM image -> BiomedCLIP input tensor, per image (each slice of a series, each frame of a multi-frame).
 
-Grey-level pipeline (PS3.4 Grayscale Transformations, C.11): stored values -> Modality LUT
-(Rescale Slope/Intercept or Modality LUT Sequence) -> VOI (Window Center/Width with the VOI LUT
-Function of PS3.3 C.11.2.1.2, else the VOI LUT Sequence, else a percentile window: 0.5th–99.5th
-percentile of the image) -> [0, 1] -> MONOCHROME1 inverted so that high values are bright. Colour
-images (RGB, YBR_* decoded to RGB by pydicom) are scaled by their bit depth.
+Before decoding, the header is checked (``operators.image_header``: transfer syntax, Image Pixel
+Module, pixel data length, size caps). One frame is decoded at a time by pydicom's pixel decoders
+(native, deflated, RLE, JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, HTJ2K); YBR_* colour
+comes back as RGB.
+
+Intensity: grey frames go through the PS3.4 grey-level pipeline (``operators.grey_levels``:
+Modality LUT -> VOI -> presentation, per frame for enhanced multi-frame images, with a per-modality
+fallback window). PALETTE COLOR is mapped through its palette (PS3.3 C.7.6.3.1.5); colour frames are
+scaled by their bit depth.
 
 Geometry as in CLIP: bicubic resize of the shorter side to 224 (antialiased when shrinking), centre
 crop 224 x 224; grey replicated to 3 channels; CLIP mean/std normalisation.
@@ -21,13 +25,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from pydicom import Dataset
-from pydicom.multival import MultiValue
-from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
+from pydicom.pixels import apply_color_lut, get_decoder
+from pydicom.uid import ExplicitVRBigEndian
+
+from operators.grey_levels import frame_to_unit
+from operators.image_header import header_problem, number_of_frames
 
 IMAGE_SIZE = 224
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
-PERCENTILE_WINDOW = (0.5, 99.5)
+PALETTE_KEYWORDS = tuple(
+    f"{colour}PaletteColorLookupTable{part}" for colour in ("Red", "Green", "Blue", "Alpha") for part in ("Descriptor", "Data")
+)
 
 
 class UnsupportedImage(ValueError):
@@ -79,53 +88,34 @@ class PreprocessedSeries:
     refused: list[tuple[ImageRef, str]] = field(default_factory=list)
 
 
-def window_linear(values: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
-    """VOI windowing to [0, 1] (PS3.3 C.11.2.1.2.1 LINEAR, C.11.2.1.3.2 LINEAR_EXACT, C.11.2.1.3.1 SIGMOID)."""
-    values = values.astype(np.float32, copy=False)
-    function = function.upper()
-    if function == "SIGMOID":
-        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
-    if function == "LINEAR_EXACT":
-        if width <= 0:
-            raise UnsupportedImage("Window Width must be > 0 for LINEAR_EXACT")
-        return np.clip((values - center) / width + 0.5, 0.0, 1.0)
-    if width < 1:
-        raise UnsupportedImage("Window Width must be >= 1 for LINEAR")
-    if width == 1:
-        return (values > center - 0.5).astype(np.float32)
-    return np.clip((values - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
-
-
-def _first(value: object) -> float:
-    """First value of a possibly multi-valued attribute (several windows: the first is the default)."""
-    return float(value[0] if isinstance(value, (MultiValue, list, tuple)) else value)  # type: ignore[arg-type]
-
-
-def grey_to_unit(ds: Dataset, stored: np.ndarray) -> np.ndarray:
-    """Stored grey values of one frame -> displayed intensity in [0, 1] (high = bright)."""
-    values = apply_modality_lut(stored, ds)
-    if "WindowCenter" in ds and "WindowWidth" in ds:
-        unit = window_linear(values, _first(ds.WindowCenter), _first(ds.WindowWidth), ds.get("VOILUTFunction", "LINEAR"))
-    elif "VOILUTSequence" in ds:
-        lut = ds.VOILUTSequence[0]
-        bits = int(lut.LUTDescriptor[2])
-        unit = apply_voi_lut(values, ds, index=0).astype(np.float32) / float(2**bits - 1)
-    else:
-        low, high = np.percentile(values, PERCENTILE_WINDOW)
-        unit = np.clip((values - low) / max(float(high - low), 1e-6), 0.0, 1.0).astype(np.float32)
-    if ds.PhotometricInterpretation == "MONOCHROME1":
-        unit = 1.0 - unit
-    return unit.astype(np.float32, copy=False)
-
-
-def to_unit(ds: Dataset, frame: np.ndarray) -> np.ndarray:
-    """One decoded frame -> float32 in [0, 1], ``H x W`` (grey) or ``H x W x 3`` (colour)."""
-    photometric = str(ds.get("PhotometricInterpretation", ""))
+def to_unit(ds: Dataset, frame: np.ndarray, index: int | None = None) -> np.ndarray:
+    """Decoded frame ``index`` -> float32 in [0, 1], ``H x W`` (grey) or ``H x W x 3`` (colour)."""
+    photometric = str(ds.PhotometricInterpretation).strip()
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
-        return grey_to_unit(ds, frame)
-    if int(ds.get("SamplesPerPixel", 1)) == 3 and frame.ndim == 3:
-        return (frame.astype(np.float32) / float(2 ** int(ds.BitsStored) - 1)).clip(0.0, 1.0)
-    raise UnsupportedImage(f"photometric interpretation {photometric or '(absent)'} is not supported")
+        return frame_to_unit(ds, frame, index)
+    if photometric == "PALETTE COLOR":
+        frame, bits = apply_color_lut(frame, _palette_of(ds)), int(ds.RedPaletteColorLookupTableDescriptor[2])
+    else:
+        bits = int(ds.BitsStored)
+    unit = frame.astype(np.float32)
+    unit *= np.float32(1.0 / (2**bits - 1))
+    return np.clip(unit, 0.0, 1.0, out=unit)
+
+
+def _palette_of(ds: Dataset) -> Dataset:
+    """The Palette Color Lookup Table Module of ``ds`` (PS3.3 C.7.6.19) as pydicom 3.0's
+    ``apply_color_lut`` reads it: that reads (non-segmented) LUT Data as little endian whatever the
+    transfer syntax, so big endian LUT Data (OW) is handed over with its 16-bit words swapped."""
+    if ds.file_meta.TransferSyntaxUID != ExplicitVRBigEndian or "RedPaletteColorLookupTableData" not in ds:
+        return ds  # segmented LUT Data is read with the data set's endianness
+    palette = Dataset()
+    for keyword in PALETTE_KEYWORDS:
+        if keyword in ds:
+            value = ds[keyword].value
+            if keyword.endswith("LookupTableData") and ds[keyword].VR == "OW":
+                value = np.frombuffer(value, ">u2").astype("<u2").tobytes()
+            setattr(palette, keyword, value)
+    return palette
 
 
 def to_model_input(unit: np.ndarray) -> np.ndarray:
@@ -146,36 +136,47 @@ def to_model_input(unit: np.ndarray) -> np.ndarray:
 
 
 def decode_frame(ds: Dataset, index: int | None) -> np.ndarray:
-    """Decode one frame (``index`` 0-based, ``None`` for single-frame); colour comes back as RGB."""
-    if "PixelData" not in ds:
-        raise UnsupportedImage("no Pixel Data")
-    if not hasattr(ds, "file_meta") or "TransferSyntaxUID" not in ds.file_meta:
-        raise UnsupportedImage("no Transfer Syntax UID in the file meta information")
-    syntax = ds.file_meta.TransferSyntaxUID
+    """Decode one frame (``index`` 0-based, ``None`` for single-frame); YBR colour comes back as RGB.
+    The header must have passed ``header_problem``."""
     try:
-        decoder = get_decoder(syntax)
-    except NotImplementedError as exc:
-        raise UnsupportedImage(f"transfer syntax {syntax.name} is not supported: {exc}") from None
-    if not decoder.is_available:
-        raise UnsupportedImage(f"no decoder installed for transfer syntax {syntax.name}")
-    try:
-        frame, _ = decoder.as_array(ds, index=index, as_rgb=True)
-    except Exception as exc:  # pydicom raises many kinds; say which and why, never values
-        reason = " ".join(str(exc).split())  # plugins report one line each; keep the report one line
-        raise UnsupportedImage(f"pixel data could not be decoded ({type(exc).__name__}: {reason})") from None
+        frame, _ = get_decoder(ds.file_meta.TransferSyntaxUID).as_array(ds, index=index, as_rgb=True)
+    except Exception as exc:  # decoders raise many kinds; say which and why, never values
+        raise UnsupportedImage(f"pixel data could not be decoded ({_one_line(exc)})") from None
     return frame
 
 
-def series_images(datasets: list[Dataset]) -> list[tuple[Dataset, int | None, ImageRef]]:
-    """Every image of a series in instance order: ``(dataset, frame index or None, ImageRef)``."""
+def _one_line(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def model_input(ds: Dataset, index: int | None) -> np.ndarray:
+    """Frame ``index`` of a checked image -> ``3 x 224 x 224``; ``UnsupportedImage`` says why not."""
+    frame = decode_frame(ds, index)
+    try:
+        return to_model_input(to_unit(ds, frame, index))
+    except Exception as exc:  # malformed LUTs and the like: refuse the image, not the series
+        raise UnsupportedImage(f"pixel values could not be transformed ({_one_line(exc)})") from None
+
+
+def series_images(datasets: list[Dataset]) -> list[tuple[Dataset, int | None, ImageRef, str | None]]:
+    """Every image of a series in instance order: ``(dataset, frame index or None, ImageRef, problem)``.
+    An instance whose header has a ``problem`` counts as one image, whatever frames it declares."""
     ordered = sorted(datasets, key=lambda d: (int(d.get("InstanceNumber") or 0), str(d.SOPInstanceUID)))
     images = []
     for ds in ordered:
-        frames = int(ds.get("NumberOfFrames") or 1)
+        problem = _header_problem(ds)
+        frames = 1 if problem else number_of_frames(ds)
         for index in range(frames) if frames > 1 else [None]:
             ref = ImageRef(str(ds.SOPClassUID), str(ds.SOPInstanceUID), None if index is None else index + 1)
-            images.append((ds, index, ref))
+            images.append((ds, index, ref, problem))
     return images
+
+
+def _header_problem(ds: Dataset) -> str | None:
+    try:
+        return header_problem(ds)
+    except (TypeError, ValueError) as exc:  # malformed attribute values
+        return f"malformed image header ({_one_line(exc)})"
 
 
 def preprocess_series(
@@ -185,9 +186,11 @@ def preprocess_series(
     images = series_images(datasets)
     chosen = [images[i] for i in policy.select(len(images))]
     arrays, refs, refused = [], [], []
-    for ds, index, ref in chosen:
+    for ds, index, ref, problem in chosen:
         try:
-            arrays.append(to_model_input(to_unit(ds, decode_frame(ds, index))))
+            if problem:
+                raise UnsupportedImage(problem)
+            arrays.append(model_input(ds, index))
             refs.append(ref)
         except UnsupportedImage as exc:
             refused.append((ref, str(exc)))

@@ -1,5 +1,10 @@
 """``run_report.json``: per input file what happened to it, per series what was inferred, and the SRs written.
 
+File statuses: ``used`` (an image the model saw); ``not used`` (series not selected, image not
+sampled, or another instance at the same position kept); ``skipped`` (not for this app: not DICOM,
+a non-image SOP class, a duplicate); ``refused`` (an image, or a file that may have been one, that
+could not be used: a failure, with the reason).
+
 Only de-identified identifiers appear in it (pseudonymous series UIDs); files are named by their
 path relative to the input folder.
 """
@@ -21,6 +26,7 @@ from operators.inventory import InputFile
 USED = "used"
 SKIPPED = "skipped"
 NOT_USED = "not used"
+REFUSED = "refused"
 
 
 @dataclass
@@ -38,7 +44,7 @@ class RunReport:
     def add_inventory(self, files: Iterable[InputFile]) -> None:
         for f in files:
             if f.skip_reason:
-                self.files[f.relative] = {"status": SKIPPED, "reason": f.skip_reason}
+                self.files[f.relative] = {"status": REFUSED if f.refused else SKIPPED, "reason": f.skip_reason}
             else:
                 self.files[f.relative] = {"status": NOT_USED, "reason": "series not selected by the selection rules"}
                 self._file_of_instance[str(f.sop_instance_uid)] = f.relative
@@ -54,8 +60,11 @@ class RunReport:
         for uid in sop_uids:
             self._set(uid, NOT_USED, reason)
 
+    def mark_not_used(self, sop_uid: str, reason: str) -> None:
+        self._set(sop_uid, NOT_USED, reason)
+
     def mark_refused(self, sop_uid: str, reason: str) -> None:
-        self._set(sop_uid, SKIPPED, reason)
+        self._set(sop_uid, REFUSED, reason)
 
     def mark_used(self, sop_uid: str) -> None:
         self._set(sop_uid, USED, None)
@@ -75,7 +84,7 @@ class RunReport:
         self.outputs.append(str(path))
 
     def summary(self) -> dict[str, int]:
-        counts = {USED: 0, SKIPPED: 0, NOT_USED: 0}
+        counts = {USED: 0, SKIPPED: 0, NOT_USED: 0, REFUSED: 0}
         for entry in self.files.values():
             counts[entry["status"]] += 1
         return {
@@ -83,6 +92,7 @@ class RunReport:
             "used": counts[USED],
             "skipped": counts[SKIPPED],
             "not_used": counts[NOT_USED],
+            "refused": counts[REFUSED],
             "series_inferred": len(self.series),
             "structured_reports": len(self.outputs),
         }

@@ -58,9 +58,20 @@ class Algorithm:
         )
 
 
+#: Type 2 Patient and General Study attributes (PS3.3 C.7.1.1, C.7.2.1): the SR must have them, empty
+#: where the source lacked them.
+TYPE2_STUDY_KEYWORDS = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+    "ReferringPhysicianName", "StudyID", "AccessionNumber",
+)
+
+
 def _original_reference(reid: ReidentificationMap, series: SeriesClassification, sop_class: str, sop_uid: str) -> Dataset:
     """A minimal dataset standing for an original source instance (for the evidence sequence)."""
     ds = copy.deepcopy(reid.original_study(series.study_instance_uid))
+    for keyword in TYPE2_STUDY_KEYWORDS:
+        if keyword not in ds:
+            setattr(ds, keyword, None)
     ds.SeriesInstanceUID = reid.original_uid(series.series_instance_uid)
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = reid.original_uid(sop_uid)

@@ -64,8 +64,9 @@ def source_images(max_frames_per_file: int = 8) -> list[np.ndarray]:
                 ds = dcmread(item.path)
                 frames = series_images([ds])
                 step = max(1, len(frames) // max_frames_per_file)
-                for ds_, index, _ in frames[::step][:max_frames_per_file]:
-                    images.append(to_unit(ds_, decode_frame(ds_, index)))
+                for ds_, index, _, problem in frames[::step][:max_frames_per_file]:
+                    if problem is None:
+                        images.append(to_unit(ds_, decode_frame(ds_, index), index))
             except (UnsupportedImage, ValueError, AttributeError, KeyError):
                 continue  # the fidelity set only needs images that decode
     return images
