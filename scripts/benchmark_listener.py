@@ -78,7 +78,11 @@ def send(ns: LoopbackNamespace, files: list[Path], associations: int, called_ae:
 class BareScp:
     def __init__(self, ns: LoopbackNamespace) -> None:
         self.process = ns.popen([sys.executable, "-c", BARE_SCP], cwd=ROOT)
-        wait_for(lambda: ns.run(["echoscu", "-aec", "BARE", "127.0.0.1", BARE_SCP_PORT]).returncode == 0, 60, "the bare pynetdicom SCP", 0.2)
+        try:
+            wait_for(lambda: ns.run(["echoscu", "-aec", "BARE", "127.0.0.1", BARE_SCP_PORT]).returncode == 0, 60, "the bare pynetdicom SCP", 0.2)
+        except TimeoutError:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         self.process.kill()
