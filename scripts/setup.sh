@@ -14,9 +14,12 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   echo "$want" > "$stamp"
 fi
 
-# dciodvfy (dicom3tools) validates the SRs in the tests; dcmtk provides real DICOM network peers.
-if ! command -v dciodvfy >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools dcmtk >/dev/null
+# dciodvfy (dicom3tools) validates the SRs in the tests; dcmtk and Orthanc are real DICOM network peers.
+if { ! command -v dciodvfy || ! command -v storescp || ! command -v Orthanc; } >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  # Orthanc's package would start a service listening on all interfaces: tell invoke-rc.d not to.
+  no_services=; [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; no_services=1; }
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools dcmtk orthanc >/dev/null
+  [ -z "$no_services" ] || rm -f /usr/sbin/policy-rc.d
 fi
 
 # jq: the MAP's entrypoint script (holoscan-cli's `tools`) reads app.json with it; a packaging test runs it.

@@ -1,0 +1,156 @@
+"""Listener settings: a flat JSON file (``app/config/listener.example.json``) and command-line overrides.
+
+Relative paths are resolved against the current working directory, as for ``python app -i … -o …``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PORT = 11112
+#: PS3.5 §6.2 (AE VR): 1-16 characters of the default repertoire, no backslash, no control characters.
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the setting."""
+
+
+def ae_title(value: str, setting: str) -> str:
+    title = str(value).strip()
+    if not _AE_TITLE.match(title):
+        raise ConfigError(f"{setting}: {value!r} is not a valid AE title (1-16 printable ASCII characters, no backslash)")
+    return title
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A remote Storage SCP, written ``AE@host:port``."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Destination":
+        match = re.fullmatch(r"(?P<ae>[^@]+)@(?P<host>\[[0-9a-fA-F:]+\]|[^:@\[\]]+):(?P<port>\d{1,5})", str(text).strip())
+        if not match or not 0 < int(match["port"]) < 65536:
+            raise ConfigError(f"destination: {text!r} is not AE@host:port")
+        return cls(ae_title(match["ae"], "destination"), match["host"].strip("[]"), int(match["port"]))
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """Server certificate and key (PEM); with ``ca_certificates``, clients must present a certificate it signed."""
+
+    certificate: Path
+    private_key: Path
+    ca_certificates: Path | None = None
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    spool_dir: Path
+    output_dir: Path
+    model_dir: Path
+    allowed_calling_ae_titles: tuple[str, ...]
+    #: The PACS that receives the SRs (they are also written to ``output_dir``).
+    destination: Destination
+    ae_title: str = "BIOMEDCLIP"
+    bind_host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    #: Empty: any source address (the calling AE title list still applies).
+    allowed_source_addresses: tuple[IPNetwork, ...] = ()
+    max_associations: int = 8
+    quiet_period_s: float = 10.0
+    #: New associations are refused (and C-STOREs answered "out of resources") when the spool holds
+    #: this much, or its file system has less than ``min_free_bytes`` free.
+    max_spool_bytes: int = 50 * 2**30
+    min_free_bytes: int = 2 * 2**30
+    tls: TlsSettings | None = None
+    network_timeout_s: float = 60.0
+    max_concurrent_jobs: int = 1
+    job_max_attempts: int = 3
+    job_timeout_s: float = 3600.0
+    delivery_initial_backoff_s: float = 2.0
+    delivery_max_backoff_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not self.allowed_calling_ae_titles:
+            raise ConfigError("allowed_calling_ae_titles: at least one calling AE title must be allowed")
+        for name in ("quiet_period_s", "network_timeout_s", "job_timeout_s", "delivery_initial_backoff_s", "delivery_max_backoff_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: must be > 0")
+        for name in ("max_associations", "max_concurrent_jobs", "job_max_attempts"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1")
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"port: {self.port} is out of range")
+
+
+def _typed(key: str, value: Any) -> Any:
+    """One JSON/command-line value -> the field's type."""
+    if key.endswith("_dir"):
+        return Path(value)
+    if key == "destination":
+        return Destination.parse(value)
+    if key == "ae_title":
+        return ae_title(value, key)
+    if key == "allowed_calling_ae_titles":
+        return tuple(ae_title(t, key) for t in value)
+    if key == "allowed_source_addresses":
+        try:
+            return tuple(ipaddress.ip_network(v, strict=False) for v in value)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+    if key == "tls":
+        if not value:
+            return None
+        ca = value.get("ca_certificates")
+        return TlsSettings(Path(value["certificate"]), Path(value["private_key"]), Path(ca) if ca else None)
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m app.listener", description="DICOM listener: C-STORE in, the MAP once per study, SR out by C-STORE.")
+    p.add_argument("--config", type=Path, help="JSON settings file (see app/config/listener.example.json)")
+    p.add_argument("--ae-title", help="this listener's AE title (the called AE title)")
+    p.add_argument("--host", dest="bind_host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one)")
+    p.add_argument("--allowed-calling-ae", dest="allowed_calling_ae_titles", action="append", help="calling AE title allowed to send (repeatable)")
+    p.add_argument("--spool-dir", help="where received instances and the journal are kept")
+    p.add_argument("--output-dir", help="where each study's SR and run report are written")
+    p.add_argument("--model-dir", help="the BiomedCLIP model package (python app -m)")
+    p.add_argument("--quiet-period", dest="quiet_period_s", type=float, help="seconds without a new instance after which a study is complete")
+    p.add_argument("--destination", help="where SRs are sent: AE@host:port")
+    p.add_argument("--port-file", type=Path, help="write the bound port to this file once listening (useful with --port 0)")
+    return p
+
+
+def load(args: argparse.Namespace) -> ListenerConfig:
+    """The config file's settings, overridden by the command-line flags that were given."""
+    data: Any = json.loads(args.config.read_text()) if args.config else {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{args.config}: expected a JSON object")
+    data.update({k: v for k, v in vars(args).items() if v is not None and k not in ("config", "port_file")})
+    known = {f.name for f in fields(ListenerConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+    missing = [k for k in ("spool_dir", "output_dir", "model_dir", "allowed_calling_ae_titles", "destination") if k not in data]
+    if missing:
+        raise ConfigError(f"missing setting(s): {', '.join(missing)}")
+    try:
+        return ListenerConfig(**{k: _typed(k, v) for k, v in data.items()})
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"malformed setting: {exc}") from None

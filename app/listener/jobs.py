@@ -1,0 +1,79 @@
+"""One job per arrival: the MAP application run as a subprocess on the spooled study, as a platform
+would run it (``python app -i STUDY -o OUT -m MODELS``; exit codes in ``app/__main__.py``).
+
+The job writes into ``OUTPUT/.<arrival>.partial`` and the folder is renamed to ``OUTPUT/<arrival>``
+only when the application has exited, so a reader never sees a half-written result. The child gets
+SIGKILL if the listener dies (``setpriv --pdeathsig``), so a crashed listener leaves no job running
+that could race the re-run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+APP_DIR = Path(__file__).resolve().parent.parent
+#: The application's exit code for "nothing usable in the input" (app/__main__.py): re-running cannot help.
+EXIT_NOTHING_USABLE = 2
+APP_LOG = "app.log"
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    exit_code: int | None  # None: killed at the time limit
+    output: Path
+    srs: tuple[str, ...]
+
+    @property
+    def succeeded(self) -> bool:
+        return self.exit_code == 0 and bool(self.srs)
+
+    @property
+    def retryable(self) -> bool:
+        return not self.succeeded and self.exit_code != EXIT_NOTHING_USABLE
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class MapJob:
+    def __init__(self, model_dir: Path, output_dir: Path, timeout_s: float) -> None:
+        self.model_dir = Path(model_dir).resolve()
+        self.output_dir = Path(output_dir).resolve()
+        self.timeout_s = timeout_s
+
+    def command(self, study: Path, output: Path) -> list[str]:
+        app = [sys.executable, str(APP_DIR), "-i", str(study), "-o", str(output), "-m", str(self.model_dir)]
+        setpriv = shutil.which("setpriv")
+        return [setpriv, "--pdeathsig", "KILL", "--", *app] if setpriv else app
+
+    def run(self, arrival_id: str, study: Path) -> JobOutcome:
+        """Run the application once on ``study``. Call from a thread that lives as long as the listener:
+        the parent-death signal follows the thread that started the child."""
+        staging = self.output_dir / f".{arrival_id}.partial"
+        final = self.output_dir / arrival_id
+        for stale in (staging, final):  # an earlier attempt's leftovers; nothing of them was delivered
+            shutil.rmtree(stale, ignore_errors=True)
+        staging.mkdir(parents=True)
+        with open(staging / APP_LOG, "wb") as log:
+            process = subprocess.Popen(self.command(study, staging), stdin=subprocess.DEVNULL, stdout=log,
+                                       stderr=subprocess.STDOUT)
+            try:
+                exit_code: int | None = process.wait(timeout=self.timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                exit_code = None
+        staging.rename(final)
+        _fsync_folder(self.output_dir)  # the rename is durable before the journal says the job finished
+        srs = tuple(sorted(p.name for p in final.glob("*.dcm"))) if exit_code == 0 else ()
+        return JobOutcome(exit_code, final, srs)

@@ -1,0 +1,196 @@
+"""The Storage SCP (PS3.4 Annex B) and Verification SCP (PS3.4 Annex A) of the listener, on pynetdicom.
+
+Association admission (PS3.8 §9.3.4 A-ASSOCIATE-RJ) happens before any data set is received:
+an unknown calling AE title or source address is rejected permanently; a nearly full spool is
+rejected transiently (local limit exceeded), so the sender retries later. Too many simultaneous
+associations are rejected by pynetdicom (``maximum_associations``), also transiently.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import ssl
+
+from pydicom.filereader import read_dataset
+from pydicom.uid import (
+    JPEG2000TransferSyntaxes,
+    JPEGLSTransferSyntaxes,
+    JPEGTransferSyntaxes,
+    RLETransferSyntaxes,
+    UID,
+    UncompressedTransferSyntaxes,
+)
+from pynetdicom import AE, evt
+from pynetdicom import sop_class as sc
+from pynetdicom.events import Event
+from pynetdicom.transport import ThreadedAssociationServer
+
+from app.listener.config import ListenerConfig, TlsSettings
+from app.listener.spool import Spool
+from app.listener.tcp import NODELAY_HANDLER
+
+logger = logging.getLogger(__name__)
+
+#: Image Storage SOP Classes (PS3.4 Annex B.5) of the modalities the app's series selection accepts
+#: (app/config/series_selection.json: CR DX CT MR US MG XA PT NM OT SC). Other SOP classes get their
+#: presentation context rejected (abstract syntax not supported).
+ACCEPTED_STORAGE_SOP_CLASSES = (
+    sc.ComputedRadiographyImageStorage,
+    sc.DigitalXRayImageStorageForPresentation,
+    sc.DigitalXRayImageStorageForProcessing,
+    sc.DigitalMammographyXRayImageStorageForPresentation,
+    sc.DigitalMammographyXRayImageStorageForProcessing,
+    sc.CTImageStorage,
+    sc.EnhancedCTImageStorage,
+    sc.LegacyConvertedEnhancedCTImageStorage,
+    sc.MRImageStorage,
+    sc.EnhancedMRImageStorage,
+    sc.LegacyConvertedEnhancedMRImageStorage,
+    sc.UltrasoundImageStorage,
+    sc.UltrasoundMultiFrameImageStorage,
+    sc.SecondaryCaptureImageStorage,
+    sc.MultiFrameSingleBitSecondaryCaptureImageStorage,
+    sc.MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    sc.MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    sc.MultiFrameTrueColorSecondaryCaptureImageStorage,
+    sc.XRayAngiographicImageStorage,
+    sc.EnhancedXAImageStorage,
+    sc.NuclearMedicineImageStorage,
+    sc.PositronEmissionTomographyImageStorage,
+    sc.EnhancedPETImageStorage,
+    sc.LegacyConvertedEnhancedPETImageStorage,
+)
+#: Native (uncompressed, deflated, big endian) and the encapsulated image transfer syntaxes (PS3.5 §10,
+#: Annex A) that pydicom and its installed pixel-data plugins decode. Data sets are spooled as received.
+ACCEPTED_TRANSFER_SYNTAXES = [
+    *UncompressedTransferSyntaxes, *JPEGTransferSyntaxes, *JPEGLSTransferSyntaxes, *JPEG2000TransferSyntaxes, *RLETransferSyntaxes,
+]
+
+STUDY_INSTANCE_UID = 0x0020000D
+_UID_CHARACTERS = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+# A-ASSOCIATE-RJ (result, source, reason/diag.), PS3.8 Table 9-21.
+REJECT_CALLING_AE_TITLE = (0x01, 0x01, 0x03)  # rejected-permanent, service-user, calling-AE-title-not-recognized
+REJECT_SOURCE_ADDRESS = (0x01, 0x01, 0x01)  # rejected-permanent, service-user, no-reason-given
+REJECT_SPOOL_FULL = (0x02, 0x03, 0x02)  # rejected-transient, service-provider (presentation), local-limit-exceeded
+
+# C-STORE response statuses, PS3.4 Annex B.2.3.
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC000
+
+
+class ServerTlsContext(ssl.SSLContext):
+    """TLS for accepted connections, with a time limit on the handshake: pynetdicom wraps sockets in
+    its accept loop, so a client that connects and stays silent would otherwise block every other."""
+
+    handshake_timeout_s = 10.0
+
+    def wrap_socket(self, sock, *args, **kwargs):  # type: ignore[override]
+        sock.settimeout(self.handshake_timeout_s)
+        return super().wrap_socket(sock, *args, **kwargs)
+
+
+def server_tls_context(tls: TlsSettings) -> ssl.SSLContext:
+    context = ServerTlsContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2  # BCP 195, as PS3.15 Annex B's TLS profiles require
+    context.load_cert_chain(tls.certificate, tls.private_key)
+    if tls.ca_certificates:
+        context.load_verify_locations(tls.ca_certificates)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def names_a_file(uid: str) -> bool:
+    """Digits and dots, at most 64 characters (PS3.5 §9.1), so the UID is safe as a file name. Leading
+    zeros in a component, which PS3.5 forbids but some devices write, are tolerated."""
+    return len(uid) <= 64 and _UID_CHARACTERS.fullmatch(uid) is not None
+
+
+def study_instance_uid(event: Event) -> UID:
+    """The received data set's Study Instance UID, parsing only the top-level elements up to
+    (0020,000D) instead of the whole data set (the spool stores the bytes as received)."""
+    syntax = event.context.transfer_syntax
+    if syntax.is_deflated:
+        return UID(event.dataset.StudyInstanceUID)
+    stream = event.request.DataSet
+    stream.seek(0)
+    header = read_dataset(stream, syntax.is_implicit_VR, syntax.is_little_endian, stop_when=lambda tag, vr, length: tag > STUDY_INSTANCE_UID)
+    return UID(header.StudyInstanceUID)
+
+
+class StorageSCP:
+    def __init__(self, config: ListenerConfig, spool: Spool) -> None:
+        self.config = config
+        self.spool = spool
+        self.ae = AE(ae_title=config.ae_title)
+        self.ae.maximum_associations = config.max_associations
+        self.ae.require_called_aet = True
+        self.ae.network_timeout = self.ae.acse_timeout = self.ae.dimse_timeout = config.network_timeout_s
+        self.ae.add_supported_context(sc.Verification)
+        for sop_class in ACCEPTED_STORAGE_SOP_CLASSES:
+            self.ae.add_supported_context(sop_class, ACCEPTED_TRANSFER_SYNTAXES)
+        self.server: ThreadedAssociationServer | None = None
+
+    def start(self) -> int:
+        """Listen (non-blocking); returns the bound port."""
+        self.server = self.ae.start_server(
+            (self.config.bind_host, self.config.port),
+            block=False,
+            ssl_context=server_tls_context(self.config.tls) if self.config.tls else None,
+            evt_handlers=[NODELAY_HANDLER, (evt.EVT_REQUESTED, self._admit), (evt.EVT_C_STORE, self._store)],
+        )
+        return int(self.server.server_address[1])
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+
+    def refusal(self, calling_ae_title: str, address: str) -> tuple[tuple[int, int, int], str] | None:
+        """Why an association request must be rejected (A-ASSOCIATE-RJ parameters and a reason), or None."""
+        if calling_ae_title.strip() not in self.config.allowed_calling_ae_titles:
+            return REJECT_CALLING_AE_TITLE, "calling AE title not allowed"
+        networks = self.config.allowed_source_addresses
+        if networks and not any(ipaddress.ip_address(address) in n for n in networks):
+            return REJECT_SOURCE_ADDRESS, "source address not allowed"
+        spool_refusal = self.spool.refusal()
+        if spool_refusal:
+            return REJECT_SPOOL_FULL, spool_refusal
+        return None
+
+    def _admit(self, event: Event) -> None:
+        """EVT_REQUESTED: send an A-ASSOCIATE-RJ here, before pynetdicom negotiates the association."""
+        calling = event.assoc.requestor.primitive.calling_ae_title
+        address = event.assoc.requestor.address
+        refused = self.refusal(calling, address)
+        if refused:
+            (result, source, reason), why = refused
+            logger.warning("Association from %s (calling AE %r) rejected: %s", address, calling, why)
+            event.assoc.acse.send_reject(result, source, reason)
+            event.assoc.kill()  # as pynetdicom's own rejections do: waits until the A-ASSOCIATE-RJ is sent
+
+    def _store(self, event: Event) -> int:
+        """EVT_C_STORE: acknowledge only once the instance is durably in the spool."""
+        try:
+            sop_instance_uid = UID(event.request.AffectedSOPInstanceUID)
+            study_uid = study_instance_uid(event)
+        except Exception as exc:  # a malformed data set raises many kinds; none may escape into pynetdicom's log
+            logger.warning("C-STORE refused: the data set cannot be read (%s)", type(exc).__name__)
+            return STATUS_CANNOT_UNDERSTAND
+        if not (names_a_file(sop_instance_uid) and names_a_file(study_uid)):
+            logger.warning("C-STORE refused: malformed SOP Instance UID or Study Instance UID")
+            return STATUS_CANNOT_UNDERSTAND
+        encoded = event.encoded_dataset(include_meta=True)
+        refusal = self.spool.refusal(len(encoded))
+        if refusal:
+            logger.warning("C-STORE refused: %s", refusal)
+            return STATUS_OUT_OF_RESOURCES
+        try:
+            self.spool.store(study_uid, sop_instance_uid, encoded)
+        except OSError as exc:  # strerror only: the exception's text holds the file name, a UID
+            logger.error("C-STORE failed: cannot write to the spool (%s)", exc.strerror)
+            return STATUS_OUT_OF_RESOURCES
+        return STATUS_SUCCESS

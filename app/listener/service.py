@@ -1,0 +1,146 @@
+"""The listener: Storage SCP → spool → quiet-period completion → one MAP job per arrival → SR delivery.
+
+Every state change is journalled (fsync'd) before it is acted on, so after a crash ``recover()``
+completes spooled arrivals, re-runs unfinished jobs and re-sends undelivered SRs. Each arrival is
+processed once: only the SRs of the job run the journal records as finished are ever sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+from app.listener.config import ListenerConfig
+from app.listener.delivery import Backoff, DeliveryError, DeliveryQueue, store_sr
+from app.listener.jobs import MapJob
+from app.listener.journal import COMPLETE, FAILED, PROCESSED, RECEIVING, Arrival, Journal
+from app.listener.scp import StorageSCP
+from app.listener.spool import Spool
+
+logger = logging.getLogger(__name__)
+
+JOURNAL_NAME = "journal.jsonl"
+
+
+class Listener:
+    def __init__(self, config: ListenerConfig) -> None:
+        self.config = config
+        self.destination = config.destination
+        self.journal = Journal(config.spool_dir / JOURNAL_NAME)
+        self.spool = Spool(config.spool_dir, self.journal, config.quiet_period_s, config.max_spool_bytes, config.min_free_bytes)
+        self.scp = StorageSCP(config, self.spool)
+        self.job = MapJob(config.model_dir, config.output_dir, config.job_timeout_s)
+        self.jobs: queue.Queue[Arrival] = queue.Queue()
+        self.deliveries = DeliveryQueue()
+        self.backoff = Backoff(config.delivery_initial_backoff_s, config.delivery_max_backoff_s)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def recover(self) -> None:
+        """Pick up what the journal says is unfinished, then compact the journal."""
+        unfinished = []
+        for arrival in self.journal.replay().values():
+            if arrival.state == RECEIVING and not self.spool.resume(arrival):
+                self.journal.append(arrival, "discarded")
+                self.spool.remove(arrival.id)
+            elif arrival.state == COMPLETE:
+                self.jobs.put(arrival)
+            elif arrival.state == FAILED:
+                self.spool.quarantine(arrival.id)  # in case the crash came between job_failed and the move
+            elif arrival.state == PROCESSED:
+                self.spool.remove(arrival.id)  # in case the crash came between job_finished and the clean-up
+                for sr in arrival.undelivered:
+                    self.deliveries.put(arrival, self.config.output_dir / arrival.id / sr)
+            if not arrival.finished:
+                unfinished.append(arrival)
+                logger.info("Recovered arrival %s (%s)", arrival.id, arrival.state)
+        self.journal.rewrite(unfinished)
+
+    def start(self) -> int:
+        """Recover, then listen; returns the bound port."""
+        self.config.output_dir.mkdir(parents=True, exist_ok=True)
+        self.recover()
+        workers = [self._completion_loop, self._delivery_loop] + [self._job_loop] * self.config.max_concurrent_jobs
+        for number, target in enumerate(workers):
+            thread = threading.Thread(target=target, name=f"listener-{target.__name__.strip('_')}-{number}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        port = self.scp.start()
+        logger.info("Listening as %s on %s:%d%s; results go to %s", self.config.ae_title, self.config.bind_host, port,
+                    " (TLS)" if self.config.tls else "", self.destination)
+        return port
+
+    def stop(self) -> None:
+        """Stop accepting associations and stop the workers. A running job is killed with the process and
+        re-run at the next start (the journal shows it unfinished)."""
+        self.scp.stop()
+        self._stop.set()
+        self.journal.close()
+
+    def _completion_loop(self) -> None:
+        tick = min(0.25, self.config.quiet_period_s / 4)
+        while not self._stop.wait(tick):
+            try:
+                completed = self.spool.complete_quiet_arrivals()
+            except OSError as exc:  # e.g. the journal's disk is full: try again at the next tick
+                logger.error("Cannot complete arrivals: %s", exc.strerror)
+                continue
+            for arrival in completed:
+                self.jobs.put(arrival)
+
+    def _job_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                arrival = self.jobs.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                self._process(arrival)
+            except OSError as exc:  # the job could not be set up (disk full, permissions): it stays unfinished
+                delay = self.backoff.max_s
+                logger.error("Arrival %s: job could not run (%s); retrying in %.0f s", arrival.id, exc.strerror, delay)
+                threading.Timer(delay, self.jobs.put, args=(arrival,)).start()
+
+    def _process(self, arrival: Arrival) -> None:
+        attempt = arrival.job_attempts + 1
+        self.journal.append(arrival, "job_started", attempt=attempt)
+        logger.info("Arrival %s: job attempt %d on %d instance(s)", arrival.id, attempt, arrival.instances)
+        started = time.monotonic()
+        outcome = self.job.run(arrival.id, self.spool.folder(arrival.id))
+        took = time.monotonic() - started
+        if outcome.succeeded:
+            self.journal.append(arrival, "job_finished", srs=list(outcome.srs), seconds=round(took, 3))
+            logger.info("Arrival %s: %d SR(s) written in %.1f s to %s", arrival.id, len(outcome.srs), took, outcome.output)
+            self.spool.remove(arrival.id)
+            for sr in outcome.srs:
+                self.deliveries.put(arrival, outcome.output / sr)
+        elif outcome.retryable and attempt < self.config.job_max_attempts:
+            delay = self.backoff.delay(attempt)
+            logger.warning("Arrival %s: job attempt %d failed (exit code %s); retrying in %.0f s", arrival.id, attempt, outcome.exit_code, delay)
+            threading.Timer(delay, self.jobs.put, args=(arrival,)).start()
+        else:
+            reason = f"exit code {outcome.exit_code}" + (" (nothing usable in the study)" if not outcome.retryable else f" after {attempt} attempt(s)")
+            self.journal.append(arrival, "job_failed", exit_code=outcome.exit_code, reason=reason)
+            kept = self.spool.quarantine(arrival.id)
+            logger.error("Arrival %s: no SR, %s; see %s; instances kept in %s", arrival.id, reason, outcome.output, kept)
+
+    def _delivery_loop(self) -> None:
+        while True:
+            pending = self.deliveries.take_due(self._stop)
+            if pending is None:
+                return
+            arrival = pending.arrival
+            try:
+                store_sr(pending.sr, self.destination, self.config.ae_title, self.config.network_timeout_s)
+            except Exception as exc:  # whatever failed, the SR stays queued: it is never dropped
+                failures = pending.failures + 1
+                delay = self.backoff.delay(failures)
+                # Only our own messages are shown: an OSError's or pydicom's text may hold a file name (a UID).
+                why = str(exc) if isinstance(exc, DeliveryError) else exc.strerror if isinstance(exc, OSError) else type(exc).__name__
+                logger.warning("Arrival %s: SR delivery failed (%s); attempt %d, retrying in %.0f s", arrival.id, why, failures, delay)
+                self.deliveries.put(arrival, pending.sr, delay, failures)
+                continue
+            self.journal.append(arrival, "delivered", sr=pending.sr.name, destination=str(self.destination))
+            logger.info("Arrival %s: SR delivered to %s", arrival.id, self.destination)

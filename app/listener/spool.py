@@ -1,0 +1,151 @@
+"""The spool: received instances on disk, one folder per arrival (one study, until its quiet period passed).
+
+Each instance is written atomically and fsync'd (``operators.atomic``) before the C-STORE is
+acknowledged, as ``SPOOL/arrivals/<arrival id>/<SOP Instance UID>.dcm``; a retransmitted instance
+replaces its earlier copy. Which study an arrival belongs to is kept in memory only (and re-read from
+its files after a restart), so the journal holds no DICOM identifiers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+
+from app.listener.journal import Arrival, Journal, new_arrival_id
+from operators.atomic import write_atomically
+
+logger = logging.getLogger(__name__)
+
+INSTANCE_SUFFIX = ".dcm"
+#: statvfs at most this often, not for every C-STORE; the byte limit is tracked exactly.
+FREE_SPACE_CHECK_INTERVAL_S = 0.5
+
+
+@dataclass
+class _Receiving:
+    arrival: Arrival
+    folder: Path
+    last_instance: float  # time.monotonic() of the last stored instance
+    writes_in_flight: int = 0
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+class Spool:
+    def __init__(self, root: Path, journal: Journal, quiet_period_s: float, max_bytes: int, min_free_bytes: int) -> None:
+        self.root = Path(root)
+        self.arrivals_dir = self.root / "arrivals"
+        self.failed_dir = self.root / "failed"
+        self.arrivals_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)  # the spooled instances hold PHI: only the listener's user may enter
+        self.journal = journal
+        self.quiet_period_s = quiet_period_s
+        self.max_bytes = max_bytes
+        self.min_free_bytes = min_free_bytes
+        self._lock = threading.Lock()
+        #: Study Instance UID -> the arrival receiving it (memory only: UIDs are identifiers).
+        self._receiving: dict[str, _Receiving] = {}
+        self._used_bytes = folder_bytes(self.root)
+        self._free_bytes, self._free_checked = 0, float("-inf")
+
+    def folder(self, arrival_id: str) -> Path:
+        return self.arrivals_dir / arrival_id
+
+    def instances(self, arrival_id: str) -> list[Path]:
+        return sorted(self.folder(arrival_id).glob("*" + INSTANCE_SUFFIX))
+
+    def refusal(self, incoming_bytes: int = 0) -> str | None:
+        """Why nothing more can be spooled now (disk limits), or None."""
+        if self._used_bytes + incoming_bytes > self.max_bytes:
+            return f"spool limit reached ({self._used_bytes} of {self.max_bytes} bytes used)"
+        if time.monotonic() - self._free_checked > FREE_SPACE_CHECK_INTERVAL_S:
+            self._free_bytes, self._free_checked = shutil.disk_usage(self.root).free, time.monotonic()
+        free = self._free_bytes
+        if free - incoming_bytes < self.min_free_bytes:
+            return f"disk nearly full ({free} bytes free, {self.min_free_bytes} required)"
+        return None
+
+    def store(self, study_uid: str, sop_instance_uid: str, encoded: bytes) -> str:
+        """Write one instance (DICOM File Format bytes) durably under its study's open arrival; returns
+        the arrival id. The caller has checked that both UIDs are valid (they name files)."""
+        with self._lock:
+            receiving = self._receiving.get(study_uid) or self._open(study_uid)
+            receiving.writes_in_flight += 1
+        path = receiving.folder / (sop_instance_uid + INSTANCE_SUFFIX)
+        try:
+            try:
+                replaced = path.stat().st_size  # a retransmitted instance replaces its earlier copy
+            except FileNotFoundError:
+                replaced = 0
+            write_atomically(path, lambda f: f.write(encoded))
+        finally:
+            with self._lock:
+                receiving.writes_in_flight -= 1
+                receiving.last_instance = time.monotonic()
+        with self._lock:
+            self._used_bytes += len(encoded) - replaced
+        return receiving.arrival.id
+
+    def _open(self, study_uid: str) -> _Receiving:
+        arrival = Arrival(new_arrival_id())
+        self.journal.append(arrival, "opened")
+        receiving = _Receiving(arrival, self.folder(arrival.id), time.monotonic())
+        receiving.folder.mkdir()
+        self._receiving[study_uid] = receiving
+        logger.info("Arrival %s opened", arrival.id)
+        return receiving
+
+    def resume(self, arrival: Arrival) -> bool:
+        """After a restart: take back an arrival that was still receiving; its quiet period starts
+        again now, so a sender that retries joins it. False if nothing of it reached the disk."""
+        folder = self.folder(arrival.id)
+        for leftover in folder.glob(".*"):  # temporary files of writes a crash interrupted (never acknowledged)
+            leftover.unlink()
+        files = self.instances(arrival.id)
+        if not files:
+            return False
+        study_uid = str(dcmread(files[0], stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).StudyInstanceUID)
+        with self._lock:
+            self._receiving[study_uid] = _Receiving(arrival, folder, time.monotonic())
+        return True
+
+    def complete_quiet_arrivals(self) -> list[Arrival]:
+        """Arrivals whose quiet period has passed with no write in flight: journalled ``completed``
+        and closed, so a later instance of the same study opens a new arrival."""
+        now = time.monotonic()
+        with self._lock:
+            quiet = [(uid, r) for uid, r in self._receiving.items()
+                     if r.writes_in_flight == 0 and now - r.last_instance >= self.quiet_period_s]
+            for uid, receiving in quiet:
+                del self._receiving[uid]
+                count = len(self.instances(receiving.arrival.id))
+                self.journal.append(receiving.arrival, "completed", instances=count)
+                logger.info("Arrival %s complete: %d instance(s), quiet for %.1f s", receiving.arrival.id, count, self.quiet_period_s)
+        return [r.arrival for _, r in quiet]
+
+    def remove(self, arrival_id: str) -> None:
+        """Delete an arrival's instances (its SR is written). Idempotent."""
+        folder = self.folder(arrival_id)
+        if folder.exists():
+            size = folder_bytes(folder)
+            shutil.rmtree(folder)
+            with self._lock:
+                self._used_bytes -= size
+
+    def quarantine(self, arrival_id: str) -> Path:
+        """Move the instances of an arrival whose job failed for good to ``SPOOL/failed/<id>`` for
+        inspection (they still count against the spool limit). Idempotent."""
+        target = self.failed_dir / arrival_id
+        if self.folder(arrival_id).exists():
+            self.failed_dir.mkdir(exist_ok=True)
+            self.folder(arrival_id).rename(target)
+        return target

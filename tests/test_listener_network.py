@@ -1,0 +1,287 @@
+"""The listener with real DICOM peers on loopback: dcmtk storescu sends, dcmtk storescp (or Orthanc)
+plays the PACS, the MAP runs once per study, the SR arrives at the PACS and passes dciodvfy.
+Every peer runs in a private network namespace whose only interface is ``lo``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import Comprehensive3DSRStorage
+
+from scripts.listener_peers import (
+    DcmtkPacs,
+    ListenerProcess,
+    LoopbackNamespace,
+    OrthancPacs,
+    echo,
+    listener_config,
+    make_ct_studies,
+    storescu,
+    storescu_popen,
+    wait_for,
+)
+
+pytestmark = [
+    pytest.mark.skipif(not LoopbackNamespace.available(), reason="needs `unshare --net` (CAP_SYS_ADMIN) to confine peers that listen on all interfaces"),
+    pytest.mark.skipif(not shutil.which("storescu") or not shutil.which("storescp"), reason="needs dcmtk (scripts/setup.sh installs it)"),
+]
+JOB_TIMEOUT_S = 600  # one MAP run is ~10 s of CPU; other work may share the cores
+
+
+@pytest.fixture()
+def ns():
+    namespace = LoopbackNamespace()
+    yield namespace
+    namespace.close()
+
+
+@pytest.fixture()
+def started(ns: LoopbackNamespace, tmp_path: Path):
+    """Starts listeners and peers for a test and stops whatever is still running afterwards."""
+    running: list = []
+
+    def start(thing):
+        running.append(thing)
+        return thing
+
+    yield start
+    for thing in reversed(running):
+        thing.stop()
+
+
+def _headers(files: list[Path]) -> list[pydicom.Dataset]:
+    return [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
+
+
+def _assert_valid_sr_of(sr_path: Path, study: list[pydicom.Dataset]) -> pydicom.Dataset:
+    sr = pydicom.dcmread(sr_path)
+    assert sr.SOPClassUID == Comprehensive3DSRStorage
+    assert sr.StudyInstanceUID == study[0].StudyInstanceUID
+    assert sr.PatientID == study[0].PatientID
+    evidence = {
+        series.SeriesInstanceUID
+        for item in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in item.ReferencedSeriesSequence
+    }
+    assert evidence == {ds.SeriesInstanceUID for ds in study}, "the SR references every sent series"
+    check = subprocess.run(["dciodvfy", str(sr_path)], capture_output=True, text=True)
+    assert check.returncode == 0 and "Error" not in check.stderr, check.stderr[-3000:]
+    return sr
+
+
+def _run_reports(output: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(output.glob("*/run_report.json"))]
+
+
+def _journal(spool: Path) -> list[dict]:
+    path = spool / "journal.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_multi_series_study_from_storescu_returns_one_valid_sr_to_the_pacs(ns, started, model_package: Path, sample_study: Path, tmp_path: Path) -> None:
+    pacs = started(DcmtkPacs(ns, tmp_path / "pacs"))
+    listener = started(ListenerProcess(ns, listener_config(tmp_path, model_package, quiet_period_s=2), tmp_path / "listener.log").start())
+    sent = _headers(sorted(p for p in sample_study.rglob("*") if p.is_file()))
+
+    # One study over two associations: completion waits for the quiet period, not for the release.
+    for series in ("CT2N", "CT5N"):
+        result = storescu(ns, sample_study / series)
+        assert result.returncode == 0, result.stderr
+
+    received = wait_for(pacs.received, JOB_TIMEOUT_S, "the SR at the PACS")
+    time.sleep(3)  # nothing else follows
+    assert len(pacs.received()) == 1
+    sr = _assert_valid_sr_of(received[0], sent)
+
+    outputs = sorted((tmp_path / "output").glob("*/*.dcm"))
+    assert [pydicom.dcmread(p).SOPInstanceUID for p in outputs] == [sr.SOPInstanceUID], "the SR is also in the output folder"
+    (report,) = _run_reports(tmp_path / "output")
+    assert sorted(report["files"]) == sorted(f"{ds.SOPInstanceUID}.dcm" for ds in sent), "one arrival held the whole study"
+    assert not any((tmp_path / "spool" / "arrivals").iterdir()), "the spooled study is removed once its SR is written"
+    assert (tmp_path / "spool").stat().st_mode & 0o077 == 0, "only the listener's user can read the spool"
+
+    log = (tmp_path / "listener.log").read_text()
+    assert "SR delivered to PACS@127.0.0.1" in log
+    identifiers = {str(ds.get(k)) for ds in sent for k in ("PatientName", "PatientID", "AccessionNumber", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
+    identifiers |= {sr.SOPInstanceUID, sr.SeriesInstanceUID}
+    leaked = sorted(v for v in identifiers if len(v) >= 4 and v in log)  # shorter values (accession "2") match any log
+    assert not leaked, f"identifiers in the listener's log: {leaked}"
+    listener.stop()
+    assert listener.process.returncode == 0
+
+
+@pytest.mark.skipif(not shutil.which("Orthanc"), reason="needs Orthanc (scripts/setup.sh installs the Debian package)")
+def test_orthanc_as_the_pacs_stores_the_sr(ns, started, model_package: Path, sample_study: Path, tmp_path: Path) -> None:
+    orthanc = started(OrthancPacs(ns, tmp_path / "orthanc"))
+    started(ListenerProcess(ns, listener_config(tmp_path, model_package, quiet_period_s=2), tmp_path / "listener.log").start())
+
+    assert storescu(ns, sample_study).returncode == 0
+
+    (instance_id,) = wait_for(lambda: orthanc.get("/instances"), JOB_TIMEOUT_S, "the SR in Orthanc", 0.5)
+    sr_file = tmp_path / "from_orthanc.dcm"
+    sr_file.write_bytes(orthanc.get(f"/instances/{instance_id}/file", raw=True))
+    _assert_valid_sr_of(sr_file, _headers(sorted(p for p in sample_study.rglob("*") if p.is_file())))
+    assert orthanc.get("/statistics")["CountInstances"] == 1
+
+
+def test_four_concurrent_associations_of_200_instances_are_all_spooled_and_grouped_by_study(ns, started, model_package: Path, tmp_path: Path) -> None:
+    studies = make_ct_studies(tmp_path / "sent", studies=2, series_per_study=2, instances_per_series=200)
+    files = sorted(p for paths in studies.values() for p in paths)
+    assert len(files) == 800
+    pacs = started(DcmtkPacs(ns, tmp_path / "pacs"))
+    started(ListenerProcess(ns, listener_config(tmp_path, model_package, quiet_period_s=3), tmp_path / "listener.log").start())
+
+    # Each association carries instances of both studies, interleaved.
+    senders = [storescu_popen(ns, files[k::4]) for k in range(4)]
+    for sender in senders:
+        output, _ = sender.communicate(timeout=600)
+        assert sender.returncode == 0, output
+
+    wait_for(lambda: len(pacs.received()) >= 2, 2 * JOB_TIMEOUT_S, "two SRs at the PACS")
+    reports = _run_reports(tmp_path / "output")
+    spooled = [sorted(r["files"]) for r in reports]
+    expected = [sorted(f"{pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID}.dcm" for p in paths) for paths in studies.values()]
+    assert sorted(spooled) == sorted(expected), "each study arrived whole, in its own arrival, nothing lost or mixed"
+    srs = [pydicom.dcmread(p) for p in pacs.received()]
+    assert sorted(sr.StudyInstanceUID for sr in srs) == sorted(studies)
+
+
+def _app_children(pid: int) -> list[int]:
+    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+
+
+def test_kill9_mid_receive_then_resend_gives_one_sr_with_every_instance(ns, started, model_package: Path, tmp_path: Path) -> None:
+    (study_uid, files), = make_ct_studies(tmp_path / "sent", studies=1, series_per_study=1, instances_per_series=400).items()
+    pacs = started(DcmtkPacs(ns, tmp_path / "pacs"))
+    config = listener_config(tmp_path, model_package, quiet_period_s=4)
+    listener = ListenerProcess(ns, config, tmp_path / "listener.log").start()
+    sender = storescu_popen(ns, files)
+    wait_for(lambda: len(list((tmp_path / "spool" / "arrivals").glob("*/*.dcm"))) >= 50, 60, "50 instances spooled", 0.01)
+    listener.kill9()
+    output, _ = sender.communicate(timeout=60)
+    assert sender.returncode != 0, "the sender saw the association break"
+    before_restart = len(list((tmp_path / "spool" / "arrivals").glob("*/*.dcm")))
+    assert 50 <= before_restart < 400
+
+    started(ListenerProcess(ns, config, tmp_path / "listener.log").start())
+    assert storescu(ns, files).returncode == 0  # the sender retries the whole study
+
+    received = wait_for(pacs.received, JOB_TIMEOUT_S, "the SR at the PACS")
+    time.sleep(3)
+    assert len(pacs.received()) == 1
+    assert pydicom.dcmread(received[0]).StudyInstanceUID == study_uid
+    (report,) = _run_reports(tmp_path / "output")
+    assert len(report["files"]) == 400, "the instances spooled before the crash and the resent ones form one arrival"
+
+
+def test_kill9_mid_job_and_while_delivery_is_pending_delivers_exactly_one_sr(ns, started, model_package: Path, sample_study: Path, tmp_path: Path) -> None:
+    config = listener_config(tmp_path, model_package, quiet_period_s=1)
+    listener = ListenerProcess(ns, config, tmp_path / "listener.log").start()
+    assert storescu(ns, sample_study).returncode == 0
+
+    # Mid-job: the MAP is running (its output is still staged under a .partial folder).
+    wait_for(lambda: list((tmp_path / "output").glob(".*.partial")) and _app_children(listener.pid), 60, "the job to start")
+    time.sleep(2)
+    (app_pid,) = _app_children(listener.pid)
+    listener.kill9()
+    wait_for(lambda: not Path(f"/proc/{app_pid}").exists() or "Z" in Path(f"/proc/{app_pid}/stat").read_text().split()[2], 10,
+             "the orphaned job to be killed with the listener")
+
+    # The job re-runs; the PACS is down, so the SR waits for delivery; crash again then.
+    listener = ListenerProcess(ns, config, tmp_path / "listener.log").start()
+    wait_for(lambda: "SR delivery failed" in (tmp_path / "listener.log").read_text(), JOB_TIMEOUT_S, "a failed delivery attempt", 0.2)
+    listener.kill9()
+    assert len(list((tmp_path / "output").glob("*/*.dcm"))) == 1
+
+    pacs = started(DcmtkPacs(ns, tmp_path / "pacs"))
+    started(ListenerProcess(ns, config, tmp_path / "listener.log").start())
+    received = wait_for(pacs.received, 60, "the SR at the PACS")
+    time.sleep(3)
+    assert len(pacs.received()) == 1
+    sent = _headers(sorted(p for p in sample_study.rglob("*") if p.is_file()))
+    sr = _assert_valid_sr_of(received[0], sent)
+    assert [pydicom.dcmread(p).SOPInstanceUID for p in (tmp_path / "output").glob("*/*.dcm")] == [sr.SOPInstanceUID]
+    starts = [r for r in _journal(tmp_path / "spool") if r["event"] == "job_started"]
+    assert len(starts) in (0, 2), "compacted once finished, else two attempts (killed, re-run)"
+
+
+@pytest.mark.parametrize(
+    ("settings", "calling_ae", "expected"),
+    [
+        ({}, "INTRUDER", "Calling AE Title Not Recognized"),
+        ({"allowed_source_addresses": ["192.0.2.0/24"]}, "STORESCU", "Rejected Permanent"),
+        ({"min_free_bytes": 2**60}, "STORESCU", "Local Limit Exceeded"),
+    ],
+    ids=["calling-ae-title", "source-address", "disk-nearly-full"],
+)
+def test_refused_association_is_rejected_and_nothing_is_spooled(ns, started, sample_study: Path, tmp_path: Path, settings: dict, calling_ae: str, expected: str) -> None:
+    config = listener_config(tmp_path, tmp_path / "no-model-needed", quiet_period_s=1, **settings)
+    listener = started(ListenerProcess(ns, config, tmp_path / "listener.log").start())
+
+    result = storescu(ns, sample_study, calling_ae=calling_ae)
+
+    assert result.returncode != 0
+    assert "Association Rejected" in result.stderr and expected in result.stderr, result.stderr
+    time.sleep(1.5)
+    assert not any((tmp_path / "spool" / "arrivals").iterdir())
+    assert _journal(tmp_path / "spool") == []
+    assert "rejected" in listener.log.read_text()
+
+
+HOLD_ASSOCIATION = """
+import sys, time
+from pynetdicom import AE
+ae = AE("STORESCU")
+ae.add_requested_context("1.2.840.10008.1.1")
+assoc = ae.associate("127.0.0.1", int(sys.argv[1]), ae_title="BIOMEDCLIP")
+print("established" if assoc.is_established else "refused", flush=True)
+sys.stdin.readline()
+assoc.release()
+"""
+
+
+def test_associations_beyond_the_limit_are_rejected_transiently(ns, started, tmp_path: Path) -> None:
+    config = listener_config(tmp_path, tmp_path / "no-model-needed", quiet_period_s=1, max_associations=1)
+    started(ListenerProcess(ns, config, tmp_path / "listener.log").start())
+    holder = ns.popen([sys.executable, "-c", HOLD_ASSOCIATION, "11112"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "established"
+
+    refused = echo(ns)
+    holder.communicate("release\n", timeout=30)
+    assert refused.returncode != 0 and "Rejected Transient" in refused.stderr and "Local Limit Exceeded" in refused.stderr, refused.stderr
+    assert wait_for(lambda: echo(ns).returncode == 0, 10, "C-ECHO once the first association is released")
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_tls_with_client_certificates(ns, started, sample_study: Path, tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test CA", "-keyout", "ca.key", "-out", "ca.pem", cwd=pki)
+    for name in ("server", "client"):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1",
+                 "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=pki)
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1",
+                 "-copy_extensions", "copy", "-out", f"{name}.pem", cwd=pki)
+    tls = {"certificate": str(pki / "server.pem"), "private_key": str(pki / "server.key"), "ca_certificates": str(pki / "ca.pem")}
+    config = listener_config(tmp_path, tmp_path / "no-model-needed", quiet_period_s=600, tls=tls)
+    listener = started(ListenerProcess(ns, config, tmp_path / "listener.log").start())
+    client_tls = ["+tls", pki / "client.key", pki / "client.pem", "+cf", pki / "ca.pem"]
+
+    assert echo(ns, extra=client_tls).returncode == 0
+    assert storescu(ns, sample_study, extra=client_tls).returncode == 0
+    assert len(list((tmp_path / "spool" / "arrivals").glob("*/*.dcm"))) == 7, "every instance is spooled when acknowledged"
+    assert echo(ns).returncode != 0, "plain TCP is refused"
+    assert echo(ns, extra=["+tla", "+cf", pki / "ca.pem"]).returncode != 0, "TLS without a client certificate is refused"
+    listener.process.send_signal(signal.SIGTERM)
+    assert listener.process.wait(timeout=20) == 0
