@@ -43,6 +43,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from scripts.benchmark_common import cpu_name, write_section  # noqa: E402
+
 from models.fidelity import embedding_fidelity  # noqa: E402
 
 BATCHES = (1, 8, 64, 256)
@@ -234,8 +236,7 @@ def cpu(args: argparse.Namespace) -> dict[str, Any]:
         results.append({"config": name, "rows": rows, "fidelity": fidelity(features, reference),
                         "onnx_mb": package.artefact(*[(p, f) for n, p, f in configs if n == name][0]).stat().st_size / 1e6})
         print(name, rows, results[-1]["fidelity"], flush=True)
-    cpu_name = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    return {"kind": "cpu", "device": f"{cpu_name}, {os.cpu_count()} cores", "load_average": os.getloadavg(),
+    return {"kind": "cpu", "device": f"{cpu_name()}, {os.cpu_count()} cores", "load_average": os.getloadavg(),
             "repeats": args.repeats, "fidelity_images": len(images), "results": results}
 
 
@@ -302,16 +303,6 @@ def chart(runs: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def update_benchmarks_md(section: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -334,7 +325,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.mode == "report":
         section = report(args.json, ROOT / "benchmarks")
-        update_benchmarks_md(section)
+        write_section(section, BEGIN, END)
         print(section)
         return 0
     run = {"gpu": gpu, "cpu": cpu, "profile": profile}[args.mode]

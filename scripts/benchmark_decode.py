@@ -24,7 +24,6 @@ import copy
 import io
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -59,6 +58,8 @@ from pydicom.uid import (
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from scripts.benchmark_common import cpu_name, write_section  # noqa: E402
 
 BEGIN, END = "<!-- decode:begin -->", "<!-- decode:end -->"
 LARGE_SIDE = 4096
@@ -281,22 +282,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
@@ -322,7 +307,7 @@ def main() -> int:
         }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    write_section(args.markdown, markdown(result))
+    write_section(markdown(result), BEGIN, END, args.markdown)
     print(markdown(result))
     return 0
 

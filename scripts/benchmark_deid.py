@@ -22,7 +22,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -36,6 +35,8 @@ import pydicom
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from scripts.benchmark_common import cpu_name, write_section  # noqa: E402
 
 from dcm_anon import UIDMapper, anonymize_file  # noqa: E402
 from deid.dicom import replace_identifiers  # noqa: E402
@@ -167,21 +168,7 @@ def write_markdown(results: dict) -> None:
             f"{'yes' if q['patient_identity_removed'] and q['method_code_sequence'] else 'no'} | {'yes' if q['references_resolve'] else 'no'} |"
         )
     lines += ["", "Raw numbers: `benchmarks/deid.json`. What the markers are and what each tool gets wrong: `docs/deidentification.md`.", END]
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = "\n".join(lines)
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    return platform.processor()
+    write_section("\n".join(lines), BEGIN, END)
 
 
 def main() -> int:
@@ -202,7 +189,7 @@ def main() -> int:
         quality = evaluate(folder)
     results = {
         "command": "python scripts/benchmark_deid.py" + (f" --repeats {args.repeats}" if args.repeats != 15 else ""),
-        "cpu": cpu_name(),
+        "cpu": f"{cpu_name()} ({os.cpu_count()} cores)",
         "load": f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after",
         "repeats": args.repeats,
         "files": {"sample": len(sample), "phi": len(phi)},

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -32,6 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from scripts.benchmark_common import machine, write_section  # noqa: E402
+
 from scripts.listener_peers import (  # noqa: E402
     PACS_AE,
     PACS_PORT,
@@ -43,7 +44,6 @@ from scripts.listener_peers import (  # noqa: E402
     wait_for,
 )
 from operators.atomic import write_atomically  # noqa: E402
-from scripts.benchmark_pipeline import machine  # noqa: E402
 from scripts.make_sample_study import make_sample_study  # noqa: E402
 
 BEGIN, END = "<!-- listener:begin -->", "<!-- listener:end -->"
@@ -212,13 +212,6 @@ def markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
-def replace_section(path: Path, section: str) -> None:
-    """Put ``section`` between this benchmark's markers in BENCHMARKS.md (appended if absent)."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    markers = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.DOTALL)
-    path.write_text(markers.sub(lambda _: section, text) if markers.search(text) else text.rstrip() + "\n\n" + section + "\n")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "biomedclip")
@@ -245,7 +238,7 @@ def main() -> int:
     args.out.mkdir(exist_ok=True)
     (args.out / "listener.json").write_text(json.dumps(data, indent=2))
     section = markdown(data)
-    replace_section(ROOT / "BENCHMARKS.md", section)
+    write_section(section, BEGIN, END)
     print(section)
     return 0
 

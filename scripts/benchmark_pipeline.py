@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,8 @@ from pydicom.uid import generate_uid
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from scripts.benchmark_common import machine, write_section  # noqa: E402
 
 from scripts.make_sample_study import make_sample_study  # noqa: E402
 
@@ -92,11 +93,6 @@ def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
-
-
 def chart(results: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -144,16 +140,6 @@ def markdown(results: list[dict], repeats: int) -> str:
     return "\n".join(lines)
 
 
-def update_benchmarks_md(section: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "biomedclip")
@@ -179,7 +165,7 @@ def main() -> int:
     (args.out / "pipeline.json").write_text(json.dumps({"machine": machine(), "repeats": args.repeats, "results": results}, indent=2))
     chart(results, args.out / "pipeline.png")
     section = markdown(results, args.repeats)
-    update_benchmarks_md(section)
+    write_section(section, BEGIN, END)
     print(section)
     return 0
 
