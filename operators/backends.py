@@ -12,7 +12,7 @@ A backend turns a float32 batch ``N x 3 x 224 x 224`` (already preprocessed) int
 
 ``auto`` takes the first that loads, in this order: TensorRT fp16 on a CUDA GPU; PyTorch bf16 with
 CUDA graphs on a CUDA GPU; ONNX Runtime on the CPU, INT8 (dynamic) where the package has that
-artefact (measured ~2.5x faster than fp32 at cosine 0.998 on 2 cores, BENCHMARKS.md), else fp32.
+artefact (measured 2.2-2.6x faster than fp32 at cosine >= 0.998 on 2 cores, BENCHMARKS.md), else fp32.
 The chosen backend's name goes into the log and the SR's algorithm parameters.
 """
 
