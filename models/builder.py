@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import pydicom
 
 from operators.model_package import FORMAT_VERSION, MANIFEST, sha256_file
 from operators.zero_shot import LabelSet, ensemble_prompt_embeddings
@@ -132,7 +133,7 @@ def export_onnx(model: Any, path: Path) -> None:
 #: ONNX variants ``--variants`` can add to a package (see operators/model_package.py).
 VARIANTS = ("fp16", "int8-dynamic", "int8-qdq")
 #: Real DICOM images that ship with pydicom: the default calibration set for int8-qdq.
-DEFAULT_CALIBRATION = Path(__import__("pydicom").__file__).parent / "data" / "test_files"
+DEFAULT_CALIBRATION = Path(pydicom.__file__).parent / "data" / "test_files"
 
 
 def onnx_fp16(src: Path, dst: Path) -> None:

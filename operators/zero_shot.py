@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 from pydicom.sr.coding import Code
@@ -101,7 +101,3 @@ def aggregate_series(per_image: np.ndarray) -> np.ndarray:
     if per_image.ndim != 2 or per_image.shape[0] == 0:
         raise ValueError("aggregate_series needs a non-empty N x L probability matrix")
     return per_image.mean(axis=0)
-
-
-def code_as_json(code: Code) -> dict[str, Any]:
-    return {"value": code.value, "scheme": code.scheme_designator, "meaning": code.meaning}

@@ -29,6 +29,7 @@ geometry. Medians over repeated CUDA-event-timed iterations after warm-up.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -152,7 +153,7 @@ def gpu(args: argparse.Namespace) -> dict[str, Any]:
     unavailable = {}
     for name, probe in (("tensorrt", "tensorrt"), ("onnxruntime CUDA", "onnxruntime")):
         try:
-            module = __import__(probe)
+            module = importlib.import_module(probe)
             if probe == "onnxruntime" and "CUDAExecutionProvider" not in module.get_available_providers():
                 raise BackendUnavailable(f"onnxruntime {module.__version__} has no CUDAExecutionProvider")
             unavailable[name] = f"importable ({module.__version__}) but not benchmarked in this run"
