@@ -52,6 +52,25 @@ def test_pytorch_bf16_on_cpu_matches_fp32(package: ModelPackage, images: np.ndar
     assert _cosine(TorchBackend(package.image_tower(), "cpu", "bf16").embed(images[:4]), reference).min() >= 0.999
 
 
+def test_fused_kernel_rewrites_keep_the_embeddings(package: ModelPackage, images: np.ndarray) -> None:
+    """The GPU rewrites (patch embedding as one GEMM, GELU in fc1's epilogue) compute the same function:
+    checked in fp32 on the CPU, where PyTorch's GELU epilogue is the exact GELU."""
+    import torch
+
+    from operators.vit_kernels import GeluEpilogueMlp, PatchEmbeddingGemm, fuse_kernels
+
+    x = torch.from_numpy(images[:4])
+    tower = package.image_tower().eval()
+    with torch.inference_mode():
+        reference = tower(x)
+        fused = fuse_kernels(tower)
+        assert isinstance(fused.trunk.patch_embed, PatchEmbeddingGemm)
+        assert all(isinstance(block.mlp, GeluEpilogueMlp) for block in fused.trunk.blocks)
+        torch.testing.assert_close(fused(x), reference, atol=2e-4, rtol=1e-4)
+        with pytest.raises(ValueError, match="not a multiple of the 16-pixel patch"):
+            fused.trunk.patch_embed(torch.zeros(1, 3, 200, 200))
+
+
 def test_qdq_is_symmetric_int8_on_matmul_gemm_conv_only(package: ModelPackage) -> None:
     graph = onnx.load(str(package.artefact("int8", ("qdq",)))).graph
     produced_by = {out: node for node in graph.node for out in node.output}
