@@ -131,23 +131,29 @@ def export_onnx(model: Any, path: Path) -> None:
 
 
 #: ONNX variants ``--variants`` can add to a package (see operators/model_package.py).
-VARIANTS = ("fp16", "int8-dynamic", "int8-qdq")
-#: Real DICOM images that ship with pydicom: the default calibration set for int8-qdq.
+VARIANTS = ("fp16", "int8-dynamic", "int8-qdq", "fp8-qdq")
+#: Real DICOM images that ship with pydicom: the default calibration set for int8-qdq and fp8-qdq.
 DEFAULT_CALIBRATION = Path(pydicom.__file__).parent / "data" / "test_files"
 
 
-def onnx_fp16(src: Path, dst: Path) -> None:
-    """fp16 weights and activations (inputs/outputs too), for TensorRT strongly typed networks."""
-    import onnx
+def to_fp16(model: Any) -> Any:
+    """fp16 weights and activations (inputs/outputs too), for TensorRT strongly typed networks; FP8
+    initializers of a Q/DQ graph stay FP8."""
     from onnx import TensorProto
     from onnxconverter_common import float16
 
-    model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=False)
+    model = float16.convert_float_to_float16(model, keep_io_types=False)
     for node in model.graph.node:  # the converter leaves Cast(to=float) inside attention: make them fp16
         for attribute in node.attribute:
             if node.op_type == "Cast" and attribute.name == "to" and attribute.i == TensorProto.FLOAT:
                 attribute.i = TensorProto.FLOAT16
-    onnx.save(model, str(dst))
+    return model
+
+
+def onnx_fp16(src: Path, dst: Path) -> None:
+    import onnx
+
+    onnx.save(to_fp16(onnx.load(str(src))), str(dst))
 
 
 def onnx_int8_dynamic(src: Path, dst: Path) -> None:
@@ -178,10 +184,9 @@ def model_inputs_from_dicom(folder: Path, limit: int) -> np.ndarray:
     return images
 
 
-def onnx_int8_qdq(src: Path, dst: Path, calibration: np.ndarray) -> None:
-    """Explicit symmetric INT8 Q/DQ on MatMul/Gemm/Conv only (quantising every op costs accuracy:
-    cosine 0.966 vs 0.998, facts.md), per-channel weights; the form TensorRT consumes (zero point 0)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+def calibration_reader(calibration: np.ndarray) -> Any:
+    """ONNX Runtime's calibration input: the images in batches of 8."""
+    from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -190,8 +195,16 @@ def onnx_int8_qdq(src: Path, dst: Path, calibration: np.ndarray) -> None:
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
 
+    return Reader()
+
+
+def onnx_int8_qdq(src: Path, dst: Path, calibration: np.ndarray) -> None:
+    """Explicit symmetric INT8 Q/DQ on MatMul/Gemm/Conv only (quantising every op costs accuracy:
+    cosine 0.966 vs 0.998, facts.md), per-channel weights; the form TensorRT consumes (zero point 0)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
     quantize_static(
-        str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QDQ_OPS),
+        str(src), str(dst), calibration_reader(calibration), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QDQ_OPS),
         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
     )
@@ -199,6 +212,74 @@ def onnx_int8_qdq(src: Path, dst: Path, calibration: np.ndarray) -> None:
 
 
 QDQ_OPS = ("MatMul", "Gemm", "Conv")
+FP8_E4M3_MAX = 448.0
+
+
+def activation_amax(src: Path, calibration: np.ndarray, tensors: Sequence[str]) -> dict[str, float]:
+    """max |x| of each named tensor over the calibration images (ONNX Runtime's MinMax calibrator)."""
+    import tempfile
+
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    with tempfile.TemporaryDirectory() as scratch:
+        calibrator = create_calibrator(src, list(QDQ_OPS), augmented_model_path=str(Path(scratch) / "augmented.onnx"),
+                                       calibrate_method=CalibrationMethod.MinMax, extra_options={"symmetric": True})
+        calibrator.collect_data(calibration_reader(calibration))
+        ranges = calibrator.compute_data().data
+    return {name: float(np.abs(np.asarray(ranges[name].range_value, dtype=np.float64)).max()) for name in tensors}
+
+
+def onnx_fp8_qdq(src: Path, dst: Path, calibration: np.ndarray) -> None:
+    """Explicit FP8 (E4M3) Q/DQ for TensorRT's FP8 engines, in the placement and scaling NVIDIA
+    ModelOpt uses: only the weight-bearing GEMMs (linear layers, patch convolution; attention's two
+    matmuls stay in higher precision, as in the PyTorch FP8 path), activations per tensor at
+    amax / 448 over the calibration images, weights per output channel at amax / 448 (saturating);
+    everything else fp16 (a strongly typed network runs in the graph's types).
+    ONNX Runtime's own FP8 quantiser allows only its Distribution calibration, which clips these
+    activations hard (cosine 0.85 vs fp32 on real images, measured), hence this builder."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper, version_converter
+
+    model = version_converter.convert_version(onnx.load(str(src)), 19)  # FP8 Q/DQ needs opset 19
+    weights = {t.name: t for t in model.graph.initializer}
+    gemms = [n for n in model.graph.node if n.op_type in QDQ_OPS and len(n.input) > 1 and n.input[1] in weights]
+    amax = activation_amax(src, calibration, sorted({n.input[0] for n in gemms}))
+
+    def fp8(name: str, values: np.ndarray) -> onnx.TensorProto:
+        return helper.make_tensor(name, TensorProto.FLOAT8E4M3FN, values.shape, values.flatten().tolist())
+
+    nodes, quantised = [], {}
+    for node in model.graph.node:
+        if node in gemms:
+            x = node.input[0]
+            if x not in quantised:  # one Q/DQ pair per activation, however many GEMMs read it
+                scale = numpy_helper.from_array(np.array(max(amax[x], 1e-12) / FP8_E4M3_MAX, np.float32), f"{x}_fp8_scale")
+                model.graph.initializer.extend([scale, fp8(f"{x}_fp8_zero", np.zeros((), np.float32))])
+                nodes += [helper.make_node("QuantizeLinear", [x, scale.name, f"{x}_fp8_zero"], [f"{x}_fp8"]),
+                          helper.make_node("DequantizeLinear", [f"{x}_fp8", scale.name, f"{x}_fp8_zero"], [f"{x}_fp8_dq"])]
+                quantised[x] = f"{x}_fp8_dq"
+            node.input[0] = quantised[x]
+            w_name = node.input[1]
+            if w_name not in weights:  # already dequantised for another GEMM
+                nodes.append(node)
+                continue
+            w = numpy_helper.to_array(weights[w_name]).astype(np.float32)
+            transposed = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
+            axis = 1 if node.op_type == "MatMul" or (node.op_type == "Gemm" and not transposed) else 0
+            reduce_axes = tuple(i for i in range(w.ndim) if i != axis)
+            channel_scale = np.maximum(np.abs(w).max(axis=reduce_axes), 1e-12) / FP8_E4M3_MAX
+            shape = [-1 if i == axis else 1 for i in range(w.ndim)]
+            model.graph.initializer.remove(weights.pop(w_name))
+            model.graph.initializer.extend([
+                fp8(f"{w_name}_fp8", np.clip(w / channel_scale.reshape(shape), -FP8_E4M3_MAX, FP8_E4M3_MAX)),
+                numpy_helper.from_array(channel_scale.astype(np.float32), f"{w_name}_fp8_scale"),
+            ])
+            nodes.append(helper.make_node("DequantizeLinear", [f"{w_name}_fp8", f"{w_name}_fp8_scale"], [w_name], axis=axis))
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    onnx.save(to_fp16(model), str(dst))
 
 
 def restrict_qdq_to(path: Path, ops: Sequence[str]) -> None:
@@ -247,7 +328,8 @@ def add_variants(staging: Path, variants: Sequence[str], calibration: Path, cali
         elif variant == "int8-dynamic":
             onnx_int8_dynamic(src, dst)
         else:
-            onnx_int8_qdq(src, dst, model_inputs_from_dicom(calibration, calibration_count))
+            build = onnx_int8_qdq if variant == "int8-qdq" else onnx_fp8_qdq
+            build(src, dst, model_inputs_from_dicom(calibration, calibration_count))
         files[variant] = dst.name
     return files
 
@@ -328,7 +410,7 @@ def build_package(
             "built_with": {
                 "open_clip": open_clip.__version__,
                 "torch": torch.__version__,
-                "calibration": f"{calibration} ({calibration_count} images)" if "int8-qdq" in variants else None,
+                "calibration": f"{calibration} ({calibration_count} images)" if {"int8-qdq", "fp8-qdq"} & set(variants) else None,
             },
             "files": files,
         }

@@ -3,7 +3,8 @@
 - Precision: fp16 from the ``fp16`` ONNX variant as a *strongly typed* network (the precision is in
   the graph: TensorRT 11 removed the FP16/INT8 builder flags; on 10.x the same strongly typed path is
   used, so both versions build the same engine). INT8 from the ``int8-qdq`` variant (explicit Q/DQ;
-  implicit INT8 calibration is deprecated in 10 and gone in 11). fp32 from the plain ONNX.
+  implicit INT8 calibration is deprecated in 10 and gone in 11); FP8 (compute capability >= 8.9)
+  from the ``fp8-qdq`` variant (fp16 graph, FP8 Q/DQ on the linear layers). fp32 from the plain ONNX.
 - One optimisation profile, dynamic batch ``1 .. max_batch`` (optimum ``opt_batch``).
 - Engine and timing cache on disk under ``cache_dir`` (``$BIOMEDCLIP_ENGINE_CACHE``, else
   ``$HOLOSCAN_WORKDIR/engine-cache``, else ``~/.cache/biomedclip-map``), the file name being a key of
@@ -38,7 +39,7 @@ from operators.model_package import ModelPackage, sha256_file
 logger = logging.getLogger(__name__)
 
 #: Which ONNX variant each TensorRT precision is built from.
-ONNX_VARIANT = {"fp32": "fp32", "fp16": "fp16", "int8": "int8-qdq"}
+ONNX_VARIANT = {"fp32": "fp32", "fp16": "fp16", "int8": "int8-qdq", "fp8": "fp8-qdq"}
 
 
 @dataclass(frozen=True)

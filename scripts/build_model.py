@@ -2,7 +2,7 @@
 """Build the BiomedCLIP model package folder the app reads at run time.
 
     python scripts/build_model.py --random-init --seed 0 --out models/biomedclip
-    python scripts/build_model.py --random-init --seed 0 --variants fp16,int8-dynamic,int8-qdq --out DIR
+    python scripts/build_model.py --random-init --seed 0 --variants fp16,int8-dynamic,int8-qdq,fp8-qdq --out DIR
     python scripts/build_model.py --weights hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 --out DIR
     python scripts/build_model.py --weights /path/to/open_clip/snapshot --out DIR
 """
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="package folder to write (replaced atomically)")
     parser.add_argument("--variants", default="", help=f"comma-separated extra ONNX variants: {','.join(VARIANTS)}")
     parser.add_argument("--calibration", type=Path, default=DEFAULT_CALIBRATION,
-                        help="folder of DICOM images for int8-qdq calibration (default: pydicom's test images)")
+                        help="folder of DICOM images for int8-qdq / fp8-qdq calibration (default: pydicom's test images)")
     parser.add_argument("--calibration-images", type=int, default=64, help="images used for calibration (default 64)")
     args = parser.parse_args(argv)
     variants = [v for v in args.variants.split(",") if v]

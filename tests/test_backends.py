@@ -38,7 +38,7 @@ def _onnx(package: ModelPackage, precision: str, flavour: tuple[str, ...] = ()) 
 
 @pytest.mark.parametrize(
     ("precision", "flavour", "min_cosine"),
-    [("fp16", (), 0.999), ("int8", ("dynamic",), 0.99), ("int8", ("qdq",), 0.99)],
+    [("fp16", (), 0.999), ("int8", ("dynamic",), 0.99), ("int8", ("qdq",), 0.99), ("fp8", ("qdq",), 0.99)],
 )
 def test_onnx_variants_match_fp32_within_tolerance(package: ModelPackage, images: np.ndarray, precision: str,
                                                      flavour: tuple[str, ...], min_cosine: float) -> None:
@@ -83,6 +83,30 @@ def test_qdq_is_symmetric_int8_on_matmul_gemm_conv_only(package: ModelPackage) -
     zero_points = [initializers[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
     assert zero_points and all(zp.data_type == onnx.TensorProto.INT8 for zp in zero_points)
     assert all(not onnx.numpy_helper.to_array(zp).any() for zp in zero_points), "TensorRT needs zero point 0"
+
+
+def test_fp8_qdq_quantises_the_linear_layers_only_for_tensorrt(package: ModelPackage) -> None:
+    """TensorRT's FP8 recipe: E4M3 weights per output channel and activations per tensor feed the
+    weight-bearing GEMMs; attention's activation x activation matmuls and everything else stay fp16."""
+    graph = onnx.load(str(package.artefact("fp8", ("qdq",)))).graph
+    initializers = {t.name: t for t in graph.initializer}
+    produced_by = {out: node for node in graph.node for out in node.output}
+
+    def dequantised(name: str) -> bool:
+        return name in produced_by and produced_by[name].op_type == "DequantizeLinear"
+
+    gemms = [n for n in graph.node if n.op_type in ("MatMul", "Gemm", "Conv")]
+    weight_gemms = [n for n in gemms if dequantised(n.input[1]) and produced_by[n.input[1]].input[0] in initializers]
+    assert len(weight_gemms) == 12 * 4 + 2  # qkv, proj, fc1, fc2 per block + patch conv + final projection
+    assert all(dequantised(n.input[0]) for n in weight_gemms)
+    assert not any(dequantised(i) for n in gemms if n not in weight_gemms for i in n.input)
+    for node in weight_gemms:
+        weight = initializers[produced_by[node.input[1]].input[0]]
+        channel_scales = onnx.numpy_helper.to_array(initializers[produced_by[node.input[1]].input[1]])
+        activation_scale = onnx.numpy_helper.to_array(initializers[produced_by[node.input[0]].input[1]])
+        assert weight.data_type == onnx.TensorProto.FLOAT8E4M3FN
+        assert channel_scales.ndim == 1 and channel_scales.size > 1 and activation_scale.ndim == 0
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
 
 
 def test_auto_on_a_cpu_machine_takes_onnxruntime_int8(package: ModelPackage, caplog: pytest.LogCaptureFixture) -> None:
