@@ -15,7 +15,7 @@ from pynetdicom import AE
 
 from app.listener.config import Destination
 from app.listener.journal import Arrival
-from app.listener.tcp import NODELAY_HANDLER
+from app.listener.tcp import LOW_LATENCY_HANDLER
 
 #: PS3.4 Annex B.2.3: Success, and the Warning statuses under which the SCP has stored the instance.
 STORED_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}
@@ -31,7 +31,7 @@ def store_sr(path: Path, destination: Destination, calling_ae_title: str, timeou
     ae = AE(ae_title=calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, evt_handlers=[NODELAY_HANDLER])
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, evt_handlers=[LOW_LATENCY_HANDLER])
     if not assoc.is_established:
         what = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established (no connection)"
         raise DeliveryError(f"association with {destination} {what}")
