@@ -243,8 +243,10 @@ def markdown(data: dict) -> str:
     lines += [
         "",
         f"Durable 39 KB file writes alone (`operators/atomic.py`: temporary file, fsync, rename, fsync of the folder):",
-        f"{writes['1 writer(s)']:.0f}/s with 1 writer, {writes['4 writer(s)']:.0f}/s with 4 (the file system commits concurrent fsyncs together).",
+        f"{writes['1 writer(s)']:.0f}/s with 1 writer, {writes['4 writer(s)']:.0f}/s with 4 (concurrent fsyncs overlap their disk writes).",
         "One association waits for each acknowledgement, so its rate is bounded by one durable write per instance.",
+        "Disk speed on this VM drifts, even within one run of this script (docs/listener.md, Performance): compare",
+        "receivers within a run, not across runs.",
     ]
     m = lat["median"]
     lines += [

@@ -47,6 +47,8 @@ def test_the_example_config_loads_and_flags_override_it() -> None:
         ({"ae_title": "A\\B"}, "ae_title: 'A\\\\B' is not a valid AE title"),
         ({"quiet_period": 5}, "unknown setting(s): quiet_period"),
         ({"allowed_source_addresses": ["10.0.0.300"]}, "allowed_source_addresses:"),
+        ({"destination_tls": {"certificate": "listener.pem", "private_key": "listener.key"}}, "destination_tls: ca_certificates is required"),
+        ({"destination_tls": {"ca_certificates": "ca.pem", "certificate": "listener.pem"}}, "destination_tls: certificate and private_key go together"),
     ],
 )
 def test_a_bad_setting_is_named(tmp_path: Path, settings: dict, message: str) -> None:
