@@ -10,7 +10,8 @@
    only). The order of the receivers rotates between repeats, and each run starts after the previous
    run's files are deleted and the file system synced (deleting fsync'd files left the next run's
    fsyncs ~30 % slower, measured). Medians over ``--repeats``. The quiet period is long, so no job
-   runs while receiving. Also the rate of durable (fsync'd, atomic) 39 KB file writes alone, 1 and 4 writers.
+   runs while receiving. Each repeat starts with the rate of durable (fsync'd, atomic) 39 KB file
+   writes alone, 1 and 4 writers: the disk's speed at the time.
 2. Result latency: from the end of the transfer of the sample study (2 CT series, 7 instances) to
    the SR stored at the PACS (dcmtk storescp), minus the quiet period; split into the MAP job
    (from the journal) and the rest (completion tick, job start, delivery).
@@ -134,55 +135,65 @@ def stored(receiver: str, run: Path, files: list[Path]) -> int:
     return len(files)  # the bare SCP keeps nothing; storescu failed if any C-STORE did
 
 
+DURABLE_WRITES = "durable 39 KB file writes alone (writers)"
+
+
+def durable_writes(work: Path, writers: int, size: int = 39_266, count: int = 400) -> dict:
+    """Files/s and CPU time per file of ``write_atomically`` (temporary file, fsync, rename, fsync of
+    the folder) alone, from ``writers`` threads."""
+    data = os.urandom(size)
+    folder = work / "writes"
+    folder.mkdir()
+
+    def write(k: int) -> None:
+        for i in range(k, count, writers):
+            write_atomically(folder / f"{i}.dcm", lambda f: f.write(data))
+
+    started, cpu_before = time.perf_counter(), time.process_time()
+    threads = [threading.Thread(target=write, args=(k,)) for k in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_before
+    shutil.rmtree(folder)
+    os.sync()
+    return {"per_s": count / seconds, "cpu_ms_per_instance": 1000 * cpu / count}
+
+
+def receive(ns: LoopbackNamespace, work: Path, files: list[Path], receiver: str, associations: int) -> dict:
+    """Instances/s and the receiving process's CPU time per instance for one run."""
+    run = work / "receiving"
+    run.mkdir()
+    peer, pid = start_receiver(ns, receiver, run)
+    cpu_before = cpu_seconds(pid)
+    seconds = send(ns, files, associations, *RECEIVERS[receiver])
+    cpu = cpu_seconds(pid) - cpu_before
+    peer.stop()
+    if stored(receiver, run, files) != len(files):
+        raise RuntimeError(f"{receiver}: {stored(receiver, run, files)} of {len(files)} instances stored")
+    shutil.rmtree(run)
+    os.sync()  # the next run must not pay for writing back this one's deletions
+    return {"per_s": len(files) / seconds, "cpu_ms_per_instance": 1000 * cpu / len(files)}
+
+
 def reception(ns: LoopbackNamespace, work: Path, files: list[Path], repeats: int) -> dict:
-    runs: dict[str, dict[int, list[dict]]] = {r: {1: [], 4: []} for r in RECEIVERS}
+    """Each repeat: the durable-write rate (the disk's speed at the time), then every receiver."""
     names = list(RECEIVERS)
+    runs: dict[str, dict[int, list[dict]]] = {name: {1: [], 4: []} for name in [DURABLE_WRITES, *names]}
     for repeat in range(repeats):
+        for writers in (1, 4):
+            runs[DURABLE_WRITES][writers].append(durable_writes(work, writers))
         for receiver in names[repeat % len(names):] + names[:repeat % len(names)]:
             for associations in (1, 4):
-                run = work / "receiving"
-                run.mkdir()
-                peer, pid = start_receiver(ns, receiver, run)
-                cpu_before = cpu_seconds(pid)
-                seconds = send(ns, files, associations, *RECEIVERS[receiver])
-                cpu = cpu_seconds(pid) - cpu_before
-                peer.stop()
-                if stored(receiver, run, files) != len(files):
-                    raise RuntimeError(f"{receiver}: {stored(receiver, run, files)} of {len(files)} instances stored")
-                shutil.rmtree(run)
-                os.sync()  # the next run must not pay for writing back or discarding this one's files
-                runs[receiver][associations].append({"per_s": len(files) / seconds, "cpu_ms_per_instance": 1000 * cpu / len(files)})
-                print(f"{receiver}, {associations} association(s): {len(files) / seconds:.0f} instances/s, "
-                      f"{1000 * cpu / len(files):.2f} ms CPU per instance", flush=True)
-    return {receiver: {str(n): {"runs": r, "median_per_s": statistics.median(x["per_s"] for x in r),
-                                "median_cpu_ms_per_instance": statistics.median(x["cpu_ms_per_instance"] for x in r)}
-                       for n, r in by_associations.items()}
-            for receiver, by_associations in runs.items()}
-
-
-def durable_writes(work: Path, size: int = 39_266, count: int = 400) -> dict:
-    """Files/s of ``write_atomically`` (temporary file, fsync, rename, fsync of the folder) alone."""
-    data = os.urandom(size)
-    rates = {}
-    for writers in (1, 4):
-        folder = work / f"writes-{writers}"
-        folder.mkdir()
-
-        def write(k: int) -> None:
-            for i in range(k, count, writers):
-                write_atomically(folder / f"{i}.dcm", lambda f: f.write(data))
-
-        started = time.perf_counter()
-        threads = [threading.Thread(target=write, args=(k,)) for k in range(writers)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        rates[f"{writers} writer(s)"] = count / (time.perf_counter() - started)
-        shutil.rmtree(folder)
-        os.sync()
-    print(f"durable writes: {rates}", flush=True)
-    return rates
+                runs[receiver][associations].append(receive(ns, work, files, receiver, associations))
+        for name, by_count in runs.items():
+            for count, results in by_count.items():
+                print(f"{name}, {count}: {results[-1]['per_s']:.0f}/s, {results[-1]['cpu_ms_per_instance']:.2f} ms CPU each", flush=True)
+    return {name: {str(n): {"runs": r, "median_per_s": statistics.median(x["per_s"] for x in r),
+                            "median_cpu_ms_per_instance": statistics.median(x["cpu_ms_per_instance"] for x in r)}
+                   for n, r in by_count.items()}
+            for name, by_count in runs.items()}
 
 
 def latency(ns: LoopbackNamespace, work: Path, model: Path, repeats: int, quiet_period_s: float) -> dict:
@@ -224,9 +235,11 @@ def markdown(data: dict) -> str:
         "the listener fsyncs every instance into the spool (file, then folder) before acknowledging it. References:",
         "dcmtk `storescp` (stores without fsync) and a bare pynetdicom SCP that discards the data sets, with the listener's",
         f"connection settings (TCP_NODELAY, {DUL_POLL_INTERVAL_S * 1000:g} ms DUL poll interval, {MAXIMUM_PDU_BYTES / 2**20:g} MiB maximum PDU) and with pynetdicom's defaults",
-        "(TCP_NODELAY only). CPU: time the receiving process spent per instance (user + system).",
+        "(TCP_NODELAY only). CPU: time the receiving process spent per instance (user + system). First in each repeat:",
+        "durable 39 KB file writes alone (`operators/atomic.py`: temporary file, fsync, rename, fsync of the folder), the",
+        "disk's speed at the time.",
         "",
-        "| receiver | associations | instances/s (median) | runs | CPU ms per instance (median) |",
+        "| receiver | associations | instances/s (median) | runs, in order | CPU ms per instance (median) |",
         "|---|---:|---:|---|---:|",
     ]
     for receiver, by_associations in rec.items():
@@ -239,14 +252,11 @@ def markdown(data: dict) -> str:
         rate = listener[associations]["median_per_s"]
         lines.append(f"Target ≥ {TARGET_PER_S} instances/s with {associations} association(s): {'met' if rate >= TARGET_PER_S else 'not met'} here "
                      f"(median {rate:.0f}/s, {rate / ceiling[associations]['median_per_s']:.0%} of the bare pynetdicom SCP's).")
-    writes = data["durable_writes_per_s"]
     lines += [
         "",
-        f"Durable 39 KB file writes alone (`operators/atomic.py`: temporary file, fsync, rename, fsync of the folder):",
-        f"{writes['1 writer(s)']:.0f}/s with 1 writer, {writes['4 writer(s)']:.0f}/s with 4 (concurrent fsyncs overlap their disk writes).",
-        "One association waits for each acknowledgement, so its rate is bounded by one durable write per instance.",
-        "Disk speed on this VM drifts, even within one run of this script (docs/listener.md, Performance): compare",
-        "receivers within a run, not across runs.",
+        "One association waits for each acknowledgement, so its rate is bounded by one durable write per instance;",
+        "the listener's associations share one Python process, hence one core (the GIL). Disk speed on this VM drifts,",
+        "even within one run of this script (docs/listener.md, Performance): compare rows of the same repeat.",
     ]
     m = lat["median"]
     lines += [
@@ -281,7 +291,6 @@ def main() -> int:
             work = Path(tmp)
             studies = make_ct_studies(work / "ct", studies=2, series_per_study=2, instances_per_series=INSTANCES // 4)
             files = sorted(p for paths in studies.values() for p in paths)
-            data["durable_writes_per_s"] = durable_writes(work)
             data["reception"] = reception(ns, work, files, args.repeats)
             data["latency"] = latency(ns, work, args.model.resolve(), args.repeats, args.quiet_period)
     finally:

@@ -29,15 +29,16 @@ def top_level_value(data: bytes, tag: int, implicit_vr: bool, little_endian: boo
     position = 0
     while position + 12 <= len(data):
         group, element = tag_struct.unpack_from(data, position)
-        vr = data[position + 4:position + 6]
         if implicit_vr:
             (length,), position = long_length.unpack_from(data, position + 4), position + 8
-        elif vr in LONG_LENGTH_VRS:
-            (length,), position = long_length.unpack_from(data, position + 8), position + 12
-        elif vr.isalpha() and vr.isupper():
-            (length,), position = short_length.unpack_from(data, position + 6), position + 8
         else:
-            return None  # not Explicit VR after all
+            vr = data[position + 4:position + 6]
+            if vr in LONG_LENGTH_VRS:
+                (length,), position = long_length.unpack_from(data, position + 8), position + 12
+            elif vr.isalpha() and vr.isupper():
+                (length,), position = short_length.unpack_from(data, position + 6), position + 8
+            else:
+                return None  # not Explicit VR after all
         found = group << 16 | element
         if found >= tag or length == UNDEFINED_LENGTH:
             return data[position:position + length] if found == tag and position + length <= len(data) else None
