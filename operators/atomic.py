@@ -1,4 +1,6 @@
-"""Atomic file output: a reader sees either no file or the whole file, never a partial one."""
+"""Atomic, durable file output: a reader sees either no file or the whole file, never a partial one,
+and once ``write_atomically`` returns the file survives a crash or power loss (the file and then its
+folder are fsync'd, so both its content and its name are on disk)."""
 
 from __future__ import annotations
 
@@ -8,10 +10,21 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 
+def fsync_folder(folder: Path) -> None:
+    """Make the entries of ``folder`` (files created, renamed or removed in it) durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Write through ``write`` to a temporary file beside ``path``, fsync it, then rename it into place."""
+    """Write through ``write`` to a temporary file beside ``path``, fsync it, rename it into place,
+    then fsync the folder."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():  # mkdir of an existing folder still locks its parent (concurrent writers wait)
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -23,9 +36,5 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> Path:
     except BaseException:
         os.unlink(tmp)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_folder(path.parent)
     return path

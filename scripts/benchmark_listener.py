@@ -3,10 +3,15 @@
 
 1. Reception: instances/s from dcmtk ``storescu`` into the listener (every instance fsync'd into the
    spool before it is acknowledged; TCP_NODELAY on), for 1 and 4 concurrent associations, 800
-   copies of pydicom's 39 KB ``CT_small`` CT. References, interleaved with it: dcmtk ``storescp``
-   (writes without fsync), and a bare pynetdicom Storage SCP that discards what it receives (the
-   ceiling pynetdicom sets). Medians over ``--repeats``. The quiet period is long, so no job runs
-   while receiving. Also the rate of durable (fsync'd, atomic) 39 KB file writes alone, 1 and 4 writers.
+   copies of pydicom's 39 KB ``CT_small`` CT, and the CPU time the receiving process spent per
+   instance. References, interleaved with it: dcmtk ``storescp`` (writes without fsync), and a bare
+   pynetdicom Storage SCP that discards what it receives, once with the listener's connection
+   settings (the ceiling pynetdicom sets for it) and once with pynetdicom's defaults (TCP_NODELAY
+   only). The order of the receivers rotates between repeats, and each run starts after the previous
+   run's files are deleted and the file system synced (deleting fsync'd files left the next run's
+   fsyncs ~30 % slower, measured). Medians over ``--repeats``. The quiet period is long, so no job
+   runs while receiving. Each repeat starts with the rate of durable (fsync'd, atomic) 39 KB file
+   writes alone, 1 and 4 writers: the disk's speed at the time.
 2. Result latency: from the end of the transfer of the sample study (2 CT series, 7 instances) to
    the SR stored at the PACS (dcmtk storescp), minus the quiet period; split into the MAP job
    (from the journal) and the rest (completion tick, job start, delivery).
@@ -43,6 +48,8 @@ from scripts.listener_peers import (  # noqa: E402
     make_ct_studies,
     wait_for,
 )
+from app.listener.scp import MAXIMUM_PDU_BYTES  # noqa: E402
+from app.listener.tcp import DUL_POLL_INTERVAL_S  # noqa: E402
 from operators.atomic import write_atomically  # noqa: E402
 from scripts.make_sample_study import make_sample_study  # noqa: E402
 
@@ -50,17 +57,30 @@ BEGIN, END = "<!-- listener:begin -->", "<!-- listener:end -->"
 INSTANCES = 800
 TARGET_PER_S = 300  # issue 6, for 38 KB CT instances on loopback with Nagle off
 BARE_SCP_PORT = 11114
-#: A pynetdicom Storage SCP doing nothing but answer Success, with TCP_NODELAY like the listener.
+#: A pynetdicom Storage SCP doing nothing but answer Success: with the listener's connection settings
+#: (``listener``) or with pynetdicom's defaults plus TCP_NODELAY (``defaults``).
 BARE_SCP = f"""
-import sys
+import socket, sys
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, Verification
-from app.listener.tcp import NODELAY_HANDLER
+from app.listener.scp import MAXIMUM_PDU_BYTES
+from app.listener.tcp import LOW_LATENCY_HANDLER
 ae = AE("BARE")
 ae.add_supported_context(CTImageStorage)
 ae.add_supported_context(Verification)
-ae.start_server(("127.0.0.1", {BARE_SCP_PORT}), evt_handlers=[NODELAY_HANDLER, (evt.EVT_C_STORE, lambda event: 0)])
+if sys.argv[1] == "listener":
+    ae.maximum_pdu_size = MAXIMUM_PDU_BYTES
+    on_connection = LOW_LATENCY_HANDLER
+else:
+    on_connection = (evt.EVT_CONN_OPEN, lambda event: event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1))
+ae.start_server(("127.0.0.1", {BARE_SCP_PORT}), evt_handlers=[on_connection, (evt.EVT_C_STORE, lambda event: 0)])
 """
+RECEIVERS = {  # name -> (called AE title, port)
+    "listener": ("BIOMEDCLIP", 11112),
+    "dcmtk storescp": (PACS_AE, PACS_PORT),
+    "bare pynetdicom SCP, listener's settings": ("BARE", BARE_SCP_PORT),
+    "bare pynetdicom SCP, pynetdicom defaults": ("BARE", BARE_SCP_PORT),
+}
 
 
 def send(ns: LoopbackNamespace, files: list[Path], associations: int, called_ae: str, port: int) -> float:
@@ -76,8 +96,8 @@ def send(ns: LoopbackNamespace, files: list[Path], associations: int, called_ae:
 
 
 class BareScp:
-    def __init__(self, ns: LoopbackNamespace) -> None:
-        self.process = ns.popen([sys.executable, "-c", BARE_SCP], cwd=ROOT)
+    def __init__(self, ns: LoopbackNamespace, settings: str) -> None:
+        self.process = ns.popen([sys.executable, "-c", BARE_SCP, settings], cwd=ROOT)
         try:
             wait_for(lambda: ns.run(["echoscu", "-aec", "BARE", "127.0.0.1", BARE_SCP_PORT]).returncode == 0, 60, "the bare pynetdicom SCP", 0.2)
         except TimeoutError:
@@ -89,57 +109,91 @@ class BareScp:
         self.process.wait()
 
 
-def reception(ns: LoopbackNamespace, work: Path, files: list[Path], repeats: int) -> dict:
-    results: dict[str, list[float]] = {}
-    for repeat in range(repeats):
-        for associations in (1, 4):
-            for receiver in ("listener", "storescp", "bare pynetdicom SCP"):
-                run = work / f"recv-{receiver}-{associations}-{repeat}"
-                run.mkdir()
-                stored = len(files)
-                if receiver == "listener":
-                    peer = ListenerProcess(ns, listener_config(run, run / "unused-model", quiet_period_s=3600), run / "listener.log").start()
-                    seconds = send(ns, files, associations, "BIOMEDCLIP", 11112)
-                    stored = len(list((run / "spool" / "arrivals").glob("*/*.dcm")))
-                elif receiver == "storescp":
-                    peer = DcmtkPacs(ns, run / "pacs")
-                    seconds = send(ns, files, associations, PACS_AE, PACS_PORT)
-                    stored = len(peer.received())
-                else:
-                    peer = BareScp(ns)
-                    seconds = send(ns, files, associations, "BARE", BARE_SCP_PORT)
-                peer.stop()
-                if stored != len(files):
-                    raise RuntimeError(f"{receiver}: {stored} of {len(files)} instances stored")
-                key = f"{receiver}, {associations} association(s)"
-                results.setdefault(key, []).append(len(files) / seconds)
-                print(f"{key}: {results[key][-1]:.0f} instances/s", flush=True)
-                shutil.rmtree(run)
-    return {k: {"runs": v, "median": statistics.median(v)} for k, v in results.items()}
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (proc(5): utime, stime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def durable_writes(work: Path, size: int = 39_266, count: int = 400) -> dict:
-    """Files/s of ``write_atomically`` (temporary file, fsync, rename, fsync of the folder) alone."""
+def start_receiver(ns: LoopbackNamespace, receiver: str, run: Path):
+    """The receiver, listening; returns it and the pid of the process that receives."""
+    if receiver == "listener":
+        listener = ListenerProcess(ns, listener_config(run, run / "unused-model", quiet_period_s=3600), run / "listener.log").start()
+        return listener, listener.pid
+    if receiver == "dcmtk storescp":
+        pacs = DcmtkPacs(ns, run / "pacs")
+        return pacs, pacs.process.pid
+    bare = BareScp(ns, "listener" if "listener's" in receiver else "defaults")
+    return bare, bare.process.pid
+
+
+def stored(receiver: str, run: Path, files: list[Path]) -> int:
+    if receiver == "listener":
+        return len(list((run / "spool" / "arrivals").glob("*/*.dcm")))
+    if receiver == "dcmtk storescp":
+        return len(list((run / "pacs").iterdir()))
+    return len(files)  # the bare SCP keeps nothing; storescu failed if any C-STORE did
+
+
+DURABLE_WRITES = "durable 39 KB file writes alone (writers)"
+
+
+def durable_writes(work: Path, writers: int, size: int = 39_266, count: int = 400) -> dict:
+    """Files/s and CPU time per file of ``write_atomically`` (temporary file, fsync, rename, fsync of
+    the folder) alone, from ``writers`` threads."""
     data = os.urandom(size)
-    rates = {}
-    for writers in (1, 4):
-        folder = work / f"writes-{writers}"
-        folder.mkdir()
+    folder = work / "writes"
+    folder.mkdir()
 
-        def write(k: int) -> None:
-            for i in range(k, count, writers):
-                write_atomically(folder / f"{i}.dcm", lambda f: f.write(data))
+    def write(k: int) -> None:
+        for i in range(k, count, writers):
+            write_atomically(folder / f"{i}.dcm", lambda f: f.write(data))
 
-        started = time.perf_counter()
-        threads = [threading.Thread(target=write, args=(k,)) for k in range(writers)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        rates[f"{writers} writer(s)"] = count / (time.perf_counter() - started)
-        shutil.rmtree(folder)
-    print(f"durable writes: {rates}", flush=True)
-    return rates
+    started, cpu_before = time.perf_counter(), time.process_time()
+    threads = [threading.Thread(target=write, args=(k,)) for k in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_before
+    shutil.rmtree(folder)
+    os.sync()
+    return {"per_s": count / seconds, "cpu_ms_per_instance": 1000 * cpu / count}
+
+
+def receive(ns: LoopbackNamespace, work: Path, files: list[Path], receiver: str, associations: int) -> dict:
+    """Instances/s and the receiving process's CPU time per instance for one run."""
+    run = work / "receiving"
+    run.mkdir()
+    peer, pid = start_receiver(ns, receiver, run)
+    cpu_before = cpu_seconds(pid)
+    seconds = send(ns, files, associations, *RECEIVERS[receiver])
+    cpu = cpu_seconds(pid) - cpu_before
+    peer.stop()
+    if stored(receiver, run, files) != len(files):
+        raise RuntimeError(f"{receiver}: {stored(receiver, run, files)} of {len(files)} instances stored")
+    shutil.rmtree(run)
+    os.sync()  # the next run must not pay for writing back this one's deletions
+    return {"per_s": len(files) / seconds, "cpu_ms_per_instance": 1000 * cpu / len(files)}
+
+
+def reception(ns: LoopbackNamespace, work: Path, files: list[Path], repeats: int) -> dict:
+    """Each repeat: the durable-write rate (the disk's speed at the time), then every receiver."""
+    names = list(RECEIVERS)
+    runs: dict[str, dict[int, list[dict]]] = {name: {1: [], 4: []} for name in [DURABLE_WRITES, *names]}
+    for repeat in range(repeats):
+        for writers in (1, 4):
+            runs[DURABLE_WRITES][writers].append(durable_writes(work, writers))
+        for receiver in names[repeat % len(names):] + names[:repeat % len(names)]:
+            for associations in (1, 4):
+                runs[receiver][associations].append(receive(ns, work, files, receiver, associations))
+        for name, by_count in runs.items():
+            for count, results in by_count.items():
+                print(f"{name}, {count}: {results[-1]['per_s']:.0f}/s, {results[-1]['cpu_ms_per_instance']:.2f} ms CPU each", flush=True)
+    return {name: {str(n): {"runs": r, "median_per_s": statistics.median(x["per_s"] for x in r),
+                            "median_cpu_ms_per_instance": statistics.median(x["cpu_ms_per_instance"] for x in r)}
+                   for n, r in by_count.items()}
+            for name, by_count in runs.items()}
 
 
 def latency(ns: LoopbackNamespace, work: Path, model: Path, repeats: int, quiet_period_s: float) -> dict:
@@ -178,25 +232,33 @@ def markdown(data: dict) -> str:
         f"{data['load_after']} after. Loopback inside a private network namespace. Medians of {data['repeats']} interleaved runs.",
         "",
         f"Reception of {INSTANCES} CT instances (pydicom's `CT_small`, 39 KB each) from dcmtk `storescu` (`TCP_NODELAY=1`);",
-        "the listener fsyncs every instance into the spool before acknowledging it. References: dcmtk `storescp`",
-        "(stores without fsync) and a bare pynetdicom SCP that discards the data sets (TCP_NODELAY on).",
+        "the listener fsyncs every instance into the spool (file, then folder) before acknowledging it. References:",
+        "dcmtk `storescp` (stores without fsync) and a bare pynetdicom SCP that discards the data sets, with the listener's",
+        f"connection settings (TCP_NODELAY, {DUL_POLL_INTERVAL_S * 1000:g} ms DUL poll interval, {MAXIMUM_PDU_BYTES / 2**20:g} MiB maximum PDU) and with pynetdicom's defaults",
+        "(TCP_NODELAY only). CPU: time the receiving process spent per instance (user + system). First in each repeat:",
+        "durable 39 KB file writes alone (`operators/atomic.py`: temporary file, fsync, rename, fsync of the folder), the",
+        "disk's speed at the time.",
         "",
-        "| receiver | associations | instances/s (median) | runs |",
-        "|---|---:|---:|---|",
+        "| receiver | associations | instances/s (median) | runs, in order | CPU ms per instance (median) |",
+        "|---|---:|---:|---|---:|",
     ]
-    for key, value in rec.items():
-        receiver, associations = key.split(", ")
-        lines.append(f"| {receiver} | {associations.split()[0]} | {value['median']:.0f} | {', '.join(f'{v:.0f}' for v in value['runs'])} |")
-    m = lat["median"]
-    best = max(v["median"] for k, v in rec.items() if k.startswith("listener"))
-    lines += ["", f"Target ≥ {TARGET_PER_S} instances/s into the listener: {'met' if best >= TARGET_PER_S else 'not met'} here (best median {best:.0f}/s)."]
-    writes = data["durable_writes_per_s"]
+    for receiver, by_associations in rec.items():
+        for associations, value in by_associations.items():
+            runs = ", ".join(f"{r['per_s']:.0f}" for r in value["runs"])
+            lines.append(f"| {receiver} | {associations} | {value['median_per_s']:.0f} | {runs} | {value['median_cpu_ms_per_instance']:.2f} |")
+    listener, ceiling = rec["listener"], rec["bare pynetdicom SCP, listener's settings"]
+    lines.append("")
+    for associations in ("1", "4"):
+        rate = listener[associations]["median_per_s"]
+        lines.append(f"Target ≥ {TARGET_PER_S} instances/s with {associations} association(s): {'met' if rate >= TARGET_PER_S else 'not met'} here "
+                     f"(median {rate:.0f}/s, {rate / ceiling[associations]['median_per_s']:.0%} of the bare pynetdicom SCP's).")
     lines += [
         "",
-        f"Durable 39 KB file writes alone (`operators/atomic.py`: temporary file, fsync, rename, fsync of the folder):",
-        f"{writes['1 writer(s)']:.0f}/s with 1 writer, {writes['4 writer(s)']:.0f}/s with 4 (the file system commits concurrent fsyncs together).",
-        "One association waits for each acknowledgement, so its rate is bounded by one durable write per instance.",
+        "One association waits for each acknowledgement, so its rate is bounded by one durable write per instance;",
+        "the listener's associations share one Python process, hence one core (the GIL). Disk speed on this VM drifts,",
+        "even within one run of this script (docs/listener.md, Performance): compare rows of the same repeat.",
     ]
+    m = lat["median"]
     lines += [
         "",
         f"Result latency, sample study (2 CT series, 7 instances), quiet period {lat['quiet_period_s']:g} s: from the end of",
@@ -229,7 +291,6 @@ def main() -> int:
             work = Path(tmp)
             studies = make_ct_studies(work / "ct", studies=2, series_per_study=2, instances_per_series=INSTANCES // 4)
             files = sorted(p for paths in studies.values() for p in paths)
-            data["durable_writes_per_s"] = durable_writes(work)
             data["reception"] = reception(ns, work, files, args.repeats)
             data["latency"] = latency(ns, work, args.model.resolve(), args.repeats, args.quiet_period)
     finally:

@@ -148,14 +148,15 @@ def storescu_popen(ns: LoopbackNamespace, files: Sequence[Path]) -> subprocess.P
 
 
 class DcmtkPacs:
-    """dcmtk ``storescp`` playing the PACS: every received instance lands in ``folder``."""
+    """dcmtk ``storescp`` playing the PACS: every received instance lands in ``folder``. With ``tls``
+    (storescp's TLS options) it accepts TLS only; ``echo_tls`` are echoscu's, to see it is up."""
 
-    def __init__(self, ns: LoopbackNamespace, folder: Path) -> None:
+    def __init__(self, ns: LoopbackNamespace, folder: Path, tls: Sequence[object] = (), echo_tls: Sequence[object] = ()) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
-        self.process = ns.popen(["storescp", "-aet", PACS_AE, "-od", folder, PACS_PORT],
+        self.process = ns.popen(["storescp", *tls, "-aet", PACS_AE, "-od", folder, PACS_PORT],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: ns.run(["echoscu", "-aec", PACS_AE, "127.0.0.1", PACS_PORT]).returncode == 0, 30, "storescp")
+        wait_for(lambda: ns.run(["echoscu", *echo_tls, "-aec", PACS_AE, "127.0.0.1", PACS_PORT]).returncode == 0, 30, "storescp")
 
     def received(self) -> list[Path]:
         return sorted(p for p in self.folder.iterdir() if p.is_file())

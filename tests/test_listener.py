@@ -1,15 +1,32 @@
-"""The listener's settings and journal, without a network: what an operator or a crash would hit."""
+"""The listener's settings, journal, spool and file writing, without a network: what an operator or
+a crash would hit."""
 
 from __future__ import annotations
 
+import io
 import json
+import socket
 from pathlib import Path
 
+import pydicom
 import pytest
+from pydicom.data import get_testdata_file
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, evt
+from pynetdicom.dsutils import create_file_meta, encode_file_meta
+from pynetdicom.sop_class import Verification
 
 from app.listener.config import ConfigError, Destination, load, parser
+from app.listener.file_format import dicom_file
 from app.listener.journal import COMPLETE, PROCESSED, Arrival, Journal
 from app.listener.scp import names_a_file
+from app.listener.spool import Spool
+from app.listener.study_uid import STUDY_INSTANCE_UID, study_instance_uid, top_level_value
+from app.listener.tcp import DUL_POLL_INTERVAL_S, LOW_LATENCY_HANDLER
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "app" / "config" / "listener.example.json"
 
@@ -30,6 +47,8 @@ def test_the_example_config_loads_and_flags_override_it() -> None:
         ({"ae_title": "A\\B"}, "ae_title: 'A\\\\B' is not a valid AE title"),
         ({"quiet_period": 5}, "unknown setting(s): quiet_period"),
         ({"allowed_source_addresses": ["10.0.0.300"]}, "allowed_source_addresses:"),
+        ({"destination_tls": {"certificate": "listener.pem", "private_key": "listener.key"}}, "destination_tls: ca_certificates is required"),
+        ({"destination_tls": {"ca_certificates": "ca.pem", "certificate": "listener.pem"}}, "destination_tls: certificate and private_key go together"),
     ],
 )
 def test_a_bad_setting_is_named(tmp_path: Path, settings: dict, message: str) -> None:
@@ -79,3 +98,124 @@ def test_journal_records_hold_no_dicom_identifiers(tmp_path: Path) -> None:
 )
 def test_only_uids_that_are_safe_file_names_are_spooled(uid: str, spooled: bool) -> None:
     assert names_a_file(uid) is spooled
+
+
+def _encoded(ds: pydicom.Dataset, syntax: str) -> bytes:
+    """The data set as a sender puts it on the wire in ``syntax`` (no File Meta)."""
+    stream = DicomBytesIO()
+    stream.is_implicit_VR, stream.is_little_endian = syntax == ImplicitVRLittleEndian, syntax != ExplicitVRBigEndian
+    write_dataset(stream, ds)
+    return stream.getvalue()
+
+
+@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian])
+@pytest.mark.parametrize("uid_length", [63, 64], ids=["odd-uid", "even-uid"])
+def test_a_received_data_set_is_spooled_as_the_dicom_file_pynetdicom_would_write(syntax: str, uid_length: int) -> None:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.SOPInstanceUID = generate_uid(prefix="1.2.826.0.1.3680043.8.498.")[:uid_length].rstrip(".")
+    received = _encoded(ds, syntax)
+
+    written = dicom_file(ds.SOPClassUID, ds.SOPInstanceUID, syntax, received)
+
+    meta = create_file_meta(sop_class_uid=ds.SOPClassUID, sop_instance_uid=ds.SOPInstanceUID, transfer_syntax=syntax)
+    assert written == b"\x00" * 128 + b"DICM" + encode_file_meta(meta) + received  # what Event.encoded_dataset() returns
+    read_back = pydicom.dcmread(io.BytesIO(written))
+    assert read_back.file_meta.TransferSyntaxUID == syntax
+    assert read_back.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert read_back.PixelData == ds.PixelData and read_back.StudyInstanceUID == ds.StudyInstanceUID
+
+
+def _bytes_used(spool: Spool) -> int:
+    refusal = spool.refusal(spool.max_bytes + 1)  # always refused; the reason states the bytes in use
+    return int(refusal.split("(")[1].split()[0])
+
+
+def test_a_retransmitted_instance_replaces_its_copy_in_the_spool_size_and_instance_count(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    instances = {}
+    for uid in (generate_uid(), generate_uid()):
+        ds.SOPInstanceUID = uid
+        instances[uid] = dicom_file(ds.SOPClassUID, uid, ImplicitVRLittleEndian, _encoded(ds, ImplicitVRLittleEndian))
+    (first, first_bytes), (second, second_bytes) = instances.items()
+    root, study = tmp_path / "spool", ds.StudyInstanceUID
+    journal = Journal(root / "journal.jsonl")
+    spool = Spool(root, journal, quiet_period_s=0.0, max_bytes=10**9, min_free_bytes=0)
+    empty = _bytes_used(spool)
+
+    arrival_id = spool.store(study, first, first_bytes)
+    spool.store(study, second, second_bytes)
+    spool.store(study, first, first_bytes)  # the sender retried it
+    assert _bytes_used(spool) == empty + len(first_bytes) + len(second_bytes)
+
+    # A restart in the middle of the arrival: its sizes are read back from disk, and a retry still replaces.
+    journal.close()
+    restarted = Spool(root, Journal(journal.path), quiet_period_s=0.0, max_bytes=10**9, min_free_bytes=0)
+    assert restarted.resume(Journal(journal.path).replay()[arrival_id])
+    before = _bytes_used(restarted)
+    assert restarted.store(study, first, first_bytes) == arrival_id
+    assert _bytes_used(restarted) == before
+    (completed,) = restarted.complete_quiet_arrivals()
+    assert completed.instances == 2
+    assert sorted(p.name for p in restarted.instances(arrival_id)) == sorted(f"{uid}.dcm" for uid in instances)
+
+
+def _as_received(name: str) -> tuple[UID, bytes]:
+    """A pydicom test file as a sender would transfer it: its transfer syntax and the data set's bytes."""
+    path = Path(get_testdata_file(name))
+    raw = path.read_bytes()
+    group_length = int.from_bytes(raw[140:144], "little")  # (0002,0000) UL, right after "DICM"
+    return pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID, raw[144 + group_length:]
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm", "JPEG2000.dcm",
+                                  "SC_rgb_rle.dcm", "emri_small_jpeg_2k_lossless.dcm", "693_UNCR.dcm"])
+def test_the_study_instance_uid_is_read_from_the_bytes_as_received(name: str) -> None:
+    syntax, received = _as_received(name)
+    assert study_instance_uid(received, syntax) == pydicom.dcmread(get_testdata_file(name)).StudyInstanceUID
+
+
+def test_the_header_walk_finds_the_uid_of_a_ct_and_gives_up_on_a_truncated_one() -> None:
+    syntax, received = _as_received("CT_small.dcm")
+    assert top_level_value(received, STUDY_INSTANCE_UID, syntax.is_implicit_VR, syntax.is_little_endian).rstrip(b"\0") == \
+        pydicom.dcmread(get_testdata_file("CT_small.dcm")).StudyInstanceUID.encode()
+    assert top_level_value(received[:500], STUDY_INSTANCE_UID, False, True) is None, "cut short before the element"
+
+
+@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian])
+@pytest.mark.parametrize("undefined_length", [False, True], ids=["sequence-of-defined-length", "sequence-of-undefined-length"])
+def test_a_study_instance_uid_nested_in_an_earlier_sequence_is_not_taken_for_the_data_sets(syntax: str, undefined_length: bool) -> None:
+    """(0008,1250) Related Series Sequence precedes (0020,000D) and its items hold another study's UID."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    related = Dataset()
+    related.StudyInstanceUID, related.SeriesInstanceUID = generate_uid(), generate_uid()
+    related.is_undefined_length_sequence_item = undefined_length
+    ds.RelatedSeriesSequence = Sequence([related])
+    ds["RelatedSeriesSequence"].is_undefined_length = undefined_length
+    received, syntax = _encoded(ds, syntax), UID(syntax)
+
+    assert study_instance_uid(received, syntax) == ds.StudyInstanceUID
+    walked = top_level_value(received, STUDY_INSTANCE_UID, syntax.is_implicit_VR, syntax.is_little_endian)
+    assert (walked is None) is undefined_length, "a sequence of defined length is stepped over; else pydicom parses it"
+
+
+def test_both_ends_of_an_association_get_nodelay_and_the_short_dul_poll_interval() -> None:
+    seen = {}
+
+    def on_echo(event) -> int:
+        seen["acceptor"] = (event.assoc.dul._run_loop_delay, event.assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        return 0x0000
+
+    scp = AE("SCP")
+    scp.add_supported_context(Verification)
+    server = scp.start_server(("127.0.0.1", 0), block=False, evt_handlers=[LOW_LATENCY_HANDLER, (evt.EVT_C_ECHO, on_echo)])
+    try:
+        scu = AE("SCU")
+        scu.add_requested_context(Verification)
+        assoc = scu.associate("127.0.0.1", server.server_address[1], ae_title="SCP", evt_handlers=[LOW_LATENCY_HANDLER])
+        assert assoc.is_established
+        seen["requestor"] = (assoc.dul._run_loop_delay, assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        assert assoc.send_c_echo().Status == 0x0000
+        assoc.release()
+    finally:
+        server.shutdown()
+    assert seen["acceptor"] == seen["requestor"] == (DUL_POLL_INTERVAL_S, 1)

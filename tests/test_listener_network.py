@@ -17,6 +17,8 @@ import pytest
 from pydicom.uid import Comprehensive3DSRStorage
 
 from scripts.listener_peers import (
+    PACS_AE,
+    PACS_PORT,
     DcmtkPacs,
     ListenerProcess,
     LoopbackNamespace,
@@ -264,8 +266,8 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def test_tls_with_client_certificates(ns, started, sample_study: Path, tmp_path: Path) -> None:
-    pki = tmp_path / "pki"
+def _make_pki(pki: Path) -> Path:
+    """A test CA (ca.pem) and two certificates it signed for 127.0.0.1: server.pem/.key, client.pem/.key."""
     pki.mkdir()
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test CA", "-keyout", "ca.key", "-out", "ca.pem", cwd=pki)
     for name in ("server", "client"):
@@ -273,6 +275,11 @@ def test_tls_with_client_certificates(ns, started, sample_study: Path, tmp_path:
                  "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=pki)
         _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1",
                  "-copy_extensions", "copy", "-out", f"{name}.pem", cwd=pki)
+    return pki
+
+
+def test_tls_with_client_certificates(ns, started, sample_study: Path, tmp_path: Path) -> None:
+    pki = _make_pki(tmp_path / "pki")
     tls = {"certificate": str(pki / "server.pem"), "private_key": str(pki / "server.key"), "ca_certificates": str(pki / "ca.pem")}
     config = listener_config(tmp_path, tmp_path / "no-model-needed", quiet_period_s=600, tls=tls)
     listener = started(ListenerProcess(ns, config, tmp_path / "listener.log").start())
@@ -285,3 +292,28 @@ def test_tls_with_client_certificates(ns, started, sample_study: Path, tmp_path:
     assert echo(ns, extra=["+tla", "+cf", pki / "ca.pem"]).returncode != 0, "TLS without a client certificate is refused"
     listener.process.send_signal(signal.SIGTERM)
     assert listener.process.wait(timeout=20) == 0
+
+
+def test_the_sr_goes_over_tls_only_to_a_pacs_whose_certificate_the_configured_ca_signed(ns, started, model_package: Path, sample_study: Path, tmp_path: Path) -> None:
+    pki, stranger = _make_pki(tmp_path / "pki"), _make_pki(tmp_path / "other-ca")
+    as_client = ["+tls", pki / "client.key", pki / "client.pem", "+cf", pki / "ca.pem"]
+    pacs = started(DcmtkPacs(ns, tmp_path / "pacs", tls=["+tls", pki / "server.key", pki / "server.pem", "+cf", pki / "ca.pem"], echo_tls=as_client))
+    assert ns.run(["echoscu", "-aec", PACS_AE, "127.0.0.1", PACS_PORT], timeout=30).returncode != 0, "the PACS refuses plain TCP"
+    client = {"certificate": str(pki / "client.pem"), "private_key": str(pki / "client.key")}
+
+    # Trusting another CA, the listener does not deliver to this PACS (and keeps the SR).
+    config = listener_config(tmp_path, model_package, quiet_period_s=1, destination_tls={"ca_certificates": str(stranger / "ca.pem"), **client})
+    listener = ListenerProcess(ns, config, tmp_path / "listener.log").start()
+    assert storescu(ns, sample_study).returncode == 0
+    wait_for(lambda: "SR delivery failed" in (tmp_path / "listener.log").read_text(), JOB_TIMEOUT_S, "a failed delivery attempt", 0.2)
+    listener.stop()
+    assert pacs.received() == []
+
+    # Trusting the PACS's CA, the kept SR is delivered after the restart.
+    listener_config(tmp_path, model_package, quiet_period_s=1, destination_tls={"ca_certificates": str(pki / "ca.pem"), **client})
+    started(ListenerProcess(ns, config, tmp_path / "listener.log").start())
+    received = wait_for(pacs.received, 60, "the SR at the PACS")
+    time.sleep(2)
+    assert len(pacs.received()) == 1
+    _assert_valid_sr_of(received[0], _headers(sorted(p for p in sample_study.rglob("*") if p.is_file())))
+    assert "SR delivered to PACS@127.0.0.1" in (tmp_path / "listener.log").read_text()

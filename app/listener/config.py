@@ -59,6 +59,16 @@ class TlsSettings:
 
 
 @dataclass(frozen=True)
+class DestinationTlsSettings:
+    """TLS for sending the SRs: the destination's certificate must be signed by ``ca_certificates`` (PEM)
+    and name its host; ``certificate`` and ``private_key`` (PEM), if given, authenticate the listener."""
+
+    ca_certificates: Path
+    certificate: Path | None = None
+    private_key: Path | None = None
+
+
+@dataclass(frozen=True)
 class ListenerConfig:
     spool_dir: Path
     output_dir: Path
@@ -78,6 +88,7 @@ class ListenerConfig:
     max_spool_bytes: int = 50 * 2**30
     min_free_bytes: int = 2 * 2**30
     tls: TlsSettings | None = None
+    destination_tls: DestinationTlsSettings | None = None
     network_timeout_s: float = 60.0
     max_concurrent_jobs: int = 1
     job_max_attempts: int = 3
@@ -118,6 +129,14 @@ def _typed(key: str, value: Any) -> Any:
             return None
         ca = value.get("ca_certificates")
         return TlsSettings(Path(value["certificate"]), Path(value["private_key"]), Path(ca) if ca else None)
+    if key == "destination_tls":
+        if not value:
+            return None
+        if not value.get("ca_certificates"):
+            raise ConfigError(f"{key}: ca_certificates is required (the destination's certificate is checked against it)")
+        if bool(value.get("certificate")) != bool(value.get("private_key")):
+            raise ConfigError(f"{key}: certificate and private_key go together")
+        return DestinationTlsSettings(*(Path(value[k]) if value.get(k) else None for k in ("ca_certificates", "certificate", "private_key")))
     return value
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -13,9 +14,9 @@ from pathlib import Path
 from pydicom import dcmread
 from pynetdicom import AE
 
-from app.listener.config import Destination
+from app.listener.config import Destination, DestinationTlsSettings
 from app.listener.journal import Arrival
-from app.listener.tcp import NODELAY_HANDLER
+from app.listener.tcp import LOW_LATENCY_HANDLER
 
 #: PS3.4 Annex B.2.3: Success, and the Warning statuses under which the SCP has stored the instance.
 STORED_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}
@@ -25,13 +26,24 @@ class DeliveryError(Exception):
     """The destination did not store the SR; the message says why (no patient data)."""
 
 
-def store_sr(path: Path, destination: Destination, calling_ae_title: str, timeout_s: float) -> None:
-    """One association, one C-STORE of the SR file as it is on disk (its own transfer syntax)."""
+def client_tls_context(tls: DestinationTlsSettings) -> ssl.SSLContext:
+    """Trusts only ``ca_certificates`` and checks that the destination's certificate names its host."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_certificates))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2  # BCP 195, as PS3.15 Annex B's TLS profiles require
+    if tls.certificate and tls.private_key:
+        context.load_cert_chain(tls.certificate, tls.private_key)
+    return context
+
+
+def store_sr(path: Path, destination: Destination, calling_ae_title: str, timeout_s: float, tls: ssl.SSLContext | None = None) -> None:
+    """One association (over TLS with ``tls``), one C-STORE of the SR file as it is on disk (its own
+    transfer syntax)."""
     meta = dcmread(path, stop_before_pixels=True).file_meta
     ae = AE(ae_title=calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, evt_handlers=[NODELAY_HANDLER])
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, evt_handlers=[LOW_LATENCY_HANDLER],
+                         tls_args=(tls, destination.host) if tls else None)
     if not assoc.is_established:
         what = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established (no connection)"
         raise DeliveryError(f"association with {destination} {what}")

@@ -9,12 +9,13 @@ that could race the re-run.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from operators.atomic import fsync_folder
 
 APP_DIR = Path(__file__).resolve().parent.parent
 #: The application's exit code for "nothing usable in the input" (app/__main__.py): re-running cannot help.
@@ -35,14 +36,6 @@ class JobOutcome:
     @property
     def retryable(self) -> bool:
         return not self.succeeded and self.exit_code != EXIT_NOTHING_USABLE
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class MapJob:
@@ -74,6 +67,6 @@ class MapJob:
                 process.wait()
                 exit_code = None
         staging.rename(final)
-        _fsync_folder(self.output_dir)  # the rename is durable before the journal says the job finished
+        fsync_folder(self.output_dir)  # the rename is durable before the journal says the job finished
         srs = tuple(sorted(p.name for p in final.glob("*.dcm"))) if exit_code == 0 else ()
         return JobOutcome(exit_code, final, srs)

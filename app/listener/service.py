@@ -13,7 +13,7 @@ import threading
 import time
 
 from app.listener.config import ListenerConfig
-from app.listener.delivery import Backoff, DeliveryError, DeliveryQueue, store_sr
+from app.listener.delivery import Backoff, DeliveryError, DeliveryQueue, client_tls_context, store_sr
 from app.listener.jobs import MapJob
 from app.listener.journal import COMPLETE, FAILED, PROCESSED, RECEIVING, Arrival, Journal
 from app.listener.scp import StorageSCP
@@ -28,6 +28,7 @@ class Listener:
     def __init__(self, config: ListenerConfig) -> None:
         self.config = config
         self.destination = config.destination
+        self.destination_tls = client_tls_context(config.destination_tls) if config.destination_tls else None
         self.journal = Journal(config.spool_dir / JOURNAL_NAME)
         self.spool = Spool(config.spool_dir, self.journal, config.quiet_period_s, config.max_spool_bytes, config.min_free_bytes)
         self.scp = StorageSCP(config, self.spool)
@@ -68,8 +69,8 @@ class Listener:
             thread.start()
             self._threads.append(thread)
         port = self.scp.start()
-        logger.info("Listening as %s on %s:%d%s; results go to %s", self.config.ae_title, self.config.bind_host, port,
-                    " (TLS)" if self.config.tls else "", self.destination)
+        logger.info("Listening as %s on %s:%d%s; results go to %s%s", self.config.ae_title, self.config.bind_host, port,
+                    " (TLS)" if self.config.tls else "", self.destination, " (TLS)" if self.destination_tls else "")
         return port
 
     def stop(self) -> None:
@@ -133,7 +134,7 @@ class Listener:
                 return
             arrival = pending.arrival
             try:
-                store_sr(pending.sr, self.destination, self.config.ae_title, self.config.network_timeout_s)
+                store_sr(pending.sr, self.destination, self.config.ae_title, self.config.network_timeout_s, self.destination_tls)
             except Exception as exc:  # whatever failed, the SR stays queued: it is never dropped
                 failures = pending.failures + 1
                 delay = self.backoff.delay(failures)

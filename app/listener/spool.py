@@ -13,7 +13,7 @@ import os
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom import dcmread
@@ -34,6 +34,9 @@ class _Receiving:
     folder: Path
     last_instance: float  # time.monotonic() of the last stored instance
     writes_in_flight: int = 0
+    #: SOP Instance UID -> bytes on disk, so a store needs no stat (a lookup that waits for the
+    #: folder's lock while other writers create files) and completion no listing.
+    instance_bytes: dict[str, int] = field(default_factory=dict)
 
 
 def folder_bytes(folder: Path) -> int:
@@ -80,19 +83,17 @@ class Spool:
         with self._lock:
             receiving = self._receiving.get(study_uid) or self._open(study_uid)
             receiving.writes_in_flight += 1
-        path = receiving.folder / (sop_instance_uid + INSTANCE_SUFFIX)
+        stored = 0
         try:
-            try:
-                replaced = path.stat().st_size  # a retransmitted instance replaces its earlier copy
-            except FileNotFoundError:
-                replaced = 0
-            write_atomically(path, lambda f: f.write(encoded))
+            write_atomically(receiving.folder / (sop_instance_uid + INSTANCE_SUFFIX), lambda f: f.write(encoded))
+            stored = len(encoded)
         finally:
             with self._lock:
                 receiving.writes_in_flight -= 1
                 receiving.last_instance = time.monotonic()
-        with self._lock:
-            self._used_bytes += len(encoded) - replaced
+                if stored:  # a retransmitted instance replaces its earlier copy
+                    self._used_bytes += stored - receiving.instance_bytes.get(sop_instance_uid, 0)
+                    receiving.instance_bytes[sop_instance_uid] = stored
         return receiving.arrival.id
 
     def _open(self, study_uid: str) -> _Receiving:
@@ -114,8 +115,9 @@ class Spool:
         if not files:
             return False
         study_uid = str(dcmread(files[0], stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).StudyInstanceUID)
+        sizes = {p.name.removesuffix(INSTANCE_SUFFIX): p.stat().st_size for p in files}
         with self._lock:
-            self._receiving[study_uid] = _Receiving(arrival, folder, time.monotonic())
+            self._receiving[study_uid] = _Receiving(arrival, folder, time.monotonic(), instance_bytes=sizes)
         return True
 
     def complete_quiet_arrivals(self) -> list[Arrival]:
@@ -127,7 +129,7 @@ class Spool:
                      if r.writes_in_flight == 0 and now - r.last_instance >= self.quiet_period_s]
             for uid, receiving in quiet:
                 del self._receiving[uid]
-                count = len(self.instances(receiving.arrival.id))
+                count = len(receiving.instance_bytes)
                 self.journal.append(receiving.arrival, "completed", instances=count)
                 logger.info("Arrival %s complete: %d instance(s), quiet for %.1f s", receiving.arrival.id, count, self.quiet_period_s)
         return [r.arrival for _, r in quiet]
