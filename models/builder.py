@@ -243,6 +243,7 @@ def onnx_fp8_qdq(src: Path, dst: Path, calibration: np.ndarray) -> None:
     model = version_converter.convert_version(onnx.load(str(src)), 19)  # FP8 Q/DQ needs opset 19
     weights = {t.name: t for t in model.graph.initializer}
     gemms = [n for n in model.graph.node if n.op_type in QDQ_OPS and len(n.input) > 1 and n.input[1] in weights]
+    gemm_ids = {id(n) for n in gemms}
     amax = activation_amax(src, calibration, sorted({n.input[0] for n in gemms}))
 
     def fp8(name: str, values: np.ndarray) -> onnx.TensorProto:
@@ -250,7 +251,7 @@ def onnx_fp8_qdq(src: Path, dst: Path, calibration: np.ndarray) -> None:
 
     nodes, quantised = [], {}
     for node in model.graph.node:
-        if node in gemms:
+        if id(node) in gemm_ids:
             x = node.input[0]
             if x not in quantised:  # one Q/DQ pair per activation, however many GEMMs read it
                 scale = numpy_helper.from_array(np.array(max(amax[x], 1e-12) / FP8_E4M3_MAX, np.float32), f"{x}_fp8_scale")
@@ -260,26 +261,29 @@ def onnx_fp8_qdq(src: Path, dst: Path, calibration: np.ndarray) -> None:
                 quantised[x] = f"{x}_fp8_dq"
             node.input[0] = quantised[x]
             w_name = node.input[1]
-            if w_name not in weights:  # already dequantised for another GEMM
-                nodes.append(node)
-                continue
-            w = numpy_helper.to_array(weights[w_name]).astype(np.float32)
-            transposed = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
-            axis = 1 if node.op_type == "MatMul" or (node.op_type == "Gemm" and not transposed) else 0
-            reduce_axes = tuple(i for i in range(w.ndim) if i != axis)
-            channel_scale = np.maximum(np.abs(w).max(axis=reduce_axes), 1e-12) / FP8_E4M3_MAX
-            shape = [-1 if i == axis else 1 for i in range(w.ndim)]
-            model.graph.initializer.remove(weights.pop(w_name))
-            model.graph.initializer.extend([
-                fp8(f"{w_name}_fp8", np.clip(w / channel_scale.reshape(shape), -FP8_E4M3_MAX, FP8_E4M3_MAX)),
-                numpy_helper.from_array(channel_scale.astype(np.float32), f"{w_name}_fp8_scale"),
-            ])
-            nodes.append(helper.make_node("DequantizeLinear", [f"{w_name}_fp8", f"{w_name}_fp8_scale"], [w_name], axis=axis))
+            if w_name in weights:  # not yet dequantised for another GEMM
+                tensor = weights.pop(w_name)
+                w = numpy_helper.to_array(tensor).astype(np.float32)
+                transposed = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
+                axis = 1 if node.op_type == "MatMul" or (node.op_type == "Gemm" and not transposed) else 0
+                reduce_axes = tuple(i for i in range(w.ndim) if i != axis)
+                channel_scale = np.maximum(np.abs(w).max(axis=reduce_axes), 1e-12) / FP8_E4M3_MAX
+                shape = [-1 if i == axis else 1 for i in range(w.ndim)]
+                model.graph.initializer.remove(tensor)
+                model.graph.initializer.extend([
+                    fp8(f"{w_name}_fp8", np.clip(w / channel_scale.reshape(shape), -FP8_E4M3_MAX, FP8_E4M3_MAX)),
+                    numpy_helper.from_array(channel_scale.astype(np.float32), f"{w_name}_fp8_scale"),
+                ])
+                nodes.append(helper.make_node("DequantizeLinear", [f"{w_name}_fp8", f"{w_name}_fp8_scale"], [w_name], axis=axis))
         nodes.append(node)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     onnx.checker.check_model(model)
     onnx.save(to_fp16(model), str(dst))
+
+
+#: The variants built from calibration images, and their builders.
+CALIBRATED_VARIANTS = {"int8-qdq": onnx_int8_qdq, "fp8-qdq": onnx_fp8_qdq}
 
 
 def restrict_qdq_to(path: Path, ops: Sequence[str]) -> None:
@@ -321,6 +325,7 @@ def add_variants(staging: Path, variants: Sequence[str], calibration: Path, cali
     if unknown:
         raise ValueError(f"unknown variant(s) {sorted(unknown)}; choose from {list(VARIANTS)}")
     src, files = staging / "image_encoder.onnx", {}
+    images = model_inputs_from_dicom(calibration, calibration_count) if set(variants) & set(CALIBRATED_VARIANTS) else None
     for variant in variants:
         dst = staging / f"image_encoder.{variant}.onnx"
         if variant == "fp16":
@@ -328,8 +333,7 @@ def add_variants(staging: Path, variants: Sequence[str], calibration: Path, cali
         elif variant == "int8-dynamic":
             onnx_int8_dynamic(src, dst)
         else:
-            build = onnx_int8_qdq if variant == "int8-qdq" else onnx_fp8_qdq
-            build(src, dst, model_inputs_from_dicom(calibration, calibration_count))
+            CALIBRATED_VARIANTS[variant](src, dst, images)
         files[variant] = dst.name
     return files
 
@@ -410,7 +414,7 @@ def build_package(
             "built_with": {
                 "open_clip": open_clip.__version__,
                 "torch": torch.__version__,
-                "calibration": f"{calibration} ({calibration_count} images)" if {"int8-qdq", "fp8-qdq"} & set(variants) else None,
+                "calibration": f"{calibration} ({calibration_count} images)" if set(CALIBRATED_VARIANTS) & set(variants) else None,
             },
             "files": files,
         }

@@ -125,16 +125,21 @@ def _fp8_linear(linear: Any) -> Any:
     return Fp8Linear()
 
 
-def to_fp8(module: Any) -> Any:
-    """Swap the transformer blocks' linear layers for FP8 ones (needs compute capability >= 8.9)."""
+def replace_linears(module: Any, factory: Callable[[Any], Any], select: Callable[[str, Any], bool] = lambda name, linear: True) -> Any:
+    """Replace (in place) every nn.Linear under ``module`` that ``select(name, linear)`` accepts by ``factory(linear)``."""
     import torch
 
     for name, child in module.named_children():
-        if isinstance(child, torch.nn.Linear) and child.in_features % 16 == 0 and child.out_features % 16 == 0:
-            setattr(module, name, _fp8_linear(child))
+        if isinstance(child, torch.nn.Linear) and select(name, child):
+            setattr(module, name, factory(child))
         else:
-            to_fp8(child)
+            replace_linears(child, factory, select)
     return module
+
+
+def to_fp8(module: Any) -> Any:
+    """Swap the transformer blocks' linear layers for FP8 ones (needs compute capability >= 8.9)."""
+    return replace_linears(module, _fp8_linear, lambda name, linear: linear.in_features % 16 == 0 and linear.out_features % 16 == 0)
 
 
 def calibrate_fp8(module: Any, batches: list[Any]) -> None:

@@ -68,22 +68,11 @@ def rowwise_linear(linear: Any, kind: str) -> Any:
     return RowwiseLinear()
 
 
-def swap_linears(module: Any, factory: Callable[[Any], Any], name: str | None = None) -> Any:
-    import torch
-
-    for child_name, child in module.named_children():
-        if isinstance(child, torch.nn.Linear) and (name is None or child_name == name):
-            setattr(module, child_name, factory(child))
-        else:
-            swap_linears(child, factory, name)
-    return module
-
-
 def variants(calibration: np.ndarray) -> list[tuple[str, Callable[[], Any]]]:
     """Name -> a TorchBackend (torch.compile + CUDA graphs) for each configuration."""
     import torch
 
-    from operators.backends import TorchBackend
+    from operators.backends import TorchBackend, replace_linears
     from operators.vit_kernels import fuse_kernels
 
     def backend(tower: Any, precision: str = "bf16", **options: Any) -> TorchBackend:
@@ -102,7 +91,7 @@ def variants(calibration: np.ndarray) -> list[tuple[str, Callable[[], Any]]]:
     def rowwise(kind: str) -> TorchBackend:  # INT8 needs > 16 rows: the pooled projection (1 row at batch 1) stays bf16
         made = backend(patch_gemm_only(), fused_kernels=False)
         # swapped after TorchBackend's cast to bf16, which would also cast the quantised weights
-        swap_linears(made.forward.trunk.blocks, lambda linear: rowwise_linear(linear, kind))
+        replace_linears(made.forward.trunk.blocks, lambda linear: rowwise_linear(linear, kind))
         return made
 
     return [
@@ -119,7 +108,7 @@ def variants(calibration: np.ndarray) -> list[tuple[str, Callable[[], Any]]]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from operators.backends import _fp8_linear
+    from operators.backends import _fp8_linear, replace_linears
 
     images = load_fidelity_set(args.fidelity)
 
@@ -146,7 +135,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch._dynamo.reset()
     sensitivity = []
     for layer in ("qkv", "proj", "fc1", "fc2"):  # ("proj" is the attention output and the final projection)
-        tower = swap_linears(build_tower().eval().to("cuda", torch.bfloat16), _fp8_linear, layer)
+        tower = replace_linears(build_tower().eval().to("cuda", torch.bfloat16), _fp8_linear, lambda name, _: name == layer)
         sensitivity.append({"fp8_only_in": layer, "fidelity": fidelity(embed(tower, torch.bfloat16, 128), reference)})
         print("fp8 only in", layer, sensitivity[-1]["fidelity"], flush=True)
     props = torch.cuda.get_device_properties(0)
