@@ -130,7 +130,8 @@ def gpu(args: argparse.Namespace) -> dict[str, Any]:
             ("pytorch compile+cudagraph bf16", {"precision": "bf16", "compile": True, "cuda_graphs": True}),
             ("pytorch compile+cudagraph fp8 static scales",
              {"precision": "fp8", "compile": True, "cuda_graphs": True, "calibration": calibration}),
-            # several batches in flight, one CUDA stream + graph each: memory-bound kernels overlap GEMMs
+            # several batches in flight, one CUDA stream + graph each: can one batch's memory-bound kernels
+            # overlap another's GEMMs? (measured: only while a batch is too small to fill the GPU)
             ("pytorch compile+cudagraph fp16, 2 streams", {"precision": "fp16", "compile": True, "cuda_graphs": True, "streams": 2}),
             ("pytorch compile+cudagraph fp16, 4 streams", {"precision": "fp16", "compile": True, "cuda_graphs": True, "streams": 4}),
             ("pytorch compile+cudagraph bf16, 2 streams", {"precision": "bf16", "compile": True, "cuda_graphs": True, "streams": 2}),
