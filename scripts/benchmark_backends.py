@@ -288,8 +288,10 @@ def report(paths: list[Path], out_dir: Path) -> str:
             lines.append(f"ONNX Runtime, median of {run['repeats']} interleaved runs, load average {run['load_average'][0]:.2f} "
                          "(other work shared the 2 cores: compare the ratios).")
         else:
-            lines.append("CUDA-event medians after warm-up (\"n streams\": n batches of that size in flight at once, "
-                         "ms for all n, img/s counting all); fidelity vs eager fp32 on "
+            streams = any(row.get("streams", 1) > 1 for r in run["results"] for row in r["rows"])
+            lines.append("CUDA-event medians after warm-up"
+                         + (" (\"n streams\": n batches of that size in flight at once, ms for all n, img/s counting all)"
+                            if streams else "") + "; fidelity vs eager fp32 on "
                          f"{run['fidelity_images']} real images; seeded random weights (same compute as real weights). "
                          f"Physical limit at {FLOPS_PER_IMAGE / 1e9:.1f} GFLOP/image (dense matmul measured on a lent H200: "
                          f"bf16 766, fp8 1,384 TFLOP/s): ≈ {766e12 / FLOPS_PER_IMAGE:,.0f} img/s fp16/bf16, "
