@@ -172,7 +172,7 @@ class TorchBackend:
 
     def __init__(self, tower: Any, device: str = "cpu", precision: str = "fp32", compile: bool = False,
                  cuda_graphs: bool = False, calibration: np.ndarray | None = None, compile_mode: str = "default",
-                 fused_kernels: bool = True, streams: int = 1, residual_stream: bool = False) -> None:
+                 fused_kernels: bool = True, streams: int = 1) -> None:
         import torch
 
         self.torch = torch
@@ -187,7 +187,7 @@ class TorchBackend:
         if fused:
             from operators.vit_kernels import fuse_kernels
 
-            fuse_kernels(tower, gelu_epilogue=precision != "fp8", residual_stream=residual_stream)
+            fuse_kernels(tower, gelu_epilogue=precision != "fp8")
         if precision == "fp8":
             if self.device.type != "cuda" or torch.cuda.get_device_capability(self.device) < (8, 9):
                 raise BackendUnavailable("FP8 needs a CUDA GPU of compute capability >= 8.9")
@@ -203,7 +203,7 @@ class TorchBackend:
         self._lanes = [torch.cuda.Stream(self.device) for _ in range(self.streams)] if self.streams > 1 else []
         self._graphs: dict[tuple[tuple[int, ...], int], tuple[Any, Any, Any]] = {}
         precision_name = precision + ("-static" if precision == "fp8" and calibration is not None else "")
-        parts = (["pytorch", self.device.type, precision_name] + (["fused"] if fused else []) + (["residual"] if fused and residual_stream else []) + (["compile"] if compile else [])
+        parts = (["pytorch", self.device.type, precision_name] + (["fused"] if fused else []) + (["compile"] if compile else [])
                  + (["cudagraph"] if self.cuda_graphs else []) + ([f"{self.streams}streams"] if self.streams > 1 else []))
         self.name = "-".join(parts)
 

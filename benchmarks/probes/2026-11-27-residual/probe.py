@@ -1,7 +1,9 @@
 """Exploration: residual adds in the GEMM epilogue + a hand-written LayerNorm (issue 5, fp16 >= 15k img/s).
 
-Kept as the record of results.txt. Run on the lent GPU from the repository root, with the fidelity set in
-.bench/ and open_clip/timm installed:
+Kept as the record of results.txt. Neither change paid, so the code it measures was removed after the run:
+ResidualStreamBlocks (operators/vit_kernels.py), operators/triton_layer_norm.py and
+TorchBackend(residual_stream=...) live at commit a52a607. To rerun, check that commit out and run on the
+lent GPU from the repository root, with the fidelity set in .bench/ and open_clip/timm installed:
 
     python benchmarks/probes/2026-11-27-residual/probe.py
 
