@@ -156,6 +156,31 @@ def onnx_fp16(src: Path, dst: Path) -> None:
     onnx.save(to_fp16(onnx.load(str(src))), str(dst))
 
 
+def export_onnx_fused_for_onnxruntime(model: Any, path: Path, fp16: bool) -> dict[str, int]:
+    """The image encoder as ONNX Runtime's own fused graph, for its CUDA provider: the dynamo exporter
+    (opset 18), then onnxscript's ONNX Runtime fusions into the ``com.microsoft`` contrib ops
+    MultiHeadAttention, SkipLayerNormalization and BiasGelu (the TorchScript export's packed-QKV attention
+    matches none of ONNX Runtime's own fusion patterns). Only ONNX Runtime runs these ops: TensorRT
+    takes the plain artefacts. fp16 keeps float32 input and output. Returns the fusion counts."""
+    import onnx
+    import onnx_ir
+    import torch
+    from onnxruntime.transformers.onnx_model import OnnxModel
+    from onnxscript.rewriter import ort_fusions
+
+    program = torch.onnx.export(image_tower(model), (torch.zeros(2, 3, 224, 224),), dynamo=True, opset_version=18,
+                                input_names=["pixel_values"], output_names=["image_features"],
+                                dynamic_shapes=({0: torch.export.Dim("batch")},))
+    fused, counts = ort_fusions.optimize_for_ort(program.model)
+    proto = onnx_ir.to_proto(fused)
+    if fp16:
+        converted = OnnxModel(proto)
+        converted.convert_float_to_float16(keep_io_types=True)
+        proto = converted.model
+    onnx.save(proto, str(path))
+    return {name: count for name, count in counts.items() if count}
+
+
 def onnx_int8_dynamic(src: Path, dst: Path) -> None:
     """Dynamic INT8 (weights per channel offline, activations per batch at run time): ONNX Runtime CPU."""
     from onnxruntime.quantization import QuantType, quantize_dynamic

@@ -3,7 +3,7 @@
 
 GPU (run on the lent H100/H200 through the device tool; no model package needed there):
 
-    python scripts/benchmark_backends.py gpu --fidelity .bench/fidelity.npz --out $OUT/gpu.json [--compiled]
+    python scripts/benchmark_backends.py gpu --fidelity .bench/fidelity.npz --out $OUT/gpu.json [--compiled | --onnxruntime]
 
   builds the exact image tower (open_clip config, seeded random weights) and times, side by side with
   PyTorch eager fp32 in the same run: eager fp32/fp16/bf16, CUDA graphs fp16/bf16, FP8 (e4m3,
@@ -11,7 +11,10 @@ GPU (run on the lent H100/H200 through the device tool; no model package needed 
   (and bf16 without the kernel rewrites of ``operators.vit_kernels``, for the ratio), and the same with
   2 or 4 batches in flight on their own CUDA streams (``streams``; there a row's ms is for all of them
   and its img/s counts them all).
-  TensorRT and the ONNX Runtime CUDA provider are tried and recorded as unavailable when they are.
+  With ``--onnxruntime`` (onnxruntime-gpu installed): ONNX Runtime's CUDA provider on the package's fp32
+  and fp16 ONNX and on ONNX Runtime's own fused graph, each with and without CUDA graphs, through I/O
+  binding on device tensors. TensorRT and the ONNX Runtime CUDA provider are otherwise tried and recorded as
+  unavailable when they are.
 
 CPU (here): ONNX Runtime fp32 vs INT8 dynamic vs INT8 Q/DQ (MatMul/Gemm/Conv) from a package built
 with ``--variants``:
@@ -38,9 +41,10 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -98,7 +102,7 @@ def time_gpu(run: Callable[[Any], Any], batch: Any, iterations: int) -> list[flo
 def gpu(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from operators.backends import BackendUnavailable, TorchBackend
+    from operators.backends import BackendUnavailable, OnnxRuntimeBackend, TorchBackend
 
     device = torch.device("cuda")
     props = torch.cuda.get_device_properties(device)
@@ -141,24 +145,35 @@ def gpu(args: argparse.Namespace) -> dict[str, Any]:
             ("pytorch compile+cudagraph fp8 static scales, 4 streams",
              {"precision": "fp8", "compile": True, "cuda_graphs": True, "calibration": calibration, "streams": 4}),
         ]
-    results, reference = [], None
+    elif args.onnxruntime:
+        configs = [configs[0], configs[4]] + onnxruntime_configs(Path(tempfile.mkdtemp(prefix="onnx-")))
+
+    def make_backend(options: dict[str, Any]) -> Any:
+        if "onnx" not in options:
+            return TorchBackend(build_tower(), "cuda", **options)
+        backend = OnnxRuntimeBackend(options["onnx"], "pixel_values", "image_features", options["precision"],
+                                     cuda_graphs=options["cuda_graphs"])
+        if "CUDAExecutionProvider" not in backend.name:
+            raise BackendUnavailable(f"onnxruntime {backend.ort.__version__} has no CUDAExecutionProvider")
+        return backend
+
+    results, reference, unavailable = [], None, {}
     for name, options in configs:
         torch.cuda.empty_cache()
-        backend = TorchBackend(build_tower(), "cuda", **options)
         setup_start = time.perf_counter()
-        rows = []
-        lanes = backend.streams  # each timed call embeds `lanes` batches at once
-        for batch in batches:
-            xs = [torch.randn(batch, 3, 224, 224, device=device) for _ in range(lanes)]
-            torch.cuda.reset_peak_memory_stats(device)
-            times = time_gpu(backend.embed_tensors, xs, max(20, min(200, 4096 // batch)))
-            ms = statistics.median(times)
-            rows.append({"batch": batch, "streams": lanes, "median_ms": ms, "images_per_s": lanes * batch / ms * 1e3,
-                         "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20})
-            print(f"{name:34s} bs{batch:<4d} {ms:8.3f} ms {lanes * batch / ms * 1e3:10.0f} img/s", flush=True)
-        chunks = [torch.from_numpy(images[i : i + max(batches)]).to(device) for i in range(0, len(images), max(batches))]
-        features = np.concatenate([output.float().cpu().numpy() for start in range(0, len(chunks), lanes)
-                                   for output in backend.embed_tensors(chunks[start : start + lanes])])
+        try:
+            backend = make_backend(options)
+            run_result = time_backend(name, backend, batches, images)
+        except BackendUnavailable as exc:
+            unavailable[name] = str(exc)
+            continue
+        except Exception as exc:  # noqa: BLE001 - an ONNX Runtime configuration that fails is recorded, the rest go on
+            if "onnx" not in options:
+                raise
+            unavailable[name] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
+            print(f"{name:34s} {unavailable[name]}", flush=True)
+            continue
+        rows, features = run_result
         if reference is None:
             reference = features
         results.append({"config": name, "rows": rows, "fidelity": fidelity(features, reference),
@@ -166,8 +181,9 @@ def gpu(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{name:34s} fidelity {results[-1]['fidelity']}", flush=True)
         del backend
         torch._dynamo.reset()  # each configuration compiles afresh, not against the earlier ones' recompile limit
-    unavailable = {}
     for name, probe in (("tensorrt", "tensorrt"), ("onnxruntime CUDA", "onnxruntime")):
+        if any(r["config"].startswith(name) for r in results):
+            continue
         try:
             module = importlib.import_module(probe)
             if probe == "onnxruntime" and "CUDAExecutionProvider" not in module.get_available_providers():
@@ -179,7 +195,50 @@ def gpu(args: argparse.Namespace) -> dict[str, Any]:
         "kind": "gpu", "device": props.name, "compute_capability": f"{props.major}.{props.minor}",
         "torch": torch.__version__, "cuda": torch.version.cuda, "fidelity_images": len(images),
         "results": results, "unavailable": unavailable,
-    }
+    } | ({"onnxruntime": importlib.import_module("onnxruntime").__version__} if args.onnxruntime else {})
+
+
+def time_backend(name: str, backend: Any, batches: Sequence[int], images: np.ndarray) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Timed rows per batch size, and the embeddings of the fidelity images."""
+    import torch
+
+    device = torch.device("cuda")
+    lanes = getattr(backend, "streams", 1)  # each timed call embeds `lanes` batches at once
+
+    def embed(xs: list[Any]) -> list[Any]:
+        return backend.embed_tensors(xs) if lanes > 1 else [backend.embed_tensor(xs[0])]
+
+    rows = []
+    for batch in batches:
+        xs = [torch.randn(batch, 3, 224, 224, device=device) for _ in range(lanes)]
+        torch.cuda.reset_peak_memory_stats(device)
+        ms = statistics.median(time_gpu(embed, xs, max(20, min(200, 4096 // batch))))
+        rows.append({"batch": batch, "streams": lanes, "median_ms": ms, "images_per_s": lanes * batch / ms * 1e3,
+                     "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20})
+        print(f"{name:34s} bs{batch:<4d} {ms:8.3f} ms {lanes * batch / ms * 1e3:10.0f} img/s", flush=True)
+    chunks = [torch.from_numpy(images[i : i + max(batches)]).to(device) for i in range(0, len(images), max(batches))]
+    features = np.concatenate([output.float().cpu().numpy() for start in range(0, len(chunks), lanes)
+                               for output in embed(chunks[start : start + lanes])])
+    return rows, features
+
+
+def onnxruntime_configs(folder: Path) -> list[tuple[str, dict[str, Any]]]:
+    """ONNX Runtime CUDA configurations over ONNX artefacts built here from the same seeded tower: the
+    package's fp32 and fp16 (TorchScript export; what TensorRT takes) and ONNX Runtime's own fused graph
+    (``export_onnx_fused_for_onnxruntime``), each with and without CUDA graphs."""
+    from types import SimpleNamespace
+
+    from models.builder import export_onnx, export_onnx_fused_for_onnxruntime, onnx_fp16
+
+    model = SimpleNamespace(visual=build_tower())
+    export_onnx(model, folder / "fp32.onnx")
+    onnx_fp16(folder / "fp32.onnx", folder / "fp16.onnx")
+    for precision in ("fp32", "fp16"):
+        fusions = export_onnx_fused_for_onnxruntime(model, folder / f"fused-{precision}.onnx", precision == "fp16")
+    print("ONNX Runtime fusions:", fusions, flush=True)
+    return [(f"onnxruntime CUDA {precision}{', ORT fusions' if fused else ''}{' + CUDA graphs' if graphs else ''}",
+             {"onnx": str(folder / f"{'fused-' if fused else ''}{precision}.onnx"), "precision": precision, "cuda_graphs": graphs})
+            for fused in (False, True) for precision in ("fp32", "fp16") for graphs in (False, True)]
 
 
 def kernel_group(name: str) -> str:
@@ -281,7 +340,11 @@ def report(paths: list[Path], out_dir: Path) -> str:
             lines += [ablation_tables(run), ""]
             continue
         kind = run["kind"].upper()
-        mode = (" — torch.compile + CUDA graphs" if any("compile" in r["config"] for r in run["results"]) else " — eager and CUDA graphs")
+        configs = [r["config"] for r in run["results"]]
+        onnxruntime_run = any(c.startswith("onnxruntime") for c in configs)
+        mode = (" — ONNX Runtime's CUDA provider" + (f" (onnxruntime-gpu {run['onnxruntime']})" if "onnxruntime" in run else "")
+                if onnxruntime_run
+                else " — torch.compile + CUDA graphs" if any("compile" in c for c in configs) else " — eager and CUDA graphs")
         lines.append(f"### {kind}: {run['device']}" + (f" (compute capability {run['compute_capability']}, torch {run['torch']}){mode}" if kind == "GPU" else ""))
         lines.append("")
         if kind == "CPU":
@@ -295,7 +358,9 @@ def report(paths: list[Path], out_dir: Path) -> str:
                          f"{run['fidelity_images']} real images; seeded random weights (same compute as real weights). "
                          f"Physical limit at {FLOPS_PER_IMAGE / 1e9:.1f} GFLOP/image (dense matmul measured on a lent H200: "
                          f"bf16 766, fp8 1,384 TFLOP/s): ≈ {766e12 / FLOPS_PER_IMAGE:,.0f} img/s fp16/bf16, "
-                         f"≈ {1384e12 / FLOPS_PER_IMAGE:,.0f} img/s fp8. fp32 is true fp32 (PyTorch's default, TF32 off).")
+                         f"≈ {1384e12 / FLOPS_PER_IMAGE:,.0f} img/s fp8. PyTorch's fp32 is true fp32 (its default, TF32 off)"
+                         + ("; ONNX Runtime's CUDA fp32 runs its matmuls on TF32 tensor cores (its rows reach ~130 TFLOP/s, "
+                            "twice plain fp32's peak)." if onnxruntime_run else "."))
         memory = "peak_gpu_mib" in run["results"][0]["rows"][-1]
         lines += ["", "| configuration | " + " | ".join(f"bs{r['batch']} ms (img/s)" for r in run["results"][0]["rows"])
                   + (" | peak GPU MiB (largest batch)" if memory else "") + " | cosine min / mean | top-1 agreement |",
@@ -303,10 +368,13 @@ def report(paths: list[Path], out_dir: Path) -> str:
         for result in run["results"]:
             cells = [f"{r['median_ms']:.2f} ({r['images_per_s']:,.0f})" for r in result["rows"]]
             f = result["fidelity"]
-            peak = f" | {result['rows'][-1]['peak_gpu_mib']:,.0f}" if memory else ""
+            # ONNX Runtime allocates outside PyTorch: torch's peak counts only the bound input/output buffers
+            peak = ("" if not memory else " | n/a (own allocator)" if result["config"].startswith("onnxruntime")
+                    else f" | {result['rows'][-1]['peak_gpu_mib']:,.0f}")
             lines.append(f"| {result['config']} | " + " | ".join(cells) + peak
                          + f" | {f['cosine_min']:.4f} / {f['cosine_mean']:.4f} | {f['top1_agreement']:.1%} |")
         for name, why in run.get("unavailable", {}).items():
+            why = "failed: " + why.rsplit("FAIL : ", 1)[-1] if why.startswith("failed:") else why  # ORT's message, not its prefix
             lines.append(f"| {name} | not run: {why} |" + " |" * (len(run['results'][0]['rows']) + 1))
         lines.append("")
     lines += target_table(runs)
@@ -372,12 +440,16 @@ def chart(runs: list[dict[str, Any]], path: Path) -> None:
     gpu_runs = [r for r in runs if r["kind"] == "gpu"]
     if not gpu_runs:
         return
-    fig, ax = plt.subplots(figsize=(8, 5))
-    results = [result for run in gpu_runs for result in run["results"]]
-    colours = plt.cm.tab20(np.linspace(0, 1, max(len(results), 2)))
-    for result, colour in zip(results, colours):
+    fig, ax = plt.subplots(figsize=(9, 6))
+    # each configuration once (runs repeat their fp32 baseline); the line style tells the runs apart
+    seen: set[str] = set()
+    results = [(result, style) for run, style in zip(gpu_runs, ("-", "--", "-.", ":")) for result in run["results"]
+               if not (result["config"] in seen or seen.add(result["config"]))]
+    colours = plt.cm.tab20(np.arange(len(results)) % 20)
+    for (result, style), colour in zip(results, colours):
         rows = result["rows"]
-        ax.plot([r["batch"] for r in rows], [r["images_per_s"] for r in rows], marker="o", color=colour, label=result["config"])
+        ax.plot([r["batch"] for r in rows], [r["images_per_s"] for r in rows], marker="o", linestyle=style, color=colour,
+                label=result["config"])
     peak_bf16 = 766e12 / FLOPS_PER_IMAGE
     ax.axhline(peak_bf16, color="k", linestyle="--", linewidth=1, label=f"dense bf16 limit {peak_bf16:,.0f} img/s")
     ax.axhline(1384e12 / FLOPS_PER_IMAGE, color="grey", linestyle=":", linewidth=1,
@@ -386,7 +458,7 @@ def chart(runs: list[dict[str, Any]], path: Path) -> None:
     ax.set_xlabel("batch size")
     ax.set_ylabel("images / s")
     ax.set_title(f"BiomedCLIP image tower on {gpu_runs[0]['device']}", fontsize=10)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -398,6 +470,7 @@ def main() -> int:
     g.add_argument("--fidelity", type=Path, default=ROOT / ".bench" / "fidelity.npz")
     g.add_argument("--compiled", action="store_true")
     g.add_argument("--autotune", action="store_true")
+    g.add_argument("--onnxruntime", action="store_true", help="ONNX Runtime's CUDA provider (onnxruntime-gpu)")
     g.add_argument("--out", type=Path, required=True)
     pr = sub.add_parser("profile")
     pr.add_argument("--fidelity", type=Path, default=ROOT / ".bench" / "fidelity.npz")

@@ -7,11 +7,13 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
 import pytest
 
+from models.builder import export_onnx_fused_for_onnxruntime
 from operators.backends import BackendSpec, BackendUnavailable, OnnxRuntimeBackend, TorchBackend, create_backend
 from operators.model_package import MissingArtefact, ModelPackage
 from operators.tensorrt_backend import EngineKey, EngineOptions, cached_engine
@@ -69,6 +71,27 @@ def test_fused_kernel_rewrites_keep_the_embeddings(package: ModelPackage, images
         torch.testing.assert_close(fused(x), reference, atol=2e-4, rtol=1e-4)
         with pytest.raises(ValueError, match="not a multiple of the 16-pixel patch"):
             fused.trunk.patch_embed(torch.zeros(1, 3, 200, 200))
+
+
+def test_onnxruntime_fused_graph_keeps_the_embeddings(package: ModelPackage, images: np.ndarray, tmp_path: Path) -> None:
+    """ONNX Runtime's own fused graph (what its CUDA provider runs fastest) computes the package's function.
+    Run here on the CPU provider, which has the same contrib ops, through I/O binding on torch tensors as
+    the GPU benchmark does; each batch shape keeps its own bindings."""
+    import torch
+
+    path = tmp_path / "fused.onnx"
+    tower = package.image_tower()
+    blocks = len(tower.trunk.blocks)
+    fusions = export_onnx_fused_for_onnxruntime(SimpleNamespace(visual=tower), path, fp16=False)
+    assert (fusions["sdpa_via_mha"], fusions["skip_layer_normalization"], fusions["bias_gelu"]) == (blocks, 2 * blocks, blocks)
+    assert {"MultiHeadAttention", "SkipLayerNormalization", "BiasGelu"} <= {n.op_type for n in onnx.load(str(path)).graph.node}
+    fused = OnnxRuntimeBackend(str(path), "pixel_values", "image_features")
+    reference = _onnx(package, "fp32").embed(images[:4])
+    x = torch.from_numpy(images[:4])
+    first = fused.embed_tensor(x).clone()
+    np.testing.assert_allclose(first.numpy(), reference, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(fused.embed_tensor(x[:2]).numpy(), reference[:2], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fused.embed_tensor(x), first)
 
 
 def test_qdq_is_symmetric_int8_on_matmul_gemm_conv_only(package: ModelPackage) -> None:
