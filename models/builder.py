@@ -131,7 +131,7 @@ def export_onnx(model: Any, path: Path) -> None:
 
 
 #: ONNX variants ``--variants`` can add to a package (see operators/model_package.py).
-VARIANTS = ("fp16", "int8-dynamic", "int8-qdq", "fp8-qdq")
+VARIANTS = ("fp16", "fp16-ort", "int8-dynamic", "int8-qdq", "fp8-qdq")
 #: Real DICOM images that ship with pydicom: the default calibration set for int8-qdq and fp8-qdq.
 DEFAULT_CALIBRATION = Path(pydicom.__file__).parent / "data" / "test_files"
 
@@ -345,7 +345,7 @@ def restrict_qdq_to(path: Path, ops: Sequence[str]) -> None:
     onnx.save(model, str(path))
 
 
-def add_variants(staging: Path, variants: Sequence[str], calibration: Path, calibration_count: int) -> dict[str, str]:
+def add_variants(staging: Path, variants: Sequence[str], calibration: Path, calibration_count: int, model: Any) -> dict[str, str]:
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         raise ValueError(f"unknown variant(s) {sorted(unknown)}; choose from {list(VARIANTS)}")
@@ -355,6 +355,8 @@ def add_variants(staging: Path, variants: Sequence[str], calibration: Path, cali
         dst = staging / f"image_encoder.{variant}.onnx"
         if variant == "fp16":
             onnx_fp16(src, dst)
+        elif variant == "fp16-ort":  # exported afresh: ONNX Runtime's fusions need the dynamo export
+            export_onnx_fused_for_onnxruntime(model, dst, fp16=True)
         elif variant == "int8-dynamic":
             onnx_int8_dynamic(src, dst)
         else:
@@ -401,7 +403,7 @@ def build_package(
             )
             embeddings = label_embeddings(model, tokenizer, labels)
             logit_scale = float(model.logit_scale.exp().item())
-        variant_files = add_variants(staging, variants, calibration, calibration_count)
+        variant_files = add_variants(staging, variants, calibration, calibration_count, model)
         np.save(staging / "label_embeddings.npy", embeddings)
         shutil.copyfile(labels_path, staging / "labels.json")
         config = json.loads(BIOMEDCLIP_CONFIG.read_text())

@@ -113,10 +113,12 @@ class ModelPackage:
     def has_artefact(self, precision: str) -> bool:
         return any(v == precision or v.startswith(precision + "-") for v in self.variants())
 
-    def artefact(self, precision: str, preferred: tuple[str, ...] = ("dynamic", "qdq")) -> Path:
-        """ONNX file for ``precision``; for int8 the first of ``preferred`` flavours the package has."""
+    def artefact(self, precision: str, preferred: tuple[str, ...] = ("dynamic", "qdq"), flavour_first: bool = False) -> Path:
+        """ONNX file for ``precision``: the plain one, else the first of ``preferred`` flavours the package
+        has (for int8 there is no plain one); ``flavour_first`` tries the flavours before the plain one."""
         variants = self.variants()
-        for name in (precision, *(f"{precision}-{flavour}" for flavour in preferred)):
+        flavours = [f"{precision}-{flavour}" for flavour in preferred]
+        for name in ([*flavours, precision] if flavour_first else [precision, *flavours]):
             if name in variants:
                 return self.root / variants[name]
         raise MissingArtefact(

@@ -1,6 +1,7 @@
 """Check on the lent GPU (onnxruntime-gpu installed): ``OnnxRuntimeBackend.embed`` (numpy in and out, the
 app's path) with ``cuda_graphs=True`` returns what the uncaptured CUDA provider returns, for two batch
-shapes and a replay of the first. Output in results.txt.
+shapes and a replay of the first; and a plain (TorchScript) export with ``cuda_graphs=True`` is refused as
+``BackendUnavailable`` naming the file. Output in results.txt.
 
     python benchmarks/probes/2026-11-27-ort-embed/check.py
 """
@@ -14,12 +15,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
-from models.builder import export_onnx_fused_for_onnxruntime  # noqa: E402
-from operators.backends import OnnxRuntimeBackend  # noqa: E402
+from models.builder import export_onnx, export_onnx_fused_for_onnxruntime  # noqa: E402
+from operators.backends import BackendUnavailable, OnnxRuntimeBackend  # noqa: E402
 from scripts.benchmark_backends import build_tower  # noqa: E402
 
-path = Path(tempfile.mkdtemp()) / "fused-fp16.onnx"
-export_onnx_fused_for_onnxruntime(SimpleNamespace(visual=build_tower()), path, fp16=True)
+folder = Path(tempfile.mkdtemp())
+path, plain_export = folder / "fused-fp16.onnx", folder / "plain-fp32.onnx"
+model = SimpleNamespace(visual=build_tower())
+export_onnx_fused_for_onnxruntime(model, path, fp16=True)
+export_onnx(model, plain_export)
 graphs = OnnxRuntimeBackend(str(path), "pixel_values", "image_features", "fp16", cuda_graphs=True)
 plain = OnnxRuntimeBackend(str(path), "pixel_values", "image_features", "fp16")
 print(graphs.name, "|", plain.name)
@@ -31,3 +35,8 @@ for label, got, want in (("batch 8", a1, r1), ("batch 3", b, rb), ("batch 8 repl
     cosine = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
     print(f"{label}: shape {got.shape} dtype {got.dtype}, max |diff| {np.abs(got - want).max():.2e}, cosine min {cosine.min():.6f}")
 print("replay identical to first capture:", np.array_equal(a1, a2), "| torch", torch.__version__)
+try:
+    OnnxRuntimeBackend(str(plain_export), "pixel_values", "image_features", cuda_graphs=True)
+    print("plain export with cuda_graphs: NOT refused")
+except BackendUnavailable as exc:
+    print("plain export with cuda_graphs refused:", str(exc)[:400])
