@@ -115,8 +115,8 @@ class OnnxRuntimeBackend:
 
     def embed_tensor(self, batch: Any) -> Any:
         """A torch tensor in, a torch tensor out, on the batch's device, through I/O binding (no host
-        copies: used by benchmarks). Each batch shape gets fixed input/output buffers, as CUDA graphs need;
-        the output buffer is reused by the next call of that shape."""
+        copies: the benchmarks, and ``embed`` with CUDA graphs). Each batch shape gets fixed input/output
+        buffers, as CUDA graphs need; the output buffer is reused by the next call of that shape."""
         import torch
 
         shape = tuple(batch.shape)

@@ -442,9 +442,11 @@ def chart(runs: list[dict[str, Any]], path: Path) -> None:
         return
     fig, ax = plt.subplots(figsize=(9, 6))
     # each configuration once (runs repeat their fp32 baseline); the line style tells the runs apart
-    seen: set[str] = set()
-    results = [(result, style) for run, style in zip(gpu_runs, ("-", "--", "-.", ":")) for result in run["results"]
-               if not (result["config"] in seen or seen.add(result["config"]))]
+    first: dict[str, tuple[dict[str, Any], str]] = {}
+    for run, style in zip(gpu_runs, ("-", "--", "-.", ":")):
+        for result in run["results"]:
+            first.setdefault(result["config"], (result, style))
+    results = list(first.values())
     colours = plt.cm.tab20(np.arange(len(results)) % 20)
     for (result, style), colour in zip(results, colours):
         rows = result["rows"]

@@ -2,7 +2,7 @@
 """Build the BiomedCLIP model package folder the app reads at run time.
 
     python scripts/build_model.py --random-init --seed 0 --out models/biomedclip
-    python scripts/build_model.py --random-init --seed 0 --variants fp16,int8-dynamic,int8-qdq,fp8-qdq --out DIR
+    python scripts/build_model.py --random-init --seed 0 --variants fp16,fp16-ort,int8-dynamic,int8-qdq,fp8-qdq --out DIR
     python scripts/build_model.py --weights hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 --out DIR
     python scripts/build_model.py --weights /path/to/open_clip/snapshot --out DIR
 """

@@ -23,7 +23,7 @@ SEED = 0
 
 @pytest.fixture(scope="session")
 def model_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The package with every ONNX variant (fp16, int8-dynamic, int8-qdq and fp8-qdq calibrated on 16 images)."""
+    """The package with every ONNX variant (fp16, fp16-ort, int8-dynamic, and int8-qdq / fp8-qdq calibrated on 16 images)."""
     out = tmp_path_factory.mktemp("models") / "biomedclip"
     build_package(None, SEED, DEFAULT_LABELS, out, variants=VARIANTS, calibration_count=16)
     return out
