@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.application import REPORT_NAME, BiomedCLIPZeroShotApp  # noqa: E402
-from operators.model_package import ModelPackageError  # noqa: E402
+from operators.inference.model_package import ModelPackageError  # noqa: E402
 
 EXIT_NONE_FAILED = 0
 EXIT_UNEXPECTED_ERROR = 1

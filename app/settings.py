@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from operators.backends import BackendSpec
-from operators.deidentification_profile import ProfileOptions
+from operators.inference.backends.base import BackendSpec
+from operators.deid.profile import ProfileOptions
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 CONFIG_ENV = "BIOMEDCLIP_APP_CONFIG"

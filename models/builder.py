@@ -1,4 +1,4 @@
-"""Builds the BiomedCLIP model package folder (see ``operators/model_package.py`` for its layout).
+"""Builds the BiomedCLIP model package folder (see ``operators/inference/model_package.py`` for its layout).
 
 Weights come from the Hugging Face hub (``hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224``),
 from a local open_clip snapshot folder, or — fully offline — from a seeded random initialisation of
@@ -22,8 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 import pydicom
 
-from operators.model_package import FORMAT_VERSION, MANIFEST, sha256_file
-from operators.zero_shot import LabelSet, ensemble_prompt_embeddings
+from operators.inference.model_package import FORMAT_VERSION, MANIFEST, sha256_file
+from operators.inference.zero_shot import LabelSet, ensemble_prompt_embeddings
 
 HERE = Path(__file__).resolve().parent
 BIOMEDCLIP_CONFIG = HERE / "biomedclip_open_clip_config.json"
@@ -130,7 +130,7 @@ def export_onnx(model: Any, path: Path) -> None:
     )
 
 
-#: ONNX variants ``--variants`` can add to a package (see operators/model_package.py).
+#: ONNX variants ``--variants`` can add to a package (see operators/inference/model_package.py).
 VARIANTS = ("fp16", "fp16-ort", "int8-dynamic", "int8-qdq", "fp8-qdq")
 #: Real DICOM images that ship with pydicom: the default calibration set for int8-qdq and fp8-qdq.
 DEFAULT_CALIBRATION = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -193,8 +193,8 @@ def model_inputs_from_dicom(folder: Path, limit: int) -> np.ndarray:
     preprocessing (at most 2 images per file): calibration and validation sets."""
     from pydicom import dcmread
 
-    from operators.inventory import scan_input
-    from operators.preprocessing import SamplingPolicy, preprocess_series
+    from operators.intake.inventory import scan_input
+    from operators.imaging.preprocessing import SamplingPolicy, preprocess_series
 
     batches = []
     for item in scan_input(folder):

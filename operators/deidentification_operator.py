@@ -7,10 +7,10 @@ import logging
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 from pydicom import Dataset
 
-from operators.burned_in_annotation import burned_in_phi_risk
-from operators.deidentification import Deidentifier, DeidentificationProfile, deidentify_series
-from operators.deidentification_profile import ProfileOptions
-from operators.preprocessing import SamplingPolicy, instances_to_use
+from operators.deid.burned_in_annotation import burned_in_phi_risk
+from operators.deid.deidentifier import Deidentifier, DeidentificationProfile, deidentify_series
+from operators.deid.profile import ProfileOptions
+from operators.imaging.preprocessing import SamplingPolicy, instances_to_use
 from operators.run_report import RunReport, timed_stage
 
 logger = logging.getLogger(__name__)

@@ -6,9 +6,11 @@ import logging
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from operators.backends import BackendSpec, create_backend
-from operators.classification import classify_series
-from operators.model_package import ModelPackage
+from operators.inference.backends.base import BackendSpec
+
+from operators.inference.backends.registry import create_backend
+from operators.inference.classification import classify_series
+from operators.inference.model_package import ModelPackage
 from operators.run_report import RunReport, timed_stage
 
 logger = logging.getLogger(__name__)
@@ -16,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 class ZeroShotInferenceOperator(Operator):
     """Input ``preprocessed`` (list of ``PreprocessedSeries``); output ``classifications`` (list of
-    ``SeriesClassification``). The backend (``operators.backends``) is created once at start; the
+    ``SeriesClassification``). The backend (``operators.inference.backends``) is created once at start; the
     operator does not depend on which one it is."""
 
     def __init__(

@@ -6,7 +6,7 @@ import logging
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from operators.preprocessing import SamplingPolicy, preprocess_series
+from operators.imaging.preprocessing import SamplingPolicy, preprocess_series
 from operators.run_report import RunReport, timed_stage
 
 logger = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from operators.atomic import write_atomically
-from operators.deidentification import ReidentificationMap
-from operators.inventory import InputFile
+from operators.deid.deidentifier import ReidentificationMap
+from operators.intake.inventory import InputFile
 
 USED = "used"
 SKIPPED = "skipped"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
 
-from operators.inventory import InputFile, scan_input
-from operators.loader_reconciliation import dropped_by_loader
+from operators.intake.inventory import InputFile, scan_input
+from operators.intake.loader_reconciliation import dropped_by_loader
 from operators.run_report import RunReport, timed_stage
 
 

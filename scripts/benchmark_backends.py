@@ -8,7 +8,7 @@ GPU (run on the lent H100/H200 through the device tool; no model package needed 
   builds the exact image tower (open_clip config, seeded random weights) and times, side by side with
   PyTorch eager fp32 in the same run: eager fp32/fp16/bf16, CUDA graphs fp16/bf16, FP8 (e4m3,
   torch._scaled_mm) with CUDA graphs, and with ``--compiled`` torch.compile + CUDA graphs fp16/bf16/fp8
-  (and bf16 without the kernel rewrites of ``operators.vit_kernels``, for the ratio), and the same with
+  (and bf16 without the kernel rewrites of ``operators.inference.backends.vit_kernels``, for the ratio), and the same with
   2 or 4 batches in flight on their own CUDA streams (``streams``; there a row's ms is for all of them
   and its img/s counts them all).
   With ``--onnxruntime`` (onnxruntime-gpu installed): ONNX Runtime's CUDA provider on the package's fp32
@@ -102,7 +102,11 @@ def time_gpu(run: Callable[[Any], Any], batch: Any, iterations: int) -> list[flo
 def gpu(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from operators.backends import BackendUnavailable, OnnxRuntimeBackend, TorchBackend
+    from operators.inference.backends.base import BackendUnavailable
+
+    from operators.inference.backends.onnxruntime import OnnxRuntimeBackend
+
+    from operators.inference.backends.pytorch import TorchBackend
 
     device = torch.device("cuda")
     props = torch.cuda.get_device_properties(device)
@@ -150,7 +154,9 @@ def gpu(args: argparse.Namespace) -> dict[str, Any]:
 
     def make_backend(options: dict[str, Any]) -> Any:
         if "onnx" not in options:
-            return TorchBackend(build_tower(), "cuda", **options)
+            streams = options.pop("streams", 1)
+            backend = TorchBackend(build_tower(), "cuda", **options)
+            return StreamLanes(backend, streams) if streams > 1 else backend
         backend = OnnxRuntimeBackend(options["onnx"], "pixel_values", "image_features", options["precision"],
                                      cuda_graphs=options["cuda_graphs"])
         if "CUDAExecutionProvider" not in backend.name:
@@ -196,6 +202,40 @@ def gpu(args: argparse.Namespace) -> dict[str, Any]:
         "torch": torch.__version__, "cuda": torch.version.cuda, "fidelity_images": len(images),
         "results": results, "unavailable": unavailable,
     } | ({"onnxruntime": importlib.import_module("onnxruntime").__version__} if args.onnxruntime else {})
+
+
+class StreamLanes:
+    """``streams`` batches in flight at once, each replaying its own CUDA graph on its own stream.
+
+    Measured on a lent H200 (BENCHMARKS.md): it adds images/s only while one batch leaves the GPU idle
+    (batch 1: x1.4-1.8, batch 8: +9 %), never past what one larger batch gives, and nothing at batch >= 64;
+    so the app runs one lane and only this benchmark uses more."""
+
+    def __init__(self, backend: Any, streams: int) -> None:
+        import torch
+
+        self.backend, self.streams = backend, streams
+        self.lanes = [torch.cuda.Stream(backend.device) for _ in range(streams)]
+        self.name = f"{backend.name}-{streams}streams"
+
+    def embed_tensors(self, batches: Sequence[Any]) -> list[Any]:
+        """Up to one device batch per lane; the outputs are the lanes' graph buffers, valid until the next call."""
+        import torch
+
+        if len(batches) > self.streams:
+            raise ValueError(f"{len(batches)} batches for {self.streams} streams")
+        main = torch.cuda.current_stream(self.backend.device)
+        outputs = []
+        for stream, batch in zip(self.lanes, batches):
+            graph, static_in, static_out = self.backend.graph_for(tuple(batch.shape), stream)
+            stream.wait_stream(main)  # the input is ready, the lane's last output has been read
+            with torch.cuda.stream(stream):
+                static_in.copy_(batch)
+                graph.replay()
+            outputs.append(static_out)
+        for stream in self.lanes[: len(batches)]:
+            main.wait_stream(stream)
+        return outputs
 
 
 def time_backend(name: str, backend: Any, batches: Sequence[int], images: np.ndarray) -> tuple[list[dict[str, Any]], np.ndarray]:
@@ -261,7 +301,7 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
-    from operators.backends import TorchBackend
+    from operators.inference.backends.pytorch import TorchBackend
 
     out: dict[str, Any] = {}
     top_kernels: dict[str, Any] = {}
@@ -293,8 +333,8 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------- CPU
 def cpu(args: argparse.Namespace) -> dict[str, Any]:
-    from operators.backends import OnnxRuntimeBackend
-    from operators.model_package import ModelPackage
+    from operators.inference.backends.onnxruntime import OnnxRuntimeBackend
+    from operators.inference.model_package import ModelPackage
 
     package = ModelPackage.load(args.package, verify=False)
     images = load_fidelity_set(args.fidelity)[: args.images]

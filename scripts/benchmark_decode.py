@@ -11,7 +11,7 @@ over syntaxes, ``--repeats`` times; medians are reported.
 
 Peak RSS: a fresh process per case decodes and preprocesses one generated 4096 x 4096 16-bit
 MONOCHROME1 image (a CR/MG-sized frame) stored native and as JPEG 2000 lossless, with this pipeline
-and with the one on branch ``main`` (``git show main:operators/preprocessing.py``), and reports
+and with the one on branch ``main`` (``git show main:operators/imaging/preprocessing.py``), and reports
 the peak RSS (VmHWM, reset just before) above the same process's RSS before decoding.
 
     .venv/bin/python scripts/benchmark_decode.py     # writes benchmarks/decode.json and BENCHMARKS.md's decode section
@@ -101,7 +101,7 @@ def big_endian(source: Dataset) -> Dataset:
 
 def jpeg_baseline(source: Dataset) -> Dataset:
     """``source`` windowed to 8 bits and encoded as JPEG baseline by Pillow (quality 90)."""
-    from operators.grey_levels import frame_to_unit
+    from operators.imaging.grey_levels import frame_to_unit
 
     ds = copy.deepcopy(source)
     pixels = np.rint(frame_to_unit(ds, ds.pixel_array, None) * 255).astype(np.uint8)
@@ -150,8 +150,8 @@ def rate(work: Callable[[], object], seconds: float) -> float:
 
 def images_per_second(datasets: dict[str, Dataset], repeats: int, seconds: float) -> dict[str, dict]:
     """Decode + preprocess (``preprocess_series`` of one single-frame instance), and decode alone."""
-    from operators.image_header import number_of_frames
-    from operators.preprocessing import SamplingPolicy, decode_frame, preprocess_series
+    from operators.intake.image_header import number_of_frames
+    from operators.imaging.preprocessing import SamplingPolicy, decode_frame, preprocess_series
 
     policy = SamplingPolicy(1)
 
@@ -219,7 +219,7 @@ print(before, status_kib("VmHWM:"))
 
 def peak_rss(work: Path, repeats: int) -> list[dict]:
     main_module = work / "preprocessing_main.py"
-    main_module.write_text(subprocess.run(["git", "show", "main:operators/preprocessing.py"], cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+    main_module.write_text(subprocess.run(["git", "show", "main:operators/imaging/preprocessing.py"], cwd=ROOT, capture_output=True, text=True, check=True).stdout)
     pipelines = {"this branch": ROOT / "operators" / "preprocessing.py", "main": main_module}
     results = []
     for syntax in (ExplicitVRLittleEndian, JPEG2000Lossless):

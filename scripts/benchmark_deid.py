@@ -43,7 +43,7 @@ from deid.dicom import replace_identifiers  # noqa: E402
 from dicognito.anonymizer import Anonymizer  # noqa: E402
 from dicomanonymizer import anonymize_dataset  # noqa: E402
 
-from operators.deidentification import Deidentifier, DeidentificationProfile  # noqa: E402
+from operators.deid.deidentifier import Deidentifier, DeidentificationProfile  # noqa: E402
 from scripts.make_sample_study import make_sample_study  # noqa: E402
 from tests.phi_corpus import SOURCES, dciodvfy_errors, make_phi_corpus  # noqa: E402
 

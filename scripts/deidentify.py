@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT))
 
 from app.settings import DeidentificationSettings, config_path  # noqa: E402
 from operators.atomic import write_atomically  # noqa: E402
-from operators.burned_in_annotation import burned_in_phi_risk  # noqa: E402
-from operators.deidentification import Deidentifier, DeidentificationProfile  # noqa: E402
-from operators.inventory import PIXEL_KEYWORDS  # noqa: E402
+from operators.deid.burned_in_annotation import burned_in_phi_risk  # noqa: E402
+from operators.deid.deidentifier import Deidentifier, DeidentificationProfile  # noqa: E402
+from operators.intake.inventory import PIXEL_KEYWORDS  # noqa: E402
 
 
 @dataclass

@@ -9,7 +9,7 @@ Every row is torch.compile + CUDA graphs, timed at batch 1 and 256 in one proces
 fp32 on the same 512 images:
 
 - bf16: timm's modules / + patch embedding as one GEMM / + GELU in fc1's cuBLASLt epilogue
-  (``operators.vit_kernels``);
+  (``operators.inference.backends.vit_kernels``);
 - FP8 per-tensor static scales (the product's FP8 path) with and without Hopper fast accumulation;
 - FP8 per-token activation x per-channel weight scales (dynamic), and INT8 the same way
   (``torch._int_mm``): finer scales, do they buy fidelity, what do they cost;
@@ -72,8 +72,10 @@ def variants(calibration: np.ndarray) -> list[tuple[str, Callable[[], Any]]]:
     """Name -> a TorchBackend (torch.compile + CUDA graphs) for each configuration."""
     import torch
 
-    from operators.backends import TorchBackend, replace_linears
-    from operators.vit_kernels import fuse_kernels
+    from operators.inference.backends.fp8 import replace_linears
+
+    from operators.inference.backends.pytorch import TorchBackend
+    from operators.inference.backends.vit_kernels import fuse_kernels
 
     def backend(tower: Any, precision: str = "bf16", **options: Any) -> TorchBackend:
         return TorchBackend(tower, "cuda", precision, compile=True, cuda_graphs=True, **options)
@@ -108,7 +110,7 @@ def variants(calibration: np.ndarray) -> list[tuple[str, Callable[[], Any]]]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from operators.backends import _fp8_linear, replace_linears
+    from operators.inference.backends.fp8 import _fp8_linear, replace_linears
 
     images = load_fidelity_set(args.fidelity)
 

@@ -19,8 +19,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from operators.inventory import scan_input  # noqa: E402
-from operators.preprocessing import (  # noqa: E402
+from operators.intake.inventory import scan_input  # noqa: E402
+from operators.imaging.preprocessing import (  # noqa: E402
     CLIP_MEAN,
     CLIP_STD,
     UnsupportedImage,

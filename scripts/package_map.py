@@ -38,7 +38,7 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from operators.model_package import ModelPackage, ModelPackageError  # noqa: E402
+from operators.inference.model_package import ModelPackage, ModelPackageError  # noqa: E402
 
 DEPLOY = ROOT / "deploy"
 APP_CONFIG = ROOT / "app.yaml"

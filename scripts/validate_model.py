@@ -20,8 +20,9 @@ sys.path.insert(0, str(ROOT))
 
 from models.builder import model_inputs_from_dicom  # noqa: E402
 from models.fidelity import embedding_fidelity  # noqa: E402
-from operators.backends import BackendSpec, create_backend, embed_in_batches  # noqa: E402
-from operators.model_package import ModelPackage  # noqa: E402
+from operators.inference.backends.base import BackendSpec, embed_in_batches  # noqa: E402
+from operators.inference.backends.registry import create_backend  # noqa: E402
+from operators.inference.model_package import ModelPackage  # noqa: E402
 
 
 def main() -> int:

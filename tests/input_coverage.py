@@ -28,9 +28,9 @@ from pydicom.uid import AllTransferSyntaxes, UID
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from operators.image_header import transfer_syntax_problem  # noqa: E402
-from operators.inventory import classify_file  # noqa: E402
-from operators.preprocessing import CLIP_MEAN, CLIP_STD, SamplingPolicy, preprocess_series  # noqa: E402
+from operators.intake.image_header import transfer_syntax_problem  # noqa: E402
+from operators.intake.inventory import classify_file  # noqa: E402
+from operators.imaging.preprocessing import CLIP_MEAN, CLIP_STD, SamplingPolicy, preprocess_series  # noqa: E402
 
 CORPORA = {
     "pydicom": Path(pydicom.__file__).parent / "data" / "test_files",

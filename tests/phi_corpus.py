@@ -31,7 +31,7 @@ from pydicom.data import get_testdata_file
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.uid import CTImageStorage
 
-from operators.deidentification_profile import TABLE_PATH, parse_tag
+from operators.deid.profile import TABLE_PATH, parse_tag
 
 DEID_DATA = Path(__import__("deid_data").__file__).parent / "data"
 #: Real images of the corpus: CT and MR (pydicom), enhanced multi-frame MR (pydicom), DX with fake PHI

@@ -13,9 +13,15 @@ import numpy as np
 import onnx
 import pytest
 
-from operators.backends import BackendSpec, BackendUnavailable, OnnxRuntimeBackend, TorchBackend, create_backend
-from operators.model_package import MissingArtefact, ModelPackage
-from operators.tensorrt_backend import EngineKey, EngineOptions, cached_engine
+from operators.inference.backends.base import BackendSpec, BackendUnavailable
+
+from operators.inference.backends.onnxruntime import OnnxRuntimeBackend
+
+from operators.inference.backends.pytorch import TorchBackend
+
+from operators.inference.backends.registry import create_backend
+from operators.inference.model_package import MissingArtefact, ModelPackage
+from operators.inference.backends.tensorrt import EngineKey, EngineOptions, cached_engine
 from scripts.make_fidelity_set import make_set, to_pixel_values
 
 
@@ -58,7 +64,7 @@ def test_fused_kernel_rewrites_keep_the_embeddings(package: ModelPackage, images
     checked in fp32 on the CPU, where PyTorch's GELU epilogue is the exact GELU."""
     import torch
 
-    from operators.vit_kernels import GeluEpilogueMlp, PatchEmbeddingGemm, fuse_kernels
+    from operators.inference.backends.vit_kernels import GeluEpilogueMlp, PatchEmbeddingGemm, fuse_kernels
 
     x = torch.from_numpy(images[:4])
     tower = package.image_tower().eval()
@@ -199,7 +205,7 @@ def test_tensorrt_engine_builds_and_matches_fp32(package: ModelPackage, images: 
 
     if not torch.cuda.is_available():
         pytest.skip("TensorRT needs a CUDA GPU; this machine has none")
-    from operators.tensorrt_backend import TensorRTBackend
+    from operators.inference.backends.tensorrt import TensorRTBackend
 
     reference = _onnx(package, "fp32").embed(images[:8])
     backend = TensorRTBackend(package.artefact("fp16", ()), EngineOptions("fp16", max_batch=8, opt_batch=8), tmp_path)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from operators.deidentification import Deidentifier, DeidentificationProfile, deidentify_series
-from operators.deidentification_profile import TABLE_PATH, Action, ProfileOptions, parse_tag, resolve_combined
+from operators.deid.deidentifier import Deidentifier, DeidentificationProfile, deidentify_series
+from operators.deid.profile import TABLE_PATH, Action, ProfileOptions, parse_tag, resolve_combined
 
 SAMPLE = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests" / "98892001"
 UID_PATTERN = re.compile(r"2\.25\.(0|[1-9][0-9]*)")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from operators.deidentification import Deidentifier, DeidentificationProfile
-from operators.deidentification_profile import METHOD_CODES, TABLE_PATH, ProfileOptions, parse_tag
+from operators.deid.deidentifier import Deidentifier, DeidentificationProfile
+from operators.deid.profile import METHOD_CODES, TABLE_PATH, ProfileOptions, parse_tag
 from tests.phi_corpus import (
     SAFE_PRIVATE_CREATOR,
     SAFE_PRIVATE_ELEMENT,

@@ -11,8 +11,8 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from operators.deidentification import Deidentifier, DeidentificationProfile
-from operators.deidentification_profile import ProfileOptions
+from operators.deid.deidentifier import Deidentifier, DeidentificationProfile
+from operators.deid.profile import ProfileOptions
 from tests.phi_corpus import SOURCES, dciodvfy_errors
 from tests.test_deidentification import SAMPLE
 

@@ -16,9 +16,9 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
 from pydicom.uid import HTJ2K, HTJ2KLossless, UID
 
-from operators.image_header import number_of_frames
-from operators.inventory import classify_file
-from operators.preprocessing import SamplingPolicy, decode_frame, model_input, preprocess_series
+from operators.intake.image_header import number_of_frames
+from operators.intake.inventory import classify_file
+from operators.imaging.preprocessing import SamplingPolicy, decode_frame, model_input, preprocess_series
 from tests.input_coverage import CLASSIFIED, REFUSED, SKIPPED, Outcome, all_outcomes, documented_table, table
 
 NOT_DICOM = "not a DICOM file (no 'DICM' prefix after a 128-byte preamble; PS3.10 7.1)"

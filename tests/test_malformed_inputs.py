@@ -17,7 +17,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from operators.inventory import scan_input
+from operators.intake.inventory import scan_input
 from tests.conftest import ROOT, tree_digest
 from tests.malformed_corpus import CASES, Expected, write_malformed_corpus
 

@@ -10,8 +10,11 @@ import pytest
 import torch
 
 from models.builder import load_biomedclip
-from operators.backends import BackendSpec, OnnxRuntimeBackend, TorchBackend, create_backend
-from operators.model_package import ModelPackage, ModelPackageError
+from operators.inference.backends.base import BackendSpec
+from operators.inference.backends.onnxruntime import OnnxRuntimeBackend
+from operators.inference.backends.pytorch import TorchBackend
+from operators.inference.backends.registry import create_backend
+from operators.inference.model_package import ModelPackage, ModelPackageError
 from tests.conftest import SEED
 
 

@@ -12,8 +12,8 @@ from pydicom.pixels import apply_color_lut
 from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless, generate_uid
 
-from operators.grey_levels import GreyTransform, frame_to_unit, weighted_percentiles, window_linear
-from operators.preprocessing import (
+from operators.imaging.grey_levels import GreyTransform, frame_to_unit, weighted_percentiles, window_linear
+from operators.imaging.preprocessing import (
     CLIP_MEAN,
     CLIP_STD,
     SamplingPolicy,

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from operators.zero_shot import LabelSet, ZeroShotHead, aggregate_series, ensemble_prompt_embeddings
+from operators.inference.zero_shot import LabelSet, ZeroShotHead, aggregate_series, ensemble_prompt_embeddings
 
 
 def test_probabilities_follow_the_clip_formula() -> None:

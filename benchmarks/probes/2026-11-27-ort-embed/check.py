@@ -16,7 +16,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 from models.builder import export_onnx, export_onnx_fused_for_onnxruntime  # noqa: E402
-from operators.backends import BackendUnavailable, OnnxRuntimeBackend  # noqa: E402
+from operators.inference.backends.base import BackendUnavailable  # noqa: E402
+from operators.inference.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 from scripts.benchmark_backends import build_tower  # noqa: E402
 
 folder = Path(tempfile.mkdtemp())

@@ -1,7 +1,7 @@
 """Exploration: residual adds in the GEMM epilogue + a hand-written LayerNorm (issue 5, fp16 >= 15k img/s).
 
 Kept as the record of results.txt. Neither change paid, so the code it measures was removed after the run:
-ResidualStreamBlocks (operators/vit_kernels.py), operators/triton_layer_norm.py and
+ResidualStreamBlocks (operators/inference/backends/vit_kernels.py), operators/triton_layer_norm.py and
 TorchBackend(residual_stream=...) live at commit a52a607. To rerun, check that commit out and run on the
 lent GPU from the repository root, with the fidelity set in .bench/ and open_clip/timm installed:
 
@@ -23,7 +23,7 @@ from triton.testing import do_bench
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 from scripts.benchmark_backends import build_tower, fidelity, kernel_group, load_fidelity_set, time_gpu  # noqa: E402
-from operators.backends import TorchBackend  # noqa: E402
+from operators.inference.backends.pytorch import TorchBackend  # noqa: E402
 from operators.triton_layer_norm import shifted_layer_norm  # noqa: E402
 
 dev = torch.device("cuda")

@@ -33,8 +33,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from operators.atomic import write_atomically
-from operators.backends import BackendSpec, BackendUnavailable
-from operators.model_package import ModelPackage, sha256_file
+from operators.inference.backends.base import BackendSpec, BackendUnavailable
+from operators.inference.model_package import ModelPackage, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +171,10 @@ class TensorRTBackend:
         self.max_batch = options.max_batch
         self.stream = torch.cuda.Stream(self.device)
         self.name = f"tensorrt-{trt.__version__}-{options.precision}"
+
+    @staticmethod
+    def needs_gpu(spec: BackendSpec) -> bool:
+        return True
 
     @classmethod
     def from_package(cls, package: ModelPackage, spec: BackendSpec) -> "TensorRTBackend":

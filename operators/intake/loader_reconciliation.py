@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from pydicom import Dataset, dcmread
 
-from operators.inventory import InputFile
+from operators.intake.inventory import InputFile
 
 PositionKey = tuple[str, tuple[float, ...]]
 

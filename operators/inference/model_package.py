@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from operators.zero_shot import LabelSet, ZeroShotHead
+from operators.inference.zero_shot import LabelSet, ZeroShotHead
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -102,10 +102,6 @@ class ModelPackage:
     @property
     def is_random_init(self) -> bool:
         return bool(self.manifest["weights"]["random_init"])
-
-    @property
-    def onnx_path(self) -> Path:
-        return self.root / self.manifest["image_encoder"]["onnx"]
 
     def variants(self) -> dict[str, str]:
         return {"fp32": self.manifest["image_encoder"]["onnx"], **self.manifest["image_encoder"].get("variants", {})}

@@ -4,7 +4,7 @@ as data.
 ``data/ps3_15_table_e1_1.json`` holds every row of Table E.1-1 (DICOM 2024b): the Basic Profile action and
 the action of each option column, plus the rows added to the table up to 2026c (Basic Profile column
 only) and the sample Safe Private Attributes of Table E.3.10-1. This module turns the table and the
-options a site chose into one resolved action per tag; ``operators.deidentification`` applies them.
+options a site chose into one resolved action per tag; ``operators.deid.deidentifier`` applies them.
 
 Combined actions (X/Z, X/D, Z/D, X/Z/D, X/Z/U*) let the de-identifier keep an attribute where the IOD
 requires it. Without the IOD's attribute types at hand this implementation takes the choice that is

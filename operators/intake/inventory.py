@@ -3,7 +3,7 @@ others are not used.
 
 Reads headers only (values over 1 KB, such as Pixel Data, are skipped, not read), so that damaged,
 truncated, unsupported or oversized images are refused before the SDK loader reads them whole or a
-decoder touches them (checks: ``operators.image_header``). Non-image SOP classes (SR, RTSTRUCT,
+decoder touches them (checks: ``operators.intake.image_header``). Non-image SOP classes (SR, RTSTRUCT,
 presentation states, key object selection, waveforms, DICOMDIR…) are recognised by having no pixel
 data, and named by their SOP Class, never by anything about the patient.
 
@@ -27,8 +27,8 @@ from pydicom.datadict import keyword_for_tag
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-from operators.image_header import UNDEFINED_LENGTH, header_problem
-from operators.input_tree import walk_input
+from operators.intake.image_header import UNDEFINED_LENGTH, header_problem
+from operators.intake.input_tree import walk_input
 
 logger = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from operators.backends import ImageEmbeddingBackend, embed_in_batches
-from operators.preprocessing import ImageRef, PreprocessedSeries
-from operators.zero_shot import ZeroShotHead, aggregate_series
+from operators.inference.backends.base import ImageEmbeddingBackend, embed_in_batches
+from operators.imaging.preprocessing import ImageRef, PreprocessedSeries
+from operators.inference.zero_shot import ZeroShotHead, aggregate_series
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
 """DICOM image -> BiomedCLIP input tensor, per image (each slice of a series, each frame of a multi-frame).
 
-Before decoding, the header is checked (``operators.image_header``: transfer syntax, Image Pixel
+Before decoding, the header is checked (``operators.intake.image_header``: transfer syntax, Image Pixel
 Module, pixel data length, size caps). One frame is decoded at a time by pydicom's pixel decoders
 (native, deflated, RLE, JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, HTJ2K); YBR_* colour
 comes back as RGB.
 
-Intensity: grey frames go through the PS3.4 grey-level pipeline (``operators.grey_levels``:
+Intensity: grey frames go through the PS3.4 grey-level pipeline (``operators.imaging.grey_levels``:
 Modality LUT -> VOI -> presentation, per frame for enhanced multi-frame images, with a per-modality
 fallback window). PALETTE COLOR is mapped through its palette (PS3.3 C.7.6.3.1.5); colour frames are
 scaled by their bit depth.
@@ -28,8 +28,8 @@ from pydicom import Dataset
 from pydicom.pixels import apply_color_lut, get_decoder
 from pydicom.uid import ExplicitVRBigEndian
 
-from operators.grey_levels import frame_to_unit
-from operators.image_header import header_problem, number_of_frames
+from operators.imaging.grey_levels import frame_to_unit
+from operators.intake.image_header import header_problem, number_of_frames
 
 IMAGE_SIZE = 224
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)

@@ -30,9 +30,9 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from operators.atomic import write_atomically
-from operators.classification import SeriesClassification
-from operators.deidentification import ReidentificationMap
-from operators.zero_shot import ZERO_SHOT_PROBABILITY, LabelSet
+from operators.inference.classification import SeriesClassification
+from operators.deid.deidentifier import ReidentificationMap
+from operators.inference.zero_shot import ZERO_SHOT_PROBABILITY, LabelSet
 
 MANUFACTURER = "BiomedCLIP MAP (research use only)"
 #: A fixed UID identifies this application as the observing device across all its reports.
@@ -168,7 +168,7 @@ def warm_up(labels: LabelSet, algorithm: Algorithm) -> None:
     tables (~0.6 s, once per process) at start-up, beside the model, not inside the first study."""
     import numpy as np
 
-    from operators.preprocessing import ImageRef
+    from operators.imaging.preprocessing import ImageRef
 
     study, series, image = generate_uid(), generate_uid(), generate_uid()
     reid = ReidentificationMap(uids={study: study, series: series, image: image}, studies={study: Dataset()})

@@ -2,7 +2,7 @@
 (DICOM PS3.15 Annex E, Table E.1-1) and the options a site chose, with UIDs replaced by a keyed hash and an
 in-memory re-identification map.
 
-The table is data (``operators/deidentification_profile.py``); ``Deidentifier`` applies it to every
+The table is data (``operators/deid/profile.py``); ``Deidentifier`` applies it to every
 element of the dataset and of every sequence item, at any depth (E.1.1: "whether contained in the main
 dataset or embedded in an Item of a Sequence of Items"), then records what was done (Patient Identity
 Removed, De-identification Method and its CID 7050 codes, Longitudinal Temporal Information Modified)
@@ -32,7 +32,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID
 
-from operators.deidentification_profile import Action, DeidentificationProfile, SafePrivateAttribute
+from operators.deid.profile import Action, DeidentificationProfile, SafePrivateAttribute
 
 #: Root of the UIDs this app generates: "2.25." + a 128-bit integer (PS3.5 Annex B.2), at most 44 characters.
 UID_ROOT = "2.25."

@@ -1,0 +1,82 @@
+"""The image-embedding backends by name, and the choice of one: adding a backend is a module beside
+this one and a line in ``BACKENDS`` (and its name in ``base.BACKEND_NAMES``).
+
+A backend turns a float32 batch ``N x 3 x 224 x 224`` (already preprocessed) into image features
+``N x D`` (float32, not normalised); normalisation and the zero-shot head live in
+``operators.inference.zero_shot``.
+
+| backend       | devices   | precisions                      | notes                                             |
+|---------------|-----------|---------------------------------|---------------------------------------------------|
+| ``tensorrt``  | CUDA      | fp16, int8 (Q/DQ ONNX), fp32    | engine built on the target GPU, cached on disk    |
+| ``onnxruntime``| CUDA, CPU| fp32, fp16, int8 (dynamic, Q/DQ)| CUDA provider where ``onnxruntime-gpu`` is present |
+| ``pytorch``   | CUDA, CPU | fp32, fp16, bf16, fp8 (Hopper)  | optional ``torch.compile`` and CUDA graphs        |
+
+``auto`` takes the first that loads, in this order: TensorRT fp16 on a CUDA GPU; PyTorch bf16 with
+CUDA graphs on a CUDA GPU; ONNX Runtime on the CPU, INT8 (dynamic) where the package has that
+artefact (measured 2.2-2.6x faster than fp32 at cosine >= 0.998 on 2 cores, BENCHMARKS.md), else fp32.
+The chosen backend's name goes into the log and the SR's algorithm parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from operators.inference.backends.base import (
+    BACKEND_NAMES,
+    BackendFactory,
+    BackendSpec,
+    BackendUnavailable,
+    ImageEmbeddingBackend,
+)
+from operators.inference.backends.onnxruntime import OnnxRuntimeBackend
+from operators.inference.backends.pytorch import TorchBackend
+from operators.inference.backends.tensorrt import TensorRTBackend
+from operators.inference.model_package import MissingArtefact, ModelPackage
+
+logger = logging.getLogger(__name__)
+
+BACKENDS: dict[str, BackendFactory] = {
+    "tensorrt": TensorRTBackend,
+    "onnxruntime": OnnxRuntimeBackend,
+    "pytorch": TorchBackend,
+}
+if tuple(BACKENDS) != BACKEND_NAMES:
+    raise ImportError(f"backends.base.BACKEND_NAMES {BACKEND_NAMES} does not list the registry's {tuple(BACKENDS)}")
+
+
+def auto_candidates(package: ModelPackage) -> list[BackendSpec]:
+    """The documented ``auto`` order, best first."""
+    cpu_onnx = BackendSpec("onnxruntime", "int8" if package.has_artefact("int8") else "fp32")
+    return [
+        BackendSpec("tensorrt", "fp16"),
+        BackendSpec("pytorch", "bf16", cuda_graphs=True),
+        cpu_onnx,
+        BackendSpec("pytorch", "fp32"),
+    ]
+
+
+def create_backend(spec: BackendSpec, package: ModelPackage) -> ImageEmbeddingBackend:
+    if spec.backend != "auto":
+        return BACKENDS[spec.backend].from_package(package, spec)
+    reasons = []
+    for candidate in auto_candidates(package):
+        factory = BACKENDS[candidate.backend]
+        if factory.needs_gpu(candidate) and not _cuda_available():
+            reasons.append(f"{candidate.backend}-{candidate.precision}: no CUDA device")
+            continue
+        try:
+            backend = factory.from_package(package, candidate)
+        except (BackendUnavailable, MissingArtefact, ImportError) as exc:
+            reasons.append(f"{candidate.backend}-{candidate.precision}: {exc}")
+            continue
+        logger.info("Backend auto-selected: %s (skipped: %s)", backend.name, "; ".join(reasons) or "none")
+        return backend
+    raise BackendUnavailable("no inference backend could be loaded: " + "; ".join(reasons))
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
