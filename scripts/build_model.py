@@ -13,9 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.builder import DEFAULT_CALIBRATION, DEFAULT_LABELS, HUB_ID, VARIANTS, build_package  # noqa: E402
+from models.builder import DEFAULT_CALIBRATION, DEFAULT_LABELS, HUB_ID, VARIANTS, build_package
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,13 +27,12 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from app.settings import DeidentificationSettings, config_path  # noqa: E402
-from operators.atomic import write_atomically  # noqa: E402
-from operators.deid.burned_in_annotation import burned_in_phi_risk  # noqa: E402
-from operators.deid.deidentifier import Deidentifier, DeidentificationProfile  # noqa: E402
-from operators.intake.inventory import PIXEL_KEYWORDS  # noqa: E402
+from app.settings import DeidentificationSettings, config_path
+from operators.atomic import write_atomically
+from operators.deid.burned_in_annotation import burned_in_phi_risk
+from operators.deid.deidentifier import Deidentifier, DeidentificationProfile
+from operators.intake.inventory import PIXEL_KEYWORDS
 
 
 @dataclass

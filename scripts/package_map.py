@@ -36,9 +36,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from operators.inference.model_package import ModelPackage, ModelPackageError  # noqa: E402
+from operators.inference.model_package import ModelPackage, ModelPackageError
 
 DEPLOY = ROOT / "deploy"
 APP_CONFIG = ROOT / "app.yaml"

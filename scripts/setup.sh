@@ -13,6 +13,11 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
   echo "$want" > "$stamp"
 fi
+# This checkout's packages (pyproject.toml), so that scripts/, benchmarks/ and tests/ import them without path patches.
+here=$(pwd)
+if [ "$(cd / && "$here/.venv/bin/python" -c 'import operators, os; print(os.path.dirname(os.path.dirname(operators.__file__)))' 2>/dev/null)" != "$here" ]; then
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+fi
 
 # dciodvfy (dicom3tools) validates the SRs in the tests; dcmtk and Orthanc are real DICOM network peers.
 if { ! command -v dciodvfy || ! command -v storescp || ! command -v Orthanc; } >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

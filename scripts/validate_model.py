@@ -16,13 +16,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from models.builder import model_inputs_from_dicom  # noqa: E402
-from models.fidelity import embedding_fidelity  # noqa: E402
-from operators.inference.backends.base import BackendSpec, embed_in_batches  # noqa: E402
-from operators.inference.backends.registry import create_backend  # noqa: E402
-from operators.inference.model_package import ModelPackage  # noqa: E402
+from models.builder import model_inputs_from_dicom
+from models.fidelity import embedding_fidelity
+from operators.inference.backends.base import BackendSpec, embed_in_batches
+from operators.inference.backends.registry import create_backend
+from operators.inference.model_package import ModelPackage
 
 
 def main() -> int:

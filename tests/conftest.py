@@ -12,13 +12,22 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ["HF_HUB_OFFLINE"] = "1"  # a wrong local path then fails at once instead of retrying a hub
 
+# after HF_HUB_OFFLINE: huggingface_hub reads it when first imported
 from models.builder import DEFAULT_LABELS, VARIANTS, build_package  # noqa: E402
 from scripts.make_sample_study import make_sample_study  # noqa: E402
 
 SEED = 0
+#: Markers every test of a tier gets (pyproject.toml lists them): ``-m "not slow"`` is the fast loop.
+TIER_MARKERS = {"integration": ("slow",), "network": ("slow", "network")}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = item.path.relative_to(ROOT / "tests").parts[0]
+        for marker in TIER_MARKERS.get(tier, ()):
+            item.add_marker(marker)
 
 
 @pytest.fixture(scope="session")

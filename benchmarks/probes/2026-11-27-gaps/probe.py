@@ -21,9 +21,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT))
-from scripts.benchmark_backends import build_tower, time_gpu  # noqa: E402
-from operators.inference.backends.pytorch import TorchBackend  # noqa: E402
+from benchmarks.gpu import build_tower, time_gpu
+from operators.inference.backends.pytorch import TorchBackend
 
 print("torch", torch.__version__, torch.cuda.get_device_name(), flush=True)
 

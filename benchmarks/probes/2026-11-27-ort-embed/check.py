@@ -14,11 +14,10 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT))
-from models.builder import export_onnx, export_onnx_fused_for_onnxruntime  # noqa: E402
-from operators.inference.backends.base import BackendUnavailable  # noqa: E402
-from operators.inference.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
-from scripts.benchmark_backends import build_tower  # noqa: E402
+from models.builder import export_onnx, export_onnx_fused_for_onnxruntime
+from operators.inference.backends.base import BackendUnavailable
+from operators.inference.backends.onnxruntime import OnnxRuntimeBackend
+from benchmarks.gpu import build_tower
 
 folder = Path(tempfile.mkdtemp())
 path, plain_export = folder / "fused-fp16.onnx", folder / "plain-fp32.onnx"

@@ -21,10 +21,9 @@ import torch.nn.functional as F
 from triton.testing import do_bench
 
 ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT))
-from scripts.benchmark_backends import build_tower, fidelity, kernel_group, load_fidelity_set, time_gpu  # noqa: E402
-from operators.inference.backends.pytorch import TorchBackend  # noqa: E402
-from operators.triton_layer_norm import shifted_layer_norm  # noqa: E402
+from benchmarks.gpu import build_tower, fidelity, kernel_group, load_fidelity_set, time_gpu
+from operators.inference.backends.pytorch import TorchBackend
+from operators.triton_layer_norm import shifted_layer_norm
 
 dev = torch.device("cuda")
 print("torch", torch.__version__, torch.cuda.get_device_name(), flush=True)

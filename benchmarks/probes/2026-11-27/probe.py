@@ -16,9 +16,8 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT))
-from scripts.benchmark_backends import build_tower, load_fidelity_set, fidelity, time_gpu  # noqa
-from operators import backends as B  # noqa
+from benchmarks.gpu import build_tower, load_fidelity_set, fidelity, time_gpu
+from operators import backends as B
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 torch.backends.cuda.matmul.allow_tf32 = False

@@ -1,7 +1,7 @@
 """Kernel-level rewrites of the BiomedCLIP image tower (timm ViT-B/16) for CUDA inference.
 
 Same function, fewer and faster kernels. Measured on a lent H200, batch 256, torch.compile + CUDA
-graphs, bf16 (``scripts/gpu_ablations.py``, BENCHMARKS.md):
+graphs, bf16 (``benchmarks/gpu_ablations.py``, BENCHMARKS.md):
 
 - The patch embedding is a 16x16 stride-16 convolution; cuDNN runs it as an implicit GEMM between two
   NCHW<->NHWC layout transposes (2.2 ms of a 19 ms batch). As one GEMM over the unfolded patches it

@@ -5,7 +5,7 @@ deid-data, through the app's own preprocessing, topped up to ``--count`` with se
 and flips of those images. Stored as 224 x 224 grey uint8 (the [0, 1] intensity before CLIP
 normalisation; colour images as luminance) so that it travels to a GPU machine: 512 images = 25 MB.
 
-    .venv/bin/python scripts/make_fidelity_set.py --count 512 --out .bench/fidelity.npz
+    .venv/bin/python -m benchmarks.fidelity_set --count 512 --out .bench/fidelity.npz
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from operators.intake.inventory import scan_input  # noqa: E402
-from operators.imaging.preprocessing import (  # noqa: E402
+from operators.intake.inventory import scan_input
+from operators.imaging.preprocessing import (
     CLIP_MEAN,
     CLIP_STD,
     UnsupportedImage,

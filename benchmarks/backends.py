@@ -3,7 +3,7 @@
 
 GPU (run on the lent H100/H200 through the device tool; no model package needed there):
 
-    python scripts/benchmark_backends.py gpu --fidelity .bench/fidelity.npz --out $OUT/gpu.json [--compiled | --onnxruntime]
+    python -m benchmarks.backends gpu --fidelity .bench/fidelity.npz --out $OUT/gpu.json [--compiled | --onnxruntime]
 
   builds the exact image tower (open_clip config, seeded random weights) and times, side by side with
   PyTorch eager fp32 in the same run: eager fp32/fp16/bf16, CUDA graphs fp16/bf16, FP8 (e4m3,
@@ -19,11 +19,11 @@ GPU (run on the lent H100/H200 through the device tool; no model package needed 
 CPU (here): ONNX Runtime fp32 vs INT8 dynamic vs INT8 Q/DQ (MatMul/Gemm/Conv) from a package built
 with ``--variants``:
 
-    .venv/bin/python scripts/benchmark_backends.py cpu --package models/biomedclip-variants --out benchmarks/backends_cpu.json
+    .venv/bin/python -m benchmarks.backends cpu --package models/biomedclip-variants --out benchmarks/backends_cpu.json
 
 Report (JSON -> BENCHMARKS.md section + PNG):
 
-    .venv/bin/python scripts/benchmark_backends.py report benchmarks/backends_gpu.json benchmarks/backends_cpu.json
+    .venv/bin/python -m benchmarks.backends report benchmarks/backends_gpu.json benchmarks/backends_cpu.json
 
 Fidelity: cosine (min, mean) of each configuration's embeddings vs fp32 on the fidelity set (512 real
 images, ``make_fidelity_set.py``), and top-1 agreement of a 20-label zero-shot decision. With random
@@ -49,56 +49,17 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from scripts.benchmark_common import cpu_name, write_section  # noqa: E402
+from benchmarks.common import cpu_name, write_section
+from benchmarks.gpu import build_tower, fidelity, kernel_group, load_fidelity_set, time_gpu
 
-from models.fidelity import embedding_fidelity  # noqa: E402
 
 BATCHES = (1, 8, 64, 256)
-LABELS = 20
 FLOPS_PER_IMAGE = 35.1e9  # ViT-B/16 at 224 + projection (facts.md)
 BEGIN, END = "<!-- backends:begin -->", "<!-- backends:end -->"
 
 
-def fidelity(features: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    """The first ``LABELS`` fp32 embeddings act as the label set; the rest are scored against them."""
-    return embedding_fidelity(features[LABELS:], reference[LABELS:], reference[:LABELS])
-
-
-def load_fidelity_set(path: Path, part: str = "images") -> np.ndarray:
-    from scripts.make_fidelity_set import to_pixel_values
-
-    return to_pixel_values(np.load(path)[part])
-
-
 # ----------------------------------------------------------------------------------------------- GPU
-def build_tower(seed: int = 0) -> Any:
-    import torch
-    from open_clip.model import CLIPVisionCfg, _build_vision_tower
-
-    config = json.loads((ROOT / "models" / "biomedclip_open_clip_config.json").read_text())["model_cfg"]
-    torch.manual_seed(seed)
-    return _build_vision_tower(config["embed_dim"], CLIPVisionCfg(**config["vision_cfg"])).eval()
-
-
-def time_gpu(run: Callable[[Any], Any], batch: Any, iterations: int) -> list[float]:
-    import torch
-
-    for _ in range(3):
-        run(batch)
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iterations):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        run(batch)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return times
-
-
 def gpu(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -281,21 +242,6 @@ def onnxruntime_configs(folder: Path) -> list[tuple[str, dict[str, Any]]]:
             for fused in (False, True) for precision in ("fp32", "fp16") for graphs in (False, True)]
 
 
-def kernel_group(name: str) -> str:
-    """Inductor names its Triton kernels after every op they fuse (an FP8 quantisation feeding
-    ``_scaled_mm`` has "scaled_mm" in its name), so Triton kernels are grouped by what they compute."""
-    name = name.lower()
-    if name.startswith("triton_"):
-        if "layer_norm" in name:
-            return "layernorm (+ residual add, fp8 quantisation)"
-        return "gelu (+ fp8 quantisation)" if "gelu" in name else "other elementwise/copies"
-    if any(k in name for k in ("sdpa", "flash", "fmha", "attention")):
-        return "attention"
-    if any(k in name for k in ("gemm", "nvjet", "cutlass", "xmma", "matmul", "sm90")):
-        return "gemm (fp16: with the GELU epilogue)"
-    return "other elementwise/copies"
-
-
 def profile(args: argparse.Namespace) -> dict[str, Any]:
     """Where the GPU time goes at batch 256: kernel time grouped by kind (compiled fp16; compiled fp8 static)."""
     import torch
@@ -368,10 +314,10 @@ def cpu(args: argparse.Namespace) -> dict[str, Any]:
 
 # -------------------------------------------------------------------------------------------- report
 def report(paths: list[Path], out_dir: Path) -> str:
-    from scripts.gpu_ablations import report as ablation_tables
+    from benchmarks.gpu_ablations import report as ablation_tables
 
     runs = [json.loads(p.read_text()) for p in paths]
-    lines = [BEGIN, "## Inference backends (`scripts/benchmark_backends.py`)", ""]
+    lines = [BEGIN, "## Inference backends (`benchmarks/backends.py`)", ""]
     for run in runs:
         if run["kind"] == "profile":
             lines += profile_table(run)

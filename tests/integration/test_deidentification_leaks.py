@@ -16,7 +16,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from tests.conftest import ROOT, tree_digest
-from tests.phi_corpus import DEID_DATA, PhiCorpus, make_phi_corpus
+from tests.support.phi_corpus import DEID_DATA, PhiCorpus, make_phi_corpus
 
 SECRET_ENV = {"BIOMEDCLIP_DEID_SECRET": "leak-test-secret"}
 UID_VALUE = re.compile(r"2\.25\.(0|[1-9][0-9]*)")

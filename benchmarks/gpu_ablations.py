@@ -3,7 +3,7 @@
 
 Run on the lent H100/H200 (as ``benchmark_backends.py gpu``; needs the fidelity set):
 
-    python scripts/gpu_ablations.py --fidelity .bench/fidelity.npz --out $OUT/ablations.json
+    python -m benchmarks.gpu_ablations --fidelity .bench/fidelity.npz --out $OUT/ablations.json
 
 Every row is torch.compile + CUDA graphs, timed at batch 1 and 256 in one process, fidelity vs eager
 fp32 on the same 512 images:
@@ -30,9 +30,8 @@ from typing import Any, Callable
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from scripts.benchmark_backends import build_tower, fidelity, load_fidelity_set, time_gpu  # noqa: E402
+from benchmarks.gpu import build_tower, fidelity, load_fidelity_set, time_gpu
 
 FP8_MAX, INT8_MAX = 448.0, 127.0
 
@@ -146,7 +145,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(data: dict[str, Any]) -> str:
-    lines = [f"#### Ablations on {data['device']} (`scripts/gpu_ablations.py`; torch.compile + CUDA graphs, "
+    lines = [f"#### Ablations on {data['device']} (`benchmarks/gpu_ablations.py`; torch.compile + CUDA graphs, "
              f"fidelity vs eager fp32 on {data['fidelity_images']} images)", "",
              "| configuration | bs1 ms | bs256 img/s | cosine min / mean | top-1 agreement |", "|---|---:|---:|---:|---:|"]
     for row in data["compiled"]:

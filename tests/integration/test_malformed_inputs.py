@@ -1,4 +1,4 @@
-"""Bad input, case by case (``tests/malformed_corpus.py``): each file gets its reason in the
+"""Bad input, case by case (``tests/support/malformed_corpus.py``): each file gets its reason in the
 inventory and in ``run_report.json``, the rest of the input goes on, the input is not modified,
 nothing is left half-written, and the exit code says whether none, some or all inputs failed."""
 
@@ -19,7 +19,7 @@ from pydicom.uid import generate_uid
 
 from operators.intake.inventory import scan_input
 from tests.conftest import ROOT, tree_digest
-from tests.malformed_corpus import CASES, Expected, write_malformed_corpus
+from tests.support.malformed_corpus import CASES, Expected, write_malformed_corpus
 
 #: root reads any file; without these capabilities it meets file permissions like any user
 DROP_FILE_OVERRIDE = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]

@@ -12,7 +12,7 @@ import pytest
 
 from operators.deid.deidentifier import Deidentifier, DeidentificationProfile
 from operators.deid.profile import METHOD_CODES, TABLE_PATH, ProfileOptions, parse_tag
-from tests.phi_corpus import (
+from tests.support.phi_corpus import (
     SAFE_PRIVATE_CREATOR,
     SAFE_PRIVATE_ELEMENT,
     SAFE_PRIVATE_GROUP,

@@ -5,7 +5,7 @@ sampling, decoding and preprocessing (``preprocess_series``, default policy of 1
 Each file is classified on its own: the duplicate-UID rule is a property of a folder, and these
 packages ship twins of one instance in several transfer syntaxes.
 
-    .venv/bin/python -m tests.input_coverage     # rewrites the table in docs/input-coverage.md
+    .venv/bin/python -m tests.support.input_coverage     # rewrites the table in docs/input-coverage.md
 """
 
 from __future__ import annotations
@@ -25,12 +25,11 @@ import pydicom
 from pydicom.pixels import get_decoder
 from pydicom.uid import AllTransferSyntaxes, UID
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]
 
-from operators.intake.image_header import transfer_syntax_problem  # noqa: E402
-from operators.intake.inventory import classify_file  # noqa: E402
-from operators.imaging.preprocessing import CLIP_MEAN, CLIP_STD, SamplingPolicy, preprocess_series  # noqa: E402
+from operators.intake.image_header import transfer_syntax_problem
+from operators.intake.inventory import classify_file
+from operators.imaging.preprocessing import CLIP_MEAN, CLIP_STD, SamplingPolicy, preprocess_series
 
 CORPORA = {
     "pydicom": Path(pydicom.__file__).parent / "data" / "test_files",

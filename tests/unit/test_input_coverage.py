@@ -19,7 +19,7 @@ from pydicom.uid import HTJ2K, HTJ2KLossless, UID
 from operators.intake.image_header import number_of_frames
 from operators.intake.inventory import classify_file
 from operators.imaging.preprocessing import SamplingPolicy, decode_frame, model_input, preprocess_series
-from tests.input_coverage import CLASSIFIED, REFUSED, SKIPPED, Outcome, all_outcomes, documented_table, table
+from tests.support.input_coverage import CLASSIFIED, REFUSED, SKIPPED, Outcome, all_outcomes, documented_table, table
 
 NOT_DICOM = "not a DICOM file (no 'DICM' prefix after a 128-byte preamble; PS3.10 7.1)"
 WITHOUT_PART10 = "without the Part 10 header (128-byte preamble, 'DICM', File Meta Information; PS3.10 7.1)"
@@ -120,7 +120,7 @@ def test_every_file_is_classified_or_refused_with_the_expected_reason(outcomes: 
 
 
 def test_docs_table_is_generated_from_these_outcomes(outcomes: list[Outcome]) -> None:
-    assert documented_table() == table(outcomes), "docs/input-coverage.md is stale: run python -m tests.input_coverage"
+    assert documented_table() == table(outcomes), "docs/input-coverage.md is stale: run python -m tests.support.input_coverage"
 
 
 # (reference, twin): the same image in another transfer syntax, byte order or planar configuration

@@ -133,7 +133,7 @@ def test_no_phi_in_logs_or_run_report(sample_study: Path, model_package: Path, t
 
 def test_sampling_policy_uses_evenly_spaced_slices_and_reports_the_rest(sample_study: Path, model_package: Path, tmp_path: Path) -> None:
     config = tmp_path / "config"
-    shutil.copytree(Path(__file__).resolve().parent.parent / "app" / "config", config)
+    shutil.copytree(Path(__file__).resolve().parents[2] / "app" / "config", config)
     settings = json.loads((config / "app.json").read_text())
     settings["sampling"]["max_images_per_series"] = 3
     (config / "app.json").write_text(json.dumps(settings))

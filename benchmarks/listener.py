@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Listener benchmark, on loopback inside a private network namespace (scripts/listener_peers.py).
+"""Listener benchmark, on loopback inside a private network namespace (tests/support/listener_peers.py).
 
 1. Reception: instances/s from dcmtk ``storescu`` into the listener (every instance fsync'd into the
    spool before it is acknowledged; TCP_NODELAY on), for 1 and 4 concurrent associations, 800
@@ -16,7 +16,7 @@
    the SR stored at the PACS (dcmtk storescp), minus the quiet period; split into the MAP job
    (from the journal) and the rest (completion tick, job start, delivery).
 
-    .venv/bin/python scripts/benchmark_listener.py   # writes benchmarks/listener.json and the BENCHMARKS.md section
+    .venv/bin/python -m benchmarks.listener   # writes benchmarks/listener.json and the BENCHMARKS.md section
 """
 
 from __future__ import annotations
@@ -34,11 +34,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from scripts.benchmark_common import machine, write_section  # noqa: E402
+from benchmarks.common import machine, write_section
 
-from scripts.listener_peers import (  # noqa: E402
+from tests.support.listener_peers import (
     PACS_AE,
     PACS_PORT,
     DcmtkPacs,
@@ -48,10 +47,10 @@ from scripts.listener_peers import (  # noqa: E402
     make_ct_studies,
     wait_for,
 )
-from app.listener.scp import MAXIMUM_PDU_BYTES  # noqa: E402
-from app.listener.tcp import DUL_POLL_INTERVAL_S  # noqa: E402
-from operators.atomic import write_atomically  # noqa: E402
-from scripts.make_sample_study import make_sample_study  # noqa: E402
+from app.listener.scp import MAXIMUM_PDU_BYTES
+from app.listener.tcp import DUL_POLL_INTERVAL_S
+from operators.atomic import write_atomically
+from scripts.make_sample_study import make_sample_study
 
 BEGIN, END = "<!-- listener:begin -->", "<!-- listener:end -->"
 INSTANCES = 800
@@ -226,7 +225,7 @@ def markdown(data: dict) -> str:
     rec, lat = data["reception"], data["latency"]
     lines = [
         BEGIN,
-        "## DICOM listener (`scripts/benchmark_listener.py`)",
+        "## DICOM listener (`benchmarks/listener.py`)",
         "",
         f"Machine: {data['machine']}, shared with other work: load average {data['load_before']} before the run,",
         f"{data['load_after']} after. Loopback inside a private network namespace. Medians of {data['repeats']} interleaved runs.",

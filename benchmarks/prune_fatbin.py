@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Keep one GPU architecture's cubins in a CUDA shared library, to carry it under a transfer limit.
 
-    python scripts/prune_fatbin.py libonnxruntime_providers_cuda.so 90 pruned.so && xz -6 pruned.so
+    python -m benchmarks.prune_fatbin libonnxruntime_providers_cuda.so 90 pruned.so && xz -6 pruned.so
 
 How onnxruntime-gpu 1.31.1 (255 MB wheel) reached the lent H200 through the device tool's 64 MiB per call
 (docs/backends.md): its CUDA provider library holds cubins for sm_75 ... sm_120; with sm_90 alone it

@@ -14,7 +14,7 @@ MONOCHROME1 image (a CR/MG-sized frame) stored native and as JPEG 2000 lossless,
 and with the one on branch ``main`` (``git show main:operators/imaging/preprocessing.py``), and reports
 the peak RSS (VmHWM, reset just before) above the same process's RSS before decoding.
 
-    .venv/bin/python scripts/benchmark_decode.py     # writes benchmarks/decode.json and BENCHMARKS.md's decode section
+    .venv/bin/python -m benchmarks.decode     # writes benchmarks/decode.json and BENCHMARKS.md's decode section
 """
 
 from __future__ import annotations
@@ -57,9 +57,8 @@ from pydicom.uid import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from scripts.benchmark_common import cpu_name, write_section  # noqa: E402
+from benchmarks.common import cpu_name, write_section
 
 BEGIN, END = "<!-- decode:begin -->", "<!-- decode:end -->"
 LARGE_SIDE = 4096
@@ -252,7 +251,7 @@ def markdown(result: dict) -> str:
         BEGIN,
         "## Decode + preprocess per transfer syntax",
         "",
-        f"`scripts/benchmark_decode.py` on {result['cpu']}, {result['threads']} threads, load before the run: "
+        f"`benchmarks/decode.py` on {result['cpu']}, {result['threads']} threads, load before the run: "
         f"`{result['load']}`; median of {result['repeats']} interleaved runs of {result['seconds']} s each. "
         "One image = header check + decode of one frame + grey/colour pipeline + resize to 3×224×224; "
         "the last column times the decode alone. The difference is the grey pipeline (a lookup table) and "

@@ -13,8 +13,8 @@ from pydicom.data import get_testdata_file
 
 from operators.deid.deidentifier import Deidentifier, DeidentificationProfile
 from operators.deid.profile import ProfileOptions
-from tests.phi_corpus import SOURCES, dciodvfy_errors
-from tests.test_deidentification import SAMPLE
+from tests.support.phi_corpus import SOURCES, dciodvfy_errors
+from tests.unit.test_deidentification import SAMPLE
 
 MODIFIED_DATES = DeidentificationProfile.basic(ProfileOptions(retain_longitudinal_modified_dates=True))
 ALL_OPTIONS = DeidentificationProfile.basic(ProfileOptions(True, True, True, True, True, True))

@@ -4,7 +4,7 @@ dicom-anonymizer, on the same files, in one run.
 
 Speed: per-file wall time of read (from bytes in memory) + de-identify + write (to memory), for
   - the sample files: the embedded sample study (7 CT) + pydicom's CT_small and MR_small,
-  - the PHI-injected corpus of ``tests/phi_corpus.py`` (every Table E.1-1 attribute set: heavy headers).
+  - the PHI-injected corpus of ``tests/support/phi_corpus.py`` (every Table E.1-1 attribute set: heavy headers).
 Tools are interleaved per repeat (order rotated) so that all see the same machine state; medians reported.
 
 Quality, for these and for pydicom ``deid`` (default recipe) and ``dcm-anonymizer`` (file API only, so not timed
@@ -13,7 +13,7 @@ Patient Identity Removed / De-identification Method Code Sequence are set, wheth
 Sequence still resolves to the referenced file's new SOP Instance UID; and, on the real un-injected files,
 new ``dciodvfy`` errors.
 
-    .venv/bin/python scripts/benchmark_deid.py [--repeats 15]   # writes benchmarks/deid.json, BENCHMARKS.md section
+    .venv/bin/python -m benchmarks.deid [--repeats 15]   # writes benchmarks/deid.json, BENCHMARKS.md section
 """
 
 from __future__ import annotations
@@ -34,18 +34,17 @@ from typing import Callable
 import pydicom
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from scripts.benchmark_common import cpu_name, write_section  # noqa: E402
+from benchmarks.common import cpu_name, write_section
 
-from dcm_anon import UIDMapper, anonymize_file  # noqa: E402
-from deid.dicom import replace_identifiers  # noqa: E402
-from dicognito.anonymizer import Anonymizer  # noqa: E402
-from dicomanonymizer import anonymize_dataset  # noqa: E402
+from dcm_anon import UIDMapper, anonymize_file
+from deid.dicom import replace_identifiers
+from dicognito.anonymizer import Anonymizer
+from dicomanonymizer import anonymize_dataset
 
-from operators.deid.deidentifier import Deidentifier, DeidentificationProfile  # noqa: E402
-from scripts.make_sample_study import make_sample_study  # noqa: E402
-from tests.phi_corpus import SOURCES, dciodvfy_errors, make_phi_corpus  # noqa: E402
+from operators.deid.deidentifier import Deidentifier, DeidentificationProfile
+from scripts.make_sample_study import make_sample_study
+from tests.support.phi_corpus import SOURCES, dciodvfy_errors, make_phi_corpus
 
 BEGIN, END = "<!-- deid:begin -->", "<!-- deid:end -->"
 Tool = Callable[[pydicom.Dataset], pydicom.Dataset]
@@ -188,7 +187,7 @@ def main() -> int:
         load_after = os.getloadavg()
         quality = evaluate(folder)
     results = {
-        "command": "python scripts/benchmark_deid.py" + (f" --repeats {args.repeats}" if args.repeats != 15 else ""),
+        "command": "python -m benchmarks.deid" + (f" --repeats {args.repeats}" if args.repeats != 15 else ""),
         "cpu": f"{cpu_name()} ({os.cpu_count()} cores)",
         "load": f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after",
         "repeats": args.repeats,

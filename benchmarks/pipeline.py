@@ -9,7 +9,7 @@ for each backend, ``--repeats`` times, interleaved so that both backends see the
 Stage times come from ``run_report.json`` (operator compute time); ``startup`` is the rest of the
 process wall time (imports, model load, graph set-up). Reports medians.
 
-    .venv/bin/python scripts/benchmark_pipeline.py            # writes benchmarks/pipeline.{json,png}, BENCHMARKS.md section
+    .venv/bin/python -m benchmarks.pipeline            # writes benchmarks/pipeline.{json,png}, BENCHMARKS.md section
 """
 
 from __future__ import annotations
@@ -29,11 +29,10 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from scripts.benchmark_common import machine, write_section  # noqa: E402
+from benchmarks.common import machine, write_section
 
-from scripts.make_sample_study import make_sample_study  # noqa: E402
+from scripts.make_sample_study import make_sample_study
 
 STAGES = ("load", "select", "deidentify", "preprocess", "infer", "write_sr")
 BACKENDS = ("onnxruntime", "pytorch")
@@ -117,7 +116,7 @@ def chart(results: list[dict], path: Path) -> None:
 def markdown(results: list[dict], repeats: int) -> str:
     lines = [
         BEGIN,
-        "## Pipeline on CPU (`scripts/benchmark_pipeline.py`)",
+        "## Pipeline on CPU (`benchmarks/pipeline.py`)",
         "",
         f"Machine: {machine()}; 1-minute load average during the runs (median) "
         f"{statistics.median(r['median']['load_average'] for r in results):.1f}. Median of {repeats} runs each, backends interleaved in one run; seeded random",

@@ -22,7 +22,7 @@ from operators.inference.backends.pytorch import TorchBackend
 from operators.inference.backends.registry import create_backend
 from operators.inference.model_package import MissingArtefact, ModelPackage
 from operators.inference.backends.tensorrt import EngineKey, EngineOptions, cached_engine
-from scripts.make_fidelity_set import make_set, to_pixel_values
+from benchmarks.fidelity_set import make_set, to_pixel_values
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ import pydicom
 import pytest
 
 from tests.conftest import ROOT, tree_digest
-from tests.phi_corpus import make_phi_corpus
-from tests.test_deidentification_leaks import BURNED_IN_US
+from tests.support.phi_corpus import make_phi_corpus
+from tests.integration.test_deidentification_leaks import BURNED_IN_US
 
 
 def _strings(value: object) -> str:
@@ -41,7 +41,7 @@ def app_run(model_package: Path, tmp_path_factory: pytest.TempPathFactory):
     before = tree_digest(folder / "input")
     probe = folder / "probe.pickle"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "app_probe.py"), "-i", str(folder / "input"), "-o", str(folder / "out"), "-m", str(model_package)],
+        [sys.executable, str(ROOT / "tests" / "support" / "app_probe.py"), "-i", str(folder / "input"), "-o", str(folder / "out"), "-m", str(model_package)],
         capture_output=True, text=True, timeout=900,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "APP_PROBE_OUT": str(probe), "BIOMEDCLIP_DEID_SECRET": "app-test"},
     )

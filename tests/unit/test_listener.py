@@ -28,7 +28,7 @@ from app.listener.spool import Spool
 from app.listener.study_uid import STUDY_INSTANCE_UID, study_instance_uid, top_level_value
 from app.listener.tcp import DUL_POLL_INTERVAL_S, LOW_LATENCY_HANDLER
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "app" / "config" / "listener.example.json"
+EXAMPLE = Path(__file__).resolve().parents[2] / "app" / "config" / "listener.example.json"
 
 
 def test_the_example_config_loads_and_flags_override_it() -> None:

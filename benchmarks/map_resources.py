@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Measure what app.yaml's ``resources`` must cover; results as JSON lines (docs/deployment.md, Sizing).
 
-    python scripts/measure_map_resources.py cpu --models models/biomedclip --repeats 2 > benchmarks/map_resources.jsonl
-    python scripts/measure_map_resources.py gpu --dtype fp32 --batch 8     # on a GPU machine
+    python -m benchmarks.map_resources cpu --models models/biomedclip --repeats 2 > benchmarks/map_resources.jsonl
+    python -m benchmarks.map_resources gpu --dtype fp32 --batch 8     # on a GPU machine
 
 ``cpu``: runs the app (``python app -i -o -m``, one process per run) under GNU ``/usr/bin/time -v``
 on the sample study and on a 200-slice 512 x 512 CT (both backends): peak RSS, wall time, CPU time
@@ -49,8 +49,7 @@ def time_app_run(input_dir: Path, models: Path, config: Path) -> dict[str, float
 
 
 def measure_cpu(models: Path, repeats: int) -> None:
-    sys.path.insert(0, str(ROOT))
-    from scripts.benchmark_pipeline import machine, make_ct_series, write_config
+    from benchmarks.pipeline import machine, make_ct_series, write_config
     from scripts.make_sample_study import make_sample_study
 
     with tempfile.TemporaryDirectory() as work:

@@ -22,7 +22,7 @@ import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LISTENER_AE, SENDER_AE, PACS_AE = "BIOMEDCLIP", "STORESCU", "PACS"
 LISTENER_PORT, PACS_PORT, ORTHANC_HTTP_PORT = 11112, 11113, 8042
 #: dcmtk leaves Nagle's algorithm on unless TCP_NODELAY=1 is in its environment (measured here:

@@ -16,7 +16,7 @@ import pydicom
 import pytest
 from pydicom.uid import Comprehensive3DSRStorage
 
-from scripts.listener_peers import (
+from tests.support.listener_peers import (
     PACS_AE,
     PACS_PORT,
     DcmtkPacs,
