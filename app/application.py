@@ -31,11 +31,11 @@ logger = logging.getLogger(__name__)
 
 def algorithm_of(package: ModelPackage) -> Algorithm:
     manifest = package.manifest
-    weights = "RANDOM-INIT (NOT FOR CLINICAL USE)" if package.is_random_init else manifest["weights"]["source"]
+    weights = "RANDOM-INIT (NOT FOR CLINICAL USE)" if package.is_random_init else manifest.weights.source
     return Algorithm(
         name="BiomedCLIP",
         version=package.identity,
-        parameters=(f"weights={weights}", f"labels_sha256={manifest['labels_sha256'][:16]}"),
+        parameters=(f"weights={weights}", f"labels_sha256={manifest.labels_sha256[:16]}"),
         random_weights=package.is_random_init,
     )
 

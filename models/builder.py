@@ -22,7 +22,9 @@ from typing import Any, Sequence
 import numpy as np
 import pydicom
 
-from operators.inference.model_package import FORMAT_VERSION, MANIFEST, sha256_file
+from operators.imaging.preprocessing import IMAGE_SIZE
+from operators.inference.backends.fp8 import FP8_MAX
+from operators.inference.model_package import FORMAT_VERSION, MANIFEST, Manifest, Weights, sha256_file
 from operators.inference.zero_shot import LabelSet, ensemble_prompt_embeddings
 
 HERE = Path(__file__).resolve().parent
@@ -32,14 +34,6 @@ HUB_ID = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 PACKAGE_VERSION = "1.0.0"
 ONNX_OPSET = 17
 BERT_VOCAB_SIZE = 30522
-
-
-@dataclass(frozen=True)
-class Weights:
-    source: str  # "random-init", a hub id or a folder
-    random_init: bool
-    seed: int | None
-    sha256: str | None  # of the checkpoint file, for real weights
 
 
 def _write_offline_text_config(folder: Path) -> None:
@@ -116,7 +110,7 @@ def image_tower(model: Any) -> Any:
 def export_onnx(model: Any, path: Path) -> None:
     import torch
 
-    example = torch.zeros(2, 3, 224, 224)
+    example = torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE)
     # The TorchScript exporter: the dynamo exporter also works but is 2x slower here.
     torch.onnx.export(
         image_tower(model),
@@ -168,7 +162,7 @@ def export_onnx_fused_for_onnxruntime(model: Any, path: Path, fp16: bool) -> dic
     from onnxruntime.transformers.onnx_model import OnnxModel
     from onnxscript.rewriter import ort_fusions
 
-    program = torch.onnx.export(image_tower(model), (torch.zeros(2, 3, 224, 224),), dynamo=True, opset_version=18,
+    program = torch.onnx.export(image_tower(model), (torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE),), dynamo=True, opset_version=18,
                                 input_names=["pixel_values"], output_names=["image_features"],
                                 dynamic_shapes=({0: torch.export.Dim("batch")},))
     fused, counts = ort_fusions.optimize_for_ort(program.model)
@@ -237,7 +231,6 @@ def onnx_int8_qdq(src: Path, dst: Path, calibration: np.ndarray) -> None:
 
 
 QDQ_OPS = ("MatMul", "Gemm", "Conv")
-FP8_E4M3_MAX = 448.0
 
 
 def activation_amax(src: Path, calibration: np.ndarray, tensors: Sequence[str]) -> dict[str, float]:
@@ -279,7 +272,7 @@ def onnx_fp8_qdq(src: Path, dst: Path, calibration: np.ndarray) -> None:
         if id(node) in gemm_ids:
             x = node.input[0]
             if x not in quantised:  # one Q/DQ pair per activation, however many GEMMs read it
-                scale = numpy_helper.from_array(np.array(max(amax[x], 1e-12) / FP8_E4M3_MAX, np.float32), f"{x}_fp8_scale")
+                scale = numpy_helper.from_array(np.array(max(amax[x], 1e-12) / FP8_MAX, np.float32), f"{x}_fp8_scale")
                 model.graph.initializer.extend([scale, fp8(f"{x}_fp8_zero", np.zeros((), np.float32))])
                 nodes += [helper.make_node("QuantizeLinear", [x, scale.name, f"{x}_fp8_zero"], [f"{x}_fp8"]),
                           helper.make_node("DequantizeLinear", [f"{x}_fp8", scale.name, f"{x}_fp8_zero"], [f"{x}_fp8_dq"])]
@@ -292,11 +285,11 @@ def onnx_fp8_qdq(src: Path, dst: Path, calibration: np.ndarray) -> None:
                 transposed = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
                 axis = 1 if node.op_type == "MatMul" or (node.op_type == "Gemm" and not transposed) else 0
                 reduce_axes = tuple(i for i in range(w.ndim) if i != axis)
-                channel_scale = np.maximum(np.abs(w).max(axis=reduce_axes), 1e-12) / FP8_E4M3_MAX
+                channel_scale = np.maximum(np.abs(w).max(axis=reduce_axes), 1e-12) / FP8_MAX
                 shape = [-1 if i == axis else 1 for i in range(w.ndim)]
                 model.graph.initializer.remove(tensor)
                 model.graph.initializer.extend([
-                    fp8(f"{w_name}_fp8", np.clip(w / channel_scale.reshape(shape), -FP8_E4M3_MAX, FP8_E4M3_MAX)),
+                    fp8(f"{w_name}_fp8", np.clip(w / channel_scale.reshape(shape), -FP8_MAX, FP8_MAX)),
                     numpy_helper.from_array(channel_scale.astype(np.float32), f"{w_name}_fp8_scale"),
                 ])
                 nodes.append(helper.make_node("DequantizeLinear", [f"{w_name}_fp8", f"{w_name}_fp8_scale"], [w_name], axis=axis))
@@ -383,7 +376,7 @@ def build_package(
     variants: Sequence[str] = (),
     calibration: Path = DEFAULT_CALIBRATION,
     calibration_count: int = 64,
-) -> dict[str, Any]:
+) -> Manifest:
     """Build the package into ``out`` atomically (a half-built package is never visible there)."""
     import open_clip
     import torch
@@ -433,8 +426,8 @@ def build_package(
             "logit_scale": logit_scale,
             "labels_sha256": hashlib.sha256((staging / "labels.json").read_bytes()).hexdigest(),
             "preprocessing": {
-                "image_size": 224,
-                "resize": "bicubic, shorter side to 224, centre crop",
+                "image_size": IMAGE_SIZE,
+                "resize": f"bicubic, shorter side to {IMAGE_SIZE}, centre crop",
                 "mean": config["preprocess_cfg"]["mean"],
                 "std": config["preprocess_cfg"]["std"],
             },
@@ -445,6 +438,7 @@ def build_package(
             },
             "files": files,
         }
+        typed = Manifest.from_dict(manifest, staging / MANIFEST)  # the reader's schema checks what is written
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         for p in staging.iterdir():
             os.chmod(p, 0o644)
@@ -456,7 +450,7 @@ def build_package(
             shutil.rmtree(retired)
         else:
             os.replace(staging, out)
-        return manifest
+        return typed
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

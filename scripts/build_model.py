@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     variants = [v for v in args.variants.split(",") if v]
     manifest = build_package(None if args.random_init else args.weights, args.seed, args.labels, args.out,
                              variants, args.calibration, args.calibration_images)
-    kind = "RANDOM weights, not for clinical use" if manifest["weights"]["random_init"] else manifest["weights"]["source"]
-    print(f"model package written to {args.out} ({kind}; {len(manifest['files'])} files)")
+    kind = "RANDOM weights, not for clinical use" if manifest.weights.random_init else manifest.weights.source
+    print(f"model package written to {args.out} ({kind}; {len(manifest.files)} files)")
     return 0
 
 

@@ -9,6 +9,7 @@ associations are rejected by pynetdicom (``maximum_associations``), also transie
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import re
 import ssl
@@ -31,38 +32,41 @@ from app.listener.file_format import dicom_file
 from app.listener.spool import Spool
 from app.listener.study_uid import study_instance_uid
 from app.listener.tcp import LOW_LATENCY_HANDLER
+from app.settings import AppSettings
 
 logger = logging.getLogger(__name__)
 
-#: Image Storage SOP Classes (PS3.4 Annex B.5) of the modalities the app's series selection accepts
-#: (app/config/series_selection.json: CR DX CT MR US MG XA PT NM OT SC). Other SOP classes get their
-#: presentation context rejected (abstract syntax not supported).
-ACCEPTED_STORAGE_SOP_CLASSES = (
-    sc.ComputedRadiographyImageStorage,
-    sc.DigitalXRayImageStorageForPresentation,
-    sc.DigitalXRayImageStorageForProcessing,
-    sc.DigitalMammographyXRayImageStorageForPresentation,
-    sc.DigitalMammographyXRayImageStorageForProcessing,
-    sc.CTImageStorage,
-    sc.EnhancedCTImageStorage,
-    sc.LegacyConvertedEnhancedCTImageStorage,
-    sc.MRImageStorage,
-    sc.EnhancedMRImageStorage,
-    sc.LegacyConvertedEnhancedMRImageStorage,
-    sc.UltrasoundImageStorage,
-    sc.UltrasoundMultiFrameImageStorage,
-    sc.SecondaryCaptureImageStorage,
-    sc.MultiFrameSingleBitSecondaryCaptureImageStorage,
-    sc.MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
-    sc.MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
-    sc.MultiFrameTrueColorSecondaryCaptureImageStorage,
-    sc.XRayAngiographicImageStorage,
-    sc.EnhancedXAImageStorage,
-    sc.NuclearMedicineImageStorage,
-    sc.PositronEmissionTomographyImageStorage,
-    sc.EnhancedPETImageStorage,
-    sc.LegacyConvertedEnhancedPETImageStorage,
-)
+#: Image Storage SOP Classes (PS3.4 Annex B.5) by the Modality (0008,0060) their instances carry.
+IMAGE_STORAGE_BY_MODALITY: dict[str, tuple[str, ...]] = {
+    "CR": (sc.ComputedRadiographyImageStorage,),
+    "DX": (sc.DigitalXRayImageStorageForPresentation, sc.DigitalXRayImageStorageForProcessing),
+    "MG": (sc.DigitalMammographyXRayImageStorageForPresentation, sc.DigitalMammographyXRayImageStorageForProcessing),
+    "CT": (sc.CTImageStorage, sc.EnhancedCTImageStorage, sc.LegacyConvertedEnhancedCTImageStorage),
+    "MR": (sc.MRImageStorage, sc.EnhancedMRImageStorage, sc.LegacyConvertedEnhancedMRImageStorage),
+    "US": (sc.UltrasoundImageStorage, sc.UltrasoundMultiFrameImageStorage),
+    "OT": (sc.SecondaryCaptureImageStorage,),
+    "SC": (sc.SecondaryCaptureImageStorage, sc.MultiFrameSingleBitSecondaryCaptureImageStorage,
+           sc.MultiFrameGrayscaleByteSecondaryCaptureImageStorage, sc.MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+           sc.MultiFrameTrueColorSecondaryCaptureImageStorage),
+    "XA": (sc.XRayAngiographicImageStorage, sc.EnhancedXAImageStorage),
+    "NM": (sc.NuclearMedicineImageStorage,),
+    "PT": (sc.PositronEmissionTomographyImageStorage, sc.EnhancedPETImageStorage, sc.LegacyConvertedEnhancedPETImageStorage),
+}
+
+
+def accepted_storage_sop_classes(series_selection_rules: str) -> tuple[str, ...]:
+    """The Image Storage SOP Classes of the modalities that the app's series selection accepts
+    (``app/config/series_selection.json``, the one definition): the listener takes what the app would use.
+    Other SOP classes get their presentation context rejected (abstract syntax not supported)."""
+    patterns = [rule.get("conditions", {}).get("Modality") for rule in json.loads(series_selection_rules)["selections"]]
+    accepted: dict[str, None] = {}  # ordered, without repeats
+    for modality, sop_classes in IMAGE_STORAGE_BY_MODALITY.items():
+        # a rule without a Modality condition selects every modality
+        if any(pattern is None or re.search(pattern, modality) for pattern in patterns):
+            accepted.update(dict.fromkeys(sop_classes))
+    return tuple(accepted)
+
+
 #: Native (uncompressed, deflated, big endian) and the encapsulated image transfer syntaxes (PS3.5 §10,
 #: Annex A) that pydicom and its installed pixel-data plugins decode. Data sets are spooled as received.
 ACCEPTED_TRANSFER_SYNTAXES = [
@@ -124,7 +128,7 @@ class StorageSCP:
         self.ae.require_called_aet = True
         self.ae.network_timeout = self.ae.acse_timeout = self.ae.dimse_timeout = config.network_timeout_s
         self.ae.add_supported_context(sc.Verification)
-        for sop_class in ACCEPTED_STORAGE_SOP_CLASSES:
+        for sop_class in accepted_storage_sop_classes(AppSettings.load().series_selection_rules):
             self.ae.add_supported_context(sop_class, ACCEPTED_TRANSFER_SYNTAXES)
         self.server: ThreadedAssociationServer | None = None
 

@@ -16,8 +16,9 @@ from io import BytesIO
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 
+from operators.intake.image_header import UNDEFINED_LENGTH
+
 STUDY_INSTANCE_UID = 0x0020000D
-UNDEFINED_LENGTH = 0xFFFFFFFF
 #: VRs whose Explicit VR header has 2 reserved bytes and a 4-byte length (PS3.5 Table 7.1-1).
 LONG_LENGTH_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -68,19 +68,83 @@ def find_package_dir(model_path: Path) -> Path:
 
 
 @dataclass(frozen=True)
+class Weights:
+    source: str  # "random-init", a hub id or a local snapshot folder
+    random_init: bool
+    seed: int | None
+    sha256: str | None  # of the weights file the package was built from
+
+
+@dataclass(frozen=True)
+class ImageEncoder:
+    onnx: str  # the fp32 graph
+    variants: Mapping[str, str]  # variant name (e.g. "int8-dynamic") -> file
+    safetensors: str
+    input: str
+    output: str
+    opset: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """``manifest.json``: what the package is, where it came from, and the sha256 of every file in it."""
+
+    format_version: int
+    name: str
+    version: str
+    model: str
+    intended_use: str
+    weights: Weights
+    image_encoder: ImageEncoder
+    embed_dim: int
+    logit_scale: float
+    labels_sha256: str
+    preprocessing: Mapping[str, Any]
+    built_with: Mapping[str, Any]
+    files: Mapping[str, str]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: Path) -> "Manifest":
+        """Every key present and of the right kind, else ``ModelPackageError`` naming ``source`` and the key."""
+        if data.get("format_version") != FORMAT_VERSION:
+            raise ModelPackageError(f"{source}: unsupported format_version {data.get('format_version')}")
+        try:
+            values = _fields_of(cls, data, source, "")
+            return cls(**{**values, "weights": Weights(**_fields_of(Weights, data["weights"], source, "weights.")),
+                          "image_encoder": ImageEncoder(**_fields_of(ImageEncoder, data["image_encoder"], source, "image_encoder."))})
+        except TypeError as exc:  # a section that is not an object
+            raise ModelPackageError(f"{source}: malformed manifest ({exc})") from None
+
+    @classmethod
+    def read(cls, path: Path) -> "Manifest":
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelPackageError(f"{path}: unreadable manifest ({exc})") from None
+        if not isinstance(data, dict):
+            raise ModelPackageError(f"{path}: the manifest is not a JSON object")
+        return cls.from_dict(data, path)
+
+
+def _fields_of(cls: type, data: Mapping[str, Any], source: Path, prefix: str) -> dict[str, Any]:
+    missing = [f.name for f in fields(cls) if f.name not in data]
+    if missing:
+        raise ModelPackageError(f"{source}: manifest key {prefix}{missing[0]} is missing")
+    return {f.name: data[f.name] for f in fields(cls)}
+
+
+@dataclass(frozen=True)
 class ModelPackage:
     root: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     labels: LabelSet
     head: ZeroShotHead
 
     @classmethod
     def load(cls, model_path: Path, verify: bool = True) -> "ModelPackage":
         root = find_package_dir(model_path)
-        manifest = json.loads((root / MANIFEST).read_text())
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise ModelPackageError(f"{root / MANIFEST}: unsupported format_version {manifest.get('format_version')}")
-        for name, expected in manifest["files"].items():
+        manifest = Manifest.read(root / MANIFEST)
+        for name, expected in manifest.files.items():
             path = root / name
             if not path.is_file():
                 raise ModelPackageError(f"{path}: listed in the manifest but missing")
@@ -90,21 +154,21 @@ class ModelPackage:
         embeddings = np.load(root / "label_embeddings.npy")
         if embeddings.shape[0] != len(labels.labels):
             raise ModelPackageError(f"{root}: {embeddings.shape[0]} label embeddings for {len(labels.labels)} labels")
-        package = cls(root, manifest, labels, ZeroShotHead(embeddings, float(manifest["logit_scale"])))
+        package = cls(root, manifest, labels, ZeroShotHead(embeddings, float(manifest.logit_scale)))
         if package.is_random_init:
             logger.warning(
                 "Model package %s has RANDOM weights (seed %s): outputs are NOT clinical findings.",
                 root.name,
-                manifest["weights"].get("seed"),
+                manifest.weights.seed,
             )
         return package
 
     @property
     def is_random_init(self) -> bool:
-        return bool(self.manifest["weights"]["random_init"])
+        return self.manifest.weights.random_init
 
     def variants(self) -> dict[str, str]:
-        return {"fp32": self.manifest["image_encoder"]["onnx"], **self.manifest["image_encoder"].get("variants", {})}
+        return {"fp32": self.manifest.image_encoder.onnx, **self.manifest.image_encoder.variants}
 
     def has_artefact(self, precision: str) -> bool:
         return any(v == precision or v.startswith(precision + "-") for v in self.variants())
@@ -128,15 +192,15 @@ class ModelPackage:
 
         config = json.loads((self.root / "open_clip_config.json").read_text())["model_cfg"]
         tower = _build_vision_tower(config["embed_dim"], CLIPVisionCfg(**config["vision_cfg"]))
-        tower.load_state_dict(load_file(str(self.root / self.manifest["image_encoder"]["safetensors"])))
+        tower.load_state_dict(load_file(str(self.root / self.manifest.image_encoder.safetensors)))
         return tower.eval()
 
     @property
     def identity(self) -> str:
         """Short identity for the SR: package version and weights identity."""
-        weights = self.manifest["weights"]
-        if weights["random_init"]:
-            who = f"RANDOM-INIT seed={weights['seed']} NOT FOR CLINICAL USE"
+        weights = self.manifest.weights
+        if weights.random_init:
+            who = f"RANDOM-INIT seed={weights.seed} NOT FOR CLINICAL USE"
         else:
-            who = f"weights sha256:{weights['sha256'][:16]}"
-        return f"{self.manifest['version']} ({who})"
+            who = f"weights sha256:{(weights.sha256 or '')[:16]}"
+        return f"{self.manifest.version} ({who})"

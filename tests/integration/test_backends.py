@@ -145,7 +145,7 @@ def test_auto_on_a_cpu_machine_takes_onnxruntime_int8(package: ModelPackage, cap
 
 
 def test_auto_without_int8_artefact_takes_fp32(package: ModelPackage) -> None:
-    manifest = {**package.manifest, "image_encoder": {**package.manifest["image_encoder"], "variants": {}}}
+    manifest = replace(package.manifest, image_encoder=replace(package.manifest.image_encoder, variants={}))
     assert create_backend(BackendSpec("auto"), replace(package, manifest=manifest)).name.endswith("-fp32")
     with pytest.raises(MissingArtefact, match="no int8 image encoder"):
         replace(package, manifest=manifest).artefact("int8")

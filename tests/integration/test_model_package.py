@@ -14,7 +14,7 @@ from operators.inference.backends.base import BackendSpec
 from operators.inference.backends.onnxruntime import OnnxRuntimeBackend
 from operators.inference.backends.pytorch import TorchBackend
 from operators.inference.backends.registry import create_backend
-from operators.inference.model_package import ModelPackage, ModelPackageError
+from operators.inference.model_package import ModelPackage, ModelPackageError, Weights
 from tests.conftest import SEED
 
 
@@ -64,7 +64,7 @@ def test_label_embeddings_come_from_the_text_tower(model_package: Path, referenc
 
 def test_random_package_says_so(model_package: Path, caplog: pytest.LogCaptureFixture) -> None:
     package = ModelPackage.load(model_package)
-    assert package.manifest["weights"] == {"source": "random-init", "random_init": True, "seed": SEED, "sha256": None}
+    assert package.manifest.weights == Weights(source="random-init", random_init=True, seed=SEED, sha256=None)
     assert "RANDOM-INIT" in package.identity
     assert "RANDOM weights" in caplog.text
 

@@ -15,7 +15,19 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    UID,
+    BasicTextSRStorage,
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    MRImageStorage,
+    SecondaryCaptureImageStorage,
+    UltrasoundImageStorage,
+    generate_uid,
+)
 from pynetdicom import AE, evt
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
 from pynetdicom.sop_class import Verification
@@ -23,12 +35,13 @@ from pynetdicom.sop_class import Verification
 from app.listener.config import ConfigError, Destination, load, parser
 from app.listener.file_format import dicom_file
 from app.listener.journal import COMPLETE, PROCESSED, Arrival, Journal
-from app.listener.scp import names_a_file
+from app.listener.scp import IMAGE_STORAGE_BY_MODALITY, accepted_storage_sop_classes, names_a_file
 from app.listener.spool import Spool
 from app.listener.study_uid import STUDY_INSTANCE_UID, study_instance_uid, top_level_value
 from app.listener.tcp import DUL_POLL_INTERVAL_S, LOW_LATENCY_HANDLER
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "app" / "config" / "listener.example.json"
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "app" / "config" / "listener.example.json"
 
 
 def test_the_example_config_loads_and_flags_override_it() -> None:
@@ -219,3 +232,15 @@ def test_both_ends_of_an_association_get_nodelay_and_the_short_dul_poll_interval
     finally:
         server.shutdown()
     assert seen["acceptor"] == seen["requestor"] == (DUL_POLL_INTERVAL_S, 1)
+
+
+def test_the_scp_accepts_the_image_storage_classes_of_the_modalities_the_series_selection_takes() -> None:
+    rules = (ROOT / "app" / "config" / "series_selection.json").read_text()
+    accepted = set(accepted_storage_sop_classes(rules))
+    assert {CTImageStorage, EnhancedCTImageStorage, MRImageStorage, SecondaryCaptureImageStorage, UltrasoundImageStorage} <= accepted
+    assert len(accepted) == 24  # every class of IMAGE_STORAGE_BY_MODALITY: the default selection takes all its modalities
+    assert BasicTextSRStorage not in accepted
+    only_ct = json.dumps({"selections": [{"name": "CT only", "conditions": {"Modality": "(?i)^CT$"}}]})
+    assert set(accepted_storage_sop_classes(only_ct)) == set(IMAGE_STORAGE_BY_MODALITY["CT"])
+    no_modality_rule = json.dumps({"selections": [{"name": "any", "conditions": {"SeriesDescription": "(?i)chest"}}]})
+    assert set(accepted_storage_sop_classes(no_modality_rule)) == accepted

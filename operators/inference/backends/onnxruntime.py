@@ -60,9 +60,9 @@ class OnnxRuntimeBackend:
         """ONNX Runtime's own fused graph (the ``fp16-ort`` variant) where the package has it for this
         precision: 1.6x the plain fp16 graph on the CUDA provider, and the only one it can capture in CUDA
         graphs (the plain exports compute shapes on the CPU)."""
-        encoder = package.manifest["image_encoder"]
+        encoder = package.manifest.image_encoder
         onnx_path = package.artefact(spec.precision, ("ort", "dynamic", "qdq"), flavour_first=True)
-        return cls(str(onnx_path), encoder["input"], encoder["output"], spec.precision, cuda_graphs=spec.cuda_graphs)
+        return cls(str(onnx_path), encoder.input, encoder.output, spec.precision, cuda_graphs=spec.cuda_graphs)
 
     def embed(self, pixel_values: np.ndarray) -> np.ndarray:
         if self.cuda_graphs:  # the graphs replay from fixed device buffers: go through them

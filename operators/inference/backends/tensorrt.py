@@ -34,6 +34,7 @@ import numpy as np
 
 from operators.atomic import write_atomically
 from operators.inference.backends.base import BackendSpec, BackendUnavailable
+from operators.imaging.preprocessing import IMAGE_SIZE
 from operators.inference.model_package import ModelPackage, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -123,7 +124,8 @@ def build_serialized_engine(trt: Any, onnx_path: Path, options: EngineOptions, t
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
     name = network.get_input(0).name
     profile = builder.create_optimization_profile()
-    profile.set_shape(name, (1, 3, 224, 224), (options.opt_batch, 3, 224, 224), (options.max_batch, 3, 224, 224))
+    image = (3, IMAGE_SIZE, IMAGE_SIZE)
+    profile.set_shape(name, (1, *image), (options.opt_batch, *image), (options.max_batch, *image))
     config.add_optimization_profile(profile)
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
