@@ -353,6 +353,7 @@ def add_variants(staging: Path, variants: Sequence[str], calibration: Path, cali
         elif variant == "int8-dynamic":
             onnx_int8_dynamic(src, dst)
         else:
+            assert images is not None  # a calibrated variant: the images were read above
             CALIBRATED_VARIANTS[variant](src, dst, images)
         files[variant] = dst.name
     return files

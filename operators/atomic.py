@@ -19,7 +19,7 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     """Write through ``write`` to a temporary file beside ``path``, fsync it, rename it into place,
     then fsync the folder."""
     path = Path(path)

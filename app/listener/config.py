@@ -136,7 +136,8 @@ def _typed(key: str, value: Any) -> Any:
             raise ConfigError(f"{key}: ca_certificates is required (the destination's certificate is checked against it)")
         if bool(value.get("certificate")) != bool(value.get("private_key")):
             raise ConfigError(f"{key}: certificate and private_key go together")
-        return DestinationTlsSettings(*(Path(value[k]) if value.get(k) else None for k in ("ca_certificates", "certificate", "private_key")))
+        optional = (Path(value[k]) if value.get(k) else None for k in ("certificate", "private_key"))
+        return DestinationTlsSettings(Path(value["ca_certificates"]), *optional)
     return value
 
 

@@ -13,6 +13,8 @@ import json
 import logging
 import re
 import ssl
+from io import BytesIO
+from typing import cast
 
 from pydicom.uid import (
     JPEG2000TransferSyntaxes,
@@ -21,9 +23,33 @@ from pydicom.uid import (
     RLETransferSyntaxes,
     UID,
     UncompressedTransferSyntaxes,
+    CTImageStorage,
+    ComputedRadiographyImageStorage,
+    DigitalMammographyXRayImageStorageForPresentation,
+    DigitalMammographyXRayImageStorageForProcessing,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    EnhancedCTImageStorage,
+    EnhancedMRImageStorage,
+    EnhancedPETImageStorage,
+    EnhancedXAImageStorage,
+    LegacyConvertedEnhancedCTImageStorage,
+    LegacyConvertedEnhancedMRImageStorage,
+    LegacyConvertedEnhancedPETImageStorage,
+    MRImageStorage,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    MultiFrameSingleBitSecondaryCaptureImageStorage,
+    MultiFrameTrueColorSecondaryCaptureImageStorage,
+    NuclearMedicineImageStorage,
+    PositronEmissionTomographyImageStorage,
+    SecondaryCaptureImageStorage,
+    UltrasoundImageStorage,
+    UltrasoundMultiFrameImageStorage,
+    XRayAngiographicImageStorage,
 )
 from pynetdicom import AE, evt
-from pynetdicom import sop_class as sc
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -38,19 +64,19 @@ logger = logging.getLogger(__name__)
 
 #: Image Storage SOP Classes (PS3.4 Annex B.5) by the Modality (0008,0060) their instances carry.
 IMAGE_STORAGE_BY_MODALITY: dict[str, tuple[str, ...]] = {
-    "CR": (sc.ComputedRadiographyImageStorage,),
-    "DX": (sc.DigitalXRayImageStorageForPresentation, sc.DigitalXRayImageStorageForProcessing),
-    "MG": (sc.DigitalMammographyXRayImageStorageForPresentation, sc.DigitalMammographyXRayImageStorageForProcessing),
-    "CT": (sc.CTImageStorage, sc.EnhancedCTImageStorage, sc.LegacyConvertedEnhancedCTImageStorage),
-    "MR": (sc.MRImageStorage, sc.EnhancedMRImageStorage, sc.LegacyConvertedEnhancedMRImageStorage),
-    "US": (sc.UltrasoundImageStorage, sc.UltrasoundMultiFrameImageStorage),
-    "OT": (sc.SecondaryCaptureImageStorage,),
-    "SC": (sc.SecondaryCaptureImageStorage, sc.MultiFrameSingleBitSecondaryCaptureImageStorage,
-           sc.MultiFrameGrayscaleByteSecondaryCaptureImageStorage, sc.MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
-           sc.MultiFrameTrueColorSecondaryCaptureImageStorage),
-    "XA": (sc.XRayAngiographicImageStorage, sc.EnhancedXAImageStorage),
-    "NM": (sc.NuclearMedicineImageStorage,),
-    "PT": (sc.PositronEmissionTomographyImageStorage, sc.EnhancedPETImageStorage, sc.LegacyConvertedEnhancedPETImageStorage),
+    "CR": (ComputedRadiographyImageStorage,),
+    "DX": (DigitalXRayImageStorageForPresentation, DigitalXRayImageStorageForProcessing),
+    "MG": (DigitalMammographyXRayImageStorageForPresentation, DigitalMammographyXRayImageStorageForProcessing),
+    "CT": (CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage),
+    "MR": (MRImageStorage, EnhancedMRImageStorage, LegacyConvertedEnhancedMRImageStorage),
+    "US": (UltrasoundImageStorage, UltrasoundMultiFrameImageStorage),
+    "OT": (SecondaryCaptureImageStorage,),
+    "SC": (SecondaryCaptureImageStorage, MultiFrameSingleBitSecondaryCaptureImageStorage,
+           MultiFrameGrayscaleByteSecondaryCaptureImageStorage, MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+           MultiFrameTrueColorSecondaryCaptureImageStorage),
+    "XA": (XRayAngiographicImageStorage, EnhancedXAImageStorage),
+    "NM": (NuclearMedicineImageStorage,),
+    "PT": (PositronEmissionTomographyImageStorage, EnhancedPETImageStorage, LegacyConvertedEnhancedPETImageStorage),
 }
 
 
@@ -78,6 +104,8 @@ ACCEPTED_TRANSFER_SYNTAXES = [
 #: per instance, measured with dcmtk storescu). Bounded, since a PDU is read into memory whole.
 MAXIMUM_PDU_BYTES = 1 << 20
 
+VERIFICATION_SOP_CLASS = UID("1.2.840.10008.1.1")  # PS3.4 A.4
+
 _UID_CHARACTERS = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 # A-ASSOCIATE-RJ (result, source, reason/diag.), PS3.8 Table 9-21.
@@ -97,7 +125,7 @@ class ServerTlsContext(ssl.SSLContext):
 
     handshake_timeout_s = 10.0
 
-    def wrap_socket(self, sock, *args, **kwargs):  # type: ignore[override]
+    def wrap_socket(self, sock, *args, **kwargs):
         sock.settimeout(self.handshake_timeout_s)
         return super().wrap_socket(sock, *args, **kwargs)
 
@@ -127,20 +155,22 @@ class StorageSCP:
         self.ae.maximum_pdu_size = MAXIMUM_PDU_BYTES
         self.ae.require_called_aet = True
         self.ae.network_timeout = self.ae.acse_timeout = self.ae.dimse_timeout = config.network_timeout_s
-        self.ae.add_supported_context(sc.Verification)
+        self.ae.add_supported_context(VERIFICATION_SOP_CLASS)
         for sop_class in accepted_storage_sop_classes(AppSettings.load().series_selection_rules):
             self.ae.add_supported_context(sop_class, ACCEPTED_TRANSFER_SYNTAXES)
         self.server: ThreadedAssociationServer | None = None
 
     def start(self) -> int:
         """Listen (non-blocking); returns the bound port."""
-        self.server = self.ae.start_server(
+        server = self.ae.start_server(
             (self.config.bind_host, self.config.port),
             block=False,
             ssl_context=server_tls_context(self.config.tls) if self.config.tls else None,
             evt_handlers=[LOW_LATENCY_HANDLER, (evt.EVT_REQUESTED, self._admit), (evt.EVT_C_STORE, self._store)],
         )
-        return int(self.server.server_address[1])
+        assert server is not None  # block=False returns the server
+        self.server = server
+        return int(server.server_address[1])
 
     def stop(self) -> None:
         if self.server is not None:
@@ -161,7 +191,8 @@ class StorageSCP:
 
     def _admit(self, event: Event) -> None:
         """EVT_REQUESTED: send an A-ASSOCIATE-RJ here, before pynetdicom negotiates the association."""
-        calling = event.assoc.requestor.primitive.calling_ae_title
+        request = event.assoc.requestor.primitive
+        calling = request.calling_ae_title if request is not None else ""
         address = event.assoc.requestor.address
         refused = self.refusal(calling, address)
         if refused:
@@ -173,8 +204,9 @@ class StorageSCP:
     def _store(self, event: Event) -> int:
         """EVT_C_STORE: acknowledge only once the instance is durably in the spool."""
         try:
-            sop_instance_uid = UID(event.request.AffectedSOPInstanceUID)
-            received = event.request.DataSet.getvalue()  # the data set's bytes as the sender encoded them
+            request = cast(C_STORE, event.request)
+            sop_instance_uid = UID(str(request.AffectedSOPInstanceUID))
+            received = cast(BytesIO, request.DataSet).getvalue()  # the data set's bytes as the sender encoded them
             study_uid = study_instance_uid(received, event.context.transfer_syntax)
         except Exception as exc:  # a malformed data set raises many kinds; none may escape into pynetdicom's log
             logger.warning("C-STORE refused: the data set cannot be read (%s)", type(exc).__name__)

@@ -25,7 +25,7 @@ def tune_connection(event: Event) -> None:
     """EVT_CONN_OPEN handler."""
     dul = event.assoc.dul
     dul._run_loop_delay = DUL_POLL_INTERVAL_S  # no public setting; pynetdicom 3.0 reads it on every loop
-    sock = dul.socket.socket
+    sock = dul.socket.socket if dul.socket is not None else None
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 

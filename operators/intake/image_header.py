@@ -169,7 +169,7 @@ def _header_problem(ds: Dataset) -> str | None:
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     problem = transfer_syntax_problem(syntax) or image_pixel_problem(ds)
-    if problem or UID(syntax).is_encapsulated:
+    if problem or UID(str(syntax)).is_encapsulated:
         return problem
     length = pixel_data_length(ds)
     if length is None:

@@ -49,7 +49,8 @@ def dropped_by_loader(accepted: list[InputFile], loaded: list[Dataset]) -> list[
         uid = str(f.sop_instance_uid)
         if uid in loaded_uids:
             continue
-        kept = kept_at.get(_position_of_file(f))
+        position = _position_of_file(f)
+        kept = kept_at.get(position) if position is not None else None
         if kept is not None:
             reason = (
                 f"same Image Position (Patient) as {kept} in its series: the loader keeps one instance per "
