@@ -44,15 +44,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
 
 from benchmarks.common import cpu_name, write_section
 from benchmarks.gpu import build_tower, fidelity, kernel_group, load_fidelity_set, time_gpu
 
+
+ROOT = Path(__file__).resolve().parent.parent
 
 BATCHES = (1, 8, 64, 256)
 FLOPS_PER_IMAGE = 35.1e9  # ViT-B/16 at 224 + projection (facts.md)

@@ -56,10 +56,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-
 from benchmarks.common import cpu_name, write_section
 
+ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- decode:begin -->", "<!-- decode:end -->"
 LARGE_SIDE = 4096
 #: pydicom test files for the syntaxes pydicom cannot encode

@@ -33,8 +33,6 @@ from typing import Callable
 
 import pydicom
 
-ROOT = Path(__file__).resolve().parent.parent
-
 from benchmarks.common import cpu_name, write_section
 
 from dcm_anon import UIDMapper, anonymize_file
@@ -46,6 +44,8 @@ from operators.deid.deidentifier import Deidentifier, DeidentificationProfile
 from scripts.make_sample_study import make_sample_study
 from tests.support.phi_corpus import SOURCES, dciodvfy_errors, make_phi_corpus
 
+
+ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- deid:begin -->", "<!-- deid:end -->"
 Tool = Callable[[pydicom.Dataset], pydicom.Dataset]
 #: path in -> de-identified file bytes out

@@ -16,8 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-
 from operators.intake.inventory import scan_input
 from operators.imaging.preprocessing import (
     CLIP_MEAN,
@@ -28,6 +26,8 @@ from operators.imaging.preprocessing import (
     to_model_input,
     to_unit,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 

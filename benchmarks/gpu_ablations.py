@@ -29,11 +29,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-
 from benchmarks.gpu import build_tower, fidelity, load_fidelity_set, time_gpu
 from operators.inference.backends.fp8 import FP8_MAX
 
+
+ROOT = Path(__file__).resolve().parent.parent
 INT8_MAX = 127.0
 
 

@@ -33,8 +33,6 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
 from benchmarks.common import machine, write_section
 
 from tests.support.listener_peers import (
@@ -52,6 +50,7 @@ from app.listener.tcp import DUL_POLL_INTERVAL_S
 from operators.atomic import write_atomically
 from scripts.make_sample_study import make_sample_study
 
+ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- listener:begin -->", "<!-- listener:end -->"
 INSTANCES = 800
 TARGET_PER_S = 300  # issue 6, for 38 KB CT instances on loopback with Nagle off

@@ -15,7 +15,6 @@ import os
 import shutil
 import string
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 

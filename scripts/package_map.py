@@ -35,10 +35,10 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = Path(__file__).resolve().parent.parent
-
 from operators.inference.model_package import ModelPackage, ModelPackageError
 
+
+ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 APP_CONFIG = ROOT / "app.yaml"
 ARTIFACTS_MANIFEST = DEPLOY / "artifacts.json"

@@ -15,13 +15,14 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
 from models.builder import model_inputs_from_dicom
 from models.fidelity import embedding_fidelity
 from operators.inference.backends.base import BackendSpec, embed_in_batches
 from operators.inference.backends.registry import create_backend
 from operators.inference.model_package import ModelPackage
+
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> int:
