@@ -151,12 +151,13 @@ def rate(work: Callable[[], object], seconds: float) -> float:
 def images_per_second(datasets: dict[str, Dataset], repeats: int, seconds: float) -> dict[str, dict]:
     """Decode + preprocess (``preprocess_series`` of one single-frame instance), and decode alone."""
     from operators.intake.image_header import number_of_frames
-    from operators.imaging.preprocessing import SamplingPolicy, decode_frame, preprocess_series
+    from operators.imaging.preprocessing import decode_frame, preprocess_series
+    from operators.imaging.sampling import SamplingPolicy
 
     policy = SamplingPolicy(1)
 
     def preprocess(ds: Dataset) -> None:
-        series = preprocess_series("1", "2", [ds], policy)
+        series = preprocess_series("1", "2", [ds], policy.plan([ds]))
         if not series.images:
             raise RuntimeError(f"refused: {series.refused}")
 

@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from operators.intake.image_header import transfer_syntax_problem  # noqa: E402
 from operators.intake.inventory import classify_file  # noqa: E402
-from operators.imaging.preprocessing import CLIP_MEAN, CLIP_STD, SamplingPolicy, preprocess_series  # noqa: E402
+from operators.imaging.preprocessing import CLIP_MEAN, CLIP_STD, preprocess_series  # noqa: E402
+from operators.imaging.sampling import SamplingPolicy  # noqa: E402
 
 CORPORA = {
     "pydicom": Path(pydicom.__file__).parent / "data" / "test_files",
@@ -120,7 +121,7 @@ def _outcome_of(file: CorpusFile) -> Outcome:
         status = REFUSED if classification.refused else SKIPPED
         return Outcome(file, status, classification.reason, 0, description)
     ds = pydicom.dcmread(file.path)
-    series = preprocess_series(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), [ds], POLICY)
+    series = preprocess_series(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), [ds], POLICY.plan([ds]))
     if not series.images:
         return Outcome(file, REFUSED, series.refused[0][1], 0, description)
     grey = str(ds.PhotometricInterpretation).startswith("MONOCHROME")
