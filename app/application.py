@@ -17,7 +17,7 @@ from app.settings import AppSettings
 from operators.deidentification_operator import DeidentificationOperator
 from operators.inference_operator import ZeroShotInferenceOperator
 from operators.inference.model_package import ModelPackage
-from operators.imaging.preprocessing import SamplingPolicy
+from operators.imaging.sampling import SamplingPolicy
 from operators.preprocessing_operator import PreprocessingOperator
 from operators.run_report import RunReport
 from operators.series_selector_operator import SeriesSelectorOperator
@@ -68,7 +68,7 @@ class BiomedCLIPZeroShotApp(Application):
             self, options=deid_settings.options, secret=deid_settings.secret, policy=sampling,
             accept_burned_in_annotation=deid_settings.accept_burned_in_annotation, report=self.report, name="deidentification",
         )
-        preprocess = PreprocessingOperator(self, policy=sampling, report=self.report, name="preprocessing")
+        preprocess = PreprocessingOperator(self, report=self.report, name="preprocessing")
         infer = ZeroShotInferenceOperator(
             self, package=package, backend=settings.backend, batch_size=settings.batch_size, report=self.report, name="inference"
         )

@@ -10,9 +10,8 @@ come from pydicom's test files (their sizes are in the table). Runs are interlea
 over syntaxes, ``--repeats`` times; medians are reported.
 
 Peak RSS: a fresh process per case decodes and preprocesses one generated 4096 x 4096 16-bit
-MONOCHROME1 image (a CR/MG-sized frame) stored native and as JPEG 2000 lossless, with this pipeline
-and with the one on branch ``main`` (``git show main:operators/imaging/preprocessing.py``), and reports
-the peak RSS (VmHWM, reset just before) above the same process's RSS before decoding.
+MONOCHROME1 image (a CR/MG-sized frame) stored native and as JPEG 2000 lossless, and reports the peak
+RSS (VmHWM, reset just before) above the same process's RSS before decoding.
 
     .venv/bin/python -m benchmarks.decode     # writes benchmarks/decode.json and BENCHMARKS.md's decode section
 """
@@ -149,12 +148,13 @@ def rate(work: Callable[[], object], seconds: float) -> float:
 def images_per_second(datasets: dict[str, Dataset], repeats: int, seconds: float) -> dict[str, dict]:
     """Decode + preprocess (``preprocess_series`` of one single-frame instance), and decode alone."""
     from operators.intake.image_header import number_of_frames
-    from operators.imaging.preprocessing import SamplingPolicy, decode_frame, preprocess_series
+    from operators.imaging.preprocessing import decode_frame, preprocess_series
+    from operators.imaging.sampling import SamplingPolicy
 
     policy = SamplingPolicy(1)
 
     def preprocess(ds: Dataset) -> None:
-        series = preprocess_series("1", "2", [ds], policy)
+        series = preprocess_series("1", "2", [ds], policy.plan([ds]))
         if not series.images:
             raise RuntimeError(f"refused: {series.refused}")
 
@@ -197,51 +197,43 @@ def large_image(path: Path, syntax: UID) -> Path:
 
 
 RSS_PROBE = """
-import resource, sys, importlib.util
-import numpy, pydicom, torch
+import sys
+import pydicom, torch
+from operators.imaging.preprocessing import preprocess_series
+from operators.imaging.sampling import SamplingPolicy
 torch.set_num_threads(2)
-spec = importlib.util.spec_from_file_location("pre", sys.argv[1]); pre = importlib.util.module_from_spec(spec)
-sys.modules["pre"] = pre  # dataclasses look their module up
-spec.loader.exec_module(pre)
-ds = pydicom.dcmread(sys.argv[2])
+ds = pydicom.dcmread(sys.argv[1])
 _ = ds.PixelData
 def status_kib(field):
     return int(next(l for l in open("/proc/self/status") if l.startswith(field)).split()[1])
 before = status_kib("VmRSS:")
 open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
-series = pre.preprocess_series("1", "2", [ds], pre.SamplingPolicy(16))
+plan = SamplingPolicy(16).plan([ds])
+series = preprocess_series("1", "2", plan.pick([ds]), plan)
 assert series.pixel_values.shape == (1, 3, 224, 224), series.refused
 print(before, status_kib("VmHWM:"))
 """
 
 
 def peak_rss(work: Path, repeats: int) -> list[dict]:
-    main_module = work / "preprocessing_main.py"
-    main_module.write_text(subprocess.run(["git", "show", "main:operators/imaging/preprocessing.py"], cwd=ROOT, capture_output=True, text=True, check=True).stdout)
-    pipelines = {"this branch": ROOT / "operators" / "preprocessing.py", "main": main_module}
     results = []
     for syntax in (ExplicitVRLittleEndian, JPEG2000Lossless):
         image = large_image(work / f"large_{syntax.keyword}.dcm", syntax)
-        for label, module in pipelines.items():
-            rows = []
-            for _ in range(repeats):
-                out = subprocess.run(
-                    [sys.executable, "-c", RSS_PROBE, str(module), str(image)],
-                    capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                )
-                if out.returncode:
-                    raise RuntimeError(f"RSS probe failed: {out.stderr[-2000:]}")
-                before, peak = map(int, out.stdout.split()[-2:])
-                rows.append((peak - before) / 1024)
-            results.append(
-                {
-                    "image": f"{LARGE_SIDE}x{LARGE_SIDE} 16-bit MONOCHROME1",
-                    "transfer_syntax": syntax.name,
-                    "file_bytes": image.stat().st_size,
-                    "pipeline": label,
-                    "peak_rss_above_loaded_mib": round(statistics.median(rows), 1),
-                }
-            )
+        rows = []
+        for _ in range(repeats):
+            out = subprocess.run([sys.executable, "-c", RSS_PROBE, str(image)], capture_output=True, text=True, cwd=ROOT)
+            if out.returncode:
+                raise RuntimeError(f"RSS probe failed: {out.stderr[-2000:]}")
+            before, peak = map(int, out.stdout.split()[-2:])
+            rows.append((peak - before) / 1024)
+        results.append(
+            {
+                "image": f"{LARGE_SIDE}x{LARGE_SIDE} 16-bit MONOCHROME1",
+                "transfer_syntax": syntax.name,
+                "file_bytes": image.stat().st_size,
+                "peak_rss_above_loaded_mib": round(statistics.median(rows), 1),
+            }
+        )
     return results
 
 
@@ -266,15 +258,14 @@ def markdown(result: dict) -> str:
     lines += [
         "",
         "Peak RSS of one process decoding and preprocessing one large image (VmHWM above its RSS with the "
-        "file loaded; median of runs), this pipeline vs `main`'s (float64 Modality LUT output, float copies "
-        "for VOI and percentiles):",
+        "file loaded; median of runs):",
         "",
-        "| image | transfer syntax | file bytes | pipeline | peak RSS above loaded (MiB) |",
-        "|---|---|---:|---|---:|",
+        "| image | transfer syntax | file bytes | peak RSS above loaded (MiB) |",
+        "|---|---|---:|---:|",
     ]
     for row in result["peak_rss"]:
         lines.append(
-            f"| {row['image']} | {row['transfer_syntax']} | {row['file_bytes']:,} | {row['pipeline']} | {row['peak_rss_above_loaded_mib']} |"
+            f"| {row['image']} | {row['transfer_syntax']} | {row['file_bytes']:,} | {row['peak_rss_above_loaded_mib']} |"
         )
     lines.append(END)
     return "\n".join(lines)

@@ -22,10 +22,10 @@ from operators.imaging.preprocessing import (
     CLIP_STD,
     UnsupportedImage,
     decode_frame,
-    series_images,
     to_model_input,
     to_unit,
 )
+from operators.imaging.sampling import series_images  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,9 +63,9 @@ def source_images(max_frames_per_file: int = 8) -> list[np.ndarray]:
                 ds = dcmread(item.path)
                 frames = series_images([ds])
                 step = max(1, len(frames) // max_frames_per_file)
-                for ds_, index, _, problem in frames[::step][:max_frames_per_file]:
+                for position, problem in frames[::step][:max_frames_per_file]:
                     if problem is None:
-                        images.append(to_unit(ds_, decode_frame(ds_, index), index))
+                        images.append(to_unit(ds, decode_frame(ds, position.frame), position.frame))
             except (UnsupportedImage, ValueError, AttributeError, KeyError):
                 continue  # the fidelity set only needs images that decode
     return images

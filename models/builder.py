@@ -187,13 +187,15 @@ def model_inputs_from_dicom(folder: Path, limit: int) -> np.ndarray:
     from pydicom import dcmread
 
     from operators.intake.inventory import scan_input
-    from operators.imaging.preprocessing import SamplingPolicy, preprocess_series
+    from operators.imaging.preprocessing import preprocess_series
+    from operators.imaging.sampling import SamplingPolicy
 
     batches = []
     for item in scan_input(folder):
         if item.skip_reason is None and sum(len(b) for b in batches) < limit:
             try:
-                batches.append(preprocess_series("", "", [dcmread(item.path)], SamplingPolicy(2)).pixel_values)
+                ds = dcmread(item.path)
+                batches.append(preprocess_series("", "", [ds], SamplingPolicy(2).plan([ds])).pixel_values)
             except (ValueError, AttributeError, KeyError):  # malformed test files: calibration needs good ones
                 continue
     images = np.concatenate([b for b in batches if len(b)])[:limit]

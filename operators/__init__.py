@@ -16,7 +16,8 @@ adapter                         stage package   what the stage does
 
 ``ADAPTER_STAGES`` below is that table; ``tests/unit/test_architecture.py`` checks each adapter imports its
 stage, and pyproject.toml's import contracts (run by scripts/test.sh) keep the stages layered
-(intake, deid < imaging < inference < sr < run_report < adapters) with no core importing an adapter.
+(intake < imaging < deid < inference < sr < run_report < adapters: the de-identifier carries
+the sampling plan, made once before de-identification) with no core importing an adapter.
 ``run_report`` (run_report.json) and ``atomic`` (atomic file writes) serve every stage.
 """
 

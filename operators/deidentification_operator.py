@@ -10,7 +10,7 @@ from pydicom import Dataset
 from operators.deid.burned_in_annotation import burned_in_phi_risk
 from operators.deid.deidentifier import Deidentifier, DeidentificationProfile, deidentify_series
 from operators.deid.profile import ProfileOptions
-from operators.imaging.preprocessing import SamplingPolicy, instances_to_use
+from operators.imaging.sampling import SamplingPolicy
 from operators.run_report import RunReport, timed_stage
 
 logger = logging.getLogger(__name__)
@@ -22,8 +22,10 @@ class DeidentificationOperator(Operator):
     writer only). Nothing downstream of ``series`` carries an original identifier.
 
     Images that may carry burned-in PHI are refused before de-identification (unless
-    ``accept_burned_in_annotation``) and recorded in the run report with the reason. Only the
-    instances the sampling ``policy`` will use are de-identified (less work, less PHI handled).
+    ``accept_burned_in_annotation``) and recorded in the run report with the reason. Each series'
+    ``SamplingPlan`` is made here, once, from the original series; only the instances it picks are
+    de-identified (less work, less PHI handled), and it goes on with them to preprocessing. Each
+    de-identified instance is linked to its input file in the run report.
     """
 
     def __init__(
@@ -52,7 +54,6 @@ class DeidentificationOperator(Operator):
     @timed_stage("deidentify")
     def compute(self, op_input, op_output, context) -> None:
         deidentifier = Deidentifier(self.profile, self.secret)
-        self.report.reidentification = deidentifier.reidentification
         seen: set[str] = set()
         result = []
         for study in op_input.receive("study_selected_series_list") or []:
@@ -66,9 +67,14 @@ class DeidentificationOperator(Operator):
                 accepted = self._refuse_burned_in(originals)
                 if not accepted:
                     continue
-                used, total_images = instances_to_use(accepted, self.policy)
-                deidentified = deidentify_series(deidentifier, used, total_images)
-                logger.info("De-identified series %s: %d of %d instances", deidentified.series_instance_uid, len(used), len(accepted))
+                plan = self.policy.plan(accepted)
+                deidentified = deidentify_series(deidentifier, accepted, plan)
+                for original, ds in zip(plan.pick(accepted), deidentified.datasets):
+                    self.report.link(str(original.SOPInstanceUID), str(ds.SOPInstanceUID))
+                logger.info(
+                    "De-identified series %s: %d of %d instances",
+                    deidentified.series_instance_uid, len(deidentified.datasets), len(accepted),
+                )
                 result.append(deidentified)
         op_output.emit(result, "series")
         op_output.emit(deidentifier.reidentification, "reidentification")

@@ -7,11 +7,10 @@ import logging
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from operators.inference.backends.base import BackendSpec
-
 from operators.inference.backends.registry import create_backend
-from operators.inference.classification import classify_series
+from operators.inference.classification import SeriesClassification, classify_series
 from operators.inference.model_package import ModelPackage
-from operators.run_report import RunReport, timed_stage
+from operators.run_report import INFERRED, ImageRow, RunReport, SeriesRow, timed_stage
 
 logger = logging.getLogger(__name__)
 
@@ -46,27 +45,26 @@ class ZeroShotInferenceOperator(Operator):
         for series in op_input.receive("preprocessed"):
             classified = classify_series(series, self.backend, self.package.head, self.batch_size)
             logger.info("Series %s: top label %s", classified.series_instance_uid, labels.names[classified.top_index])
-            self.report.add_series(
-                {
-                    "series": classified.series_instance_uid,
-                    "modality": classified.modality,
-                    "series_number": classified.series_number,
-                    "status": "inferred",
-                    "images_total": classified.total_images,
-                    "images_inferred": len(classified.images),
-                    "sampling": classified.sampling,
-                    "backend": classified.backend,
-                    "top_label": labels.names[classified.top_index],
-                    "probabilities": dict(zip(labels.names, map(float, classified.aggregate))),
-                    "images": [
-                        {
-                            "sop_instance_uid": ref.sop_instance_uid,
-                            "frame": ref.frame_number,
-                            "probabilities": dict(zip(labels.names, map(float, row))),
-                        }
-                        for ref, row in zip(classified.images, classified.per_image)
-                    ],
-                }
-            )
+            self.report.add_series(_series_row(classified, labels.names))
             result.append(classified)
         op_output.emit(result, "classifications")
+
+
+def _series_row(classified: SeriesClassification, names: list[str]) -> SeriesRow:
+    """The run report's row of an inferred series: probabilities by label name, per series and per image."""
+    return SeriesRow(
+        series=classified.series_instance_uid,
+        modality=classified.modality,
+        series_number=classified.series_number,
+        status=INFERRED,
+        images_total=classified.total_images,
+        images_inferred=len(classified.images),
+        sampling=classified.sampling,
+        backend=classified.backend,
+        top_label=names[classified.top_index],
+        probabilities=dict(zip(names, map(float, classified.aggregate))),
+        images=[
+            ImageRow(ref.sop_instance_uid, ref.frame_number, dict(zip(names, map(float, row))))
+            for ref, row in zip(classified.images, classified.per_image)
+        ],
+    )

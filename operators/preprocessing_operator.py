@@ -6,18 +6,18 @@ import logging
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from operators.imaging.preprocessing import SamplingPolicy, preprocess_series
-from operators.run_report import RunReport, timed_stage
+from operators.imaging.preprocessing import preprocess_series
+from operators.run_report import NO_USABLE_IMAGE, RunReport, SeriesRow, timed_stage
 
 logger = logging.getLogger(__name__)
 
 
 class PreprocessingOperator(Operator):
     """Input ``series`` (list of ``DeidentifiedSeries``); output ``preprocessed`` (list of
-    ``PreprocessedSeries`` with at least one usable image). Refused images go to the run report."""
+    ``PreprocessedSeries`` with at least one usable image). Each series' images are those of the
+    sampling plan it comes with. Refused images go to the run report."""
 
-    def __init__(self, fragment: Fragment, *args, policy: SamplingPolicy, report: RunReport, **kwargs) -> None:
-        self.policy = policy
+    def __init__(self, fragment: Fragment, *args, report: RunReport, **kwargs) -> None:
         self.report = report
         super().__init__(fragment, *args, **kwargs)
 
@@ -29,9 +29,7 @@ class PreprocessingOperator(Operator):
     def compute(self, op_input, op_output, context) -> None:
         result = []
         for series in op_input.receive("series"):
-            pre = preprocess_series(
-                series.study_instance_uid, series.series_instance_uid, series.datasets, self.policy, series.total_images
-            )
+            pre = preprocess_series(series.study_instance_uid, series.series_instance_uid, series.datasets, series.plan)
             for ref, reason in pre.refused:
                 logger.warning("Image %s frame %s refused: %s", ref.sop_instance_uid, ref.frame_number, reason)
                 self.report.mark_refused(ref.sop_instance_uid, reason)
@@ -40,7 +38,6 @@ class PreprocessingOperator(Operator):
                 result.append(pre)
             else:
                 self.report.add_series(
-                    {"series": pre.series_instance_uid, "modality": pre.modality, "series_number": pre.series_number,
-                     "status": "no usable image", "images_total": pre.total_images}
+                    SeriesRow(pre.series_instance_uid, pre.modality, pre.series_number, NO_USABLE_IMAGE, pre.total_images)
                 )
         op_output.emit(result, "preprocessed")

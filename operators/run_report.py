@@ -6,7 +6,10 @@ a non-image SOP class, a duplicate); ``refused`` (an image, or a file that may h
 could not be used: a failure, with the reason).
 
 Only de-identified identifiers appear in it (pseudonymous series UIDs); files are named by their
-path relative to the input folder.
+path relative to the input folder. Stages before de-identification name instances by their original
+SOP Instance UIDs, later ones by their de-identified UIDs: the de-identification operator links the two
+(``RunReport.link``) as each instance is de-identified, so the report never holds the re-identification
+map.
 """
 
 from __future__ import annotations
@@ -15,12 +18,11 @@ import functools
 import json
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from operators.atomic import write_atomically
-from operators.deid.deidentifier import ReidentificationMap
 from operators.intake.inventory import InputFile
 
 USED = "used"
@@ -28,18 +30,54 @@ SKIPPED = "skipped"
 NOT_USED = "not used"
 REFUSED = "refused"
 
+#: Series statuses.
+INFERRED = "inferred"
+NO_USABLE_IMAGE = "no usable image"
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """One image the model saw: its de-identified SOP Instance UID, frame number (1-based; ``None`` for
+    a single-frame instance) and probabilities by label name."""
+
+    sop_instance_uid: str
+    frame: int | None
+    probabilities: dict[str, float]
+
+
+@dataclass(frozen=True)
+class SeriesRow:
+    """One row of ``series``: a selected series and what became of it. The fields from
+    ``images_inferred`` on belong to inferred series only; left ``None``, they are not written."""
+
+    series: str  # de-identified Series Instance UID
+    modality: str
+    series_number: int | None
+    status: str
+    images_total: int
+    images_inferred: int | None = None
+    sampling: str | None = None
+    backend: str | None = None
+    top_label: str | None = None
+    probabilities: dict[str, float] | None = None
+    images: list[ImageRow] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The row as written: every field without a default, the others where set."""
+        row = asdict(self)
+        return {f.name: row[f.name] for f in fields(self) if f.default is MISSING or row[f.name] is not None}
+
 
 @dataclass
 class RunReport:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
-    series: list[dict[str, Any]] = field(default_factory=list)
+    series: list[SeriesRow] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     #: wall seconds per stage (operator compute), summed over calls
     timings: dict[str, float] = field(default_factory=dict)
-    #: original SOP Instance UID -> relative path; in memory only, never written.
+    #: SOP Instance UID -> relative path: original UIDs from the inventory, de-identified ones as they are
+    #: linked; in memory only, never written.
     _file_of_instance: dict[str, str] = field(default_factory=dict, repr=False)
-    #: lets later stages name instances by their de-identified UIDs; in memory only.
-    reidentification: ReidentificationMap = field(default_factory=ReidentificationMap, repr=False)
 
     def add_inventory(self, files: Iterable[InputFile]) -> None:
         for f in files:
@@ -49,9 +87,15 @@ class RunReport:
                 self.files[f.relative] = {"status": NOT_USED, "reason": "series not selected by the selection rules"}
                 self._file_of_instance[str(f.sop_instance_uid)] = f.relative
 
+    def link(self, original_sop_uid: str, deidentified_sop_uid: str) -> None:
+        """Let later stages name the input file of ``original_sop_uid`` by its de-identified UID."""
+        relative = self._file_of_instance.get(original_sop_uid)
+        if relative is not None:
+            self._file_of_instance[deidentified_sop_uid] = relative
+
     def _set(self, sop_uid: str, status: str, reason: str | None) -> None:
-        """``sop_uid`` may be original or de-identified."""
-        relative = self._file_of_instance.get(self.reidentification.uids.get(sop_uid, sop_uid))
+        """``sop_uid`` is an original UID, or a de-identified one that was linked."""
+        relative = self._file_of_instance.get(sop_uid)
         if relative is not None:
             self.files[relative] = {"status": status, "reason": reason} if reason else {"status": status}
 
@@ -77,8 +121,8 @@ class RunReport:
         finally:
             self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
 
-    def add_series(self, entry: dict[str, Any]) -> None:
-        self.series.append(entry)
+    def add_series(self, row: SeriesRow) -> None:
+        self.series.append(row)
 
     def add_output(self, path: Path) -> None:
         self.outputs.append(str(path))
@@ -101,7 +145,7 @@ class RunReport:
         return {
             "summary": self.summary(),
             "files": self.files,
-            "series": self.series,
+            "series": [row.as_dict() for row in self.series],
             "outputs": self.outputs,
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
         }

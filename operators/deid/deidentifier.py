@@ -33,6 +33,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID
 
 from operators.deid.profile import Action, DeidentificationProfile, SafePrivateAttribute
+from operators.imaging.sampling import SamplingPlan
 
 #: Root of the UIDs this app generates: "2.25." + a 128-bit integer (PS3.5 Annex B.2), at most 44 characters.
 UID_ROOT = "2.25."
@@ -385,17 +386,16 @@ def _study_attributes(ds: Dataset) -> Dataset:
 
 @dataclass(frozen=True)
 class DeidentifiedSeries:
-    """The de-identified instances of one selected series, under pseudonymous study/series UIDs."""
+    """The de-identified copies of the instances of one selected series that its sampling plan picks
+    (``plan.pick`` order), under pseudonymous study/series UIDs, with the plan (positions only)."""
 
     study_instance_uid: str
     series_instance_uid: str
     datasets: list[Dataset]
-    #: images in the whole series, where ``datasets`` holds only the instances the sampling uses
-    total_images: int | None = None
+    plan: SamplingPlan
 
 
-def deidentify_series(
-    deidentifier: Deidentifier, originals: list[Dataset], total_images: int | None = None
-) -> DeidentifiedSeries:
-    datasets = deidentifier.deidentify_all(originals)
-    return DeidentifiedSeries(str(datasets[0].StudyInstanceUID), str(datasets[0].SeriesInstanceUID), datasets, total_images)
+def deidentify_series(deidentifier: Deidentifier, series: list[Dataset], plan: SamplingPlan) -> DeidentifiedSeries:
+    """De-identify the instances of ``series`` (the list ``plan`` was made from) that ``plan`` picks, and only those."""
+    datasets = deidentifier.deidentify_all(plan.pick(series))
+    return DeidentifiedSeries(str(datasets[0].StudyInstanceUID), str(datasets[0].SeriesInstanceUID), datasets, plan)

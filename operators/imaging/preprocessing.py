@@ -13,15 +13,15 @@ scaled by their bit depth.
 Geometry as in CLIP: bicubic resize of the shorter side to 224 (antialiased when shrinking), centre
 crop 224 x 224; grey replicated to 3 channels; CLIP mean/std normalisation.
 
-Sampling policy for long series: at most ``max_images_per_series`` images, evenly spaced over the
-series in its instance order (Instance Number, then frame number), always including the first and
-the last. Every skipped image is counted and reported — nothing is truncated silently.
+Which images are preprocessed is not decided here: the series' ``SamplingPlan``
+(``operators.imaging.sampling``), made once before de-identification, names them.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 from pydicom import Dataset
@@ -29,7 +29,7 @@ from pydicom.pixels import apply_color_lut, get_decoder
 from pydicom.uid import ExplicitVRBigEndian
 
 from operators.imaging.grey_levels import frame_to_unit
-from operators.intake.image_header import header_problem, number_of_frames
+from operators.imaging.sampling import SamplingPlan, image_problem
 
 IMAGE_SIZE = 224
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
@@ -41,29 +41,6 @@ PALETTE_KEYWORDS = tuple(
 
 class UnsupportedImage(ValueError):
     """The image cannot be turned into model input; the message says why (no PHI)."""
-
-
-@dataclass(frozen=True)
-class SamplingPolicy:
-    max_images_per_series: int = 16
-
-    def __post_init__(self) -> None:
-        if self.max_images_per_series < 1:
-            raise ValueError("max_images_per_series must be at least 1")
-
-    def select(self, count: int) -> list[int]:
-        """Indices of the images to use out of ``count``: all, or evenly spaced incl. first and last."""
-        if count <= self.max_images_per_series:
-            return list(range(count))
-        if self.max_images_per_series == 1:
-            return [count // 2]
-        step = (count - 1) / (self.max_images_per_series - 1)
-        return sorted({int(round(i * step)) for i in range(self.max_images_per_series)})
-
-    def describe(self, used: int, total: int) -> str:
-        if used == total:
-            return f"all {total} images"
-        return f"{used} of {total} images, evenly spaced (max_images_per_series={self.max_images_per_series})"
 
 
 @dataclass(frozen=True)
@@ -158,56 +135,23 @@ def model_input(ds: Dataset, index: int | None) -> np.ndarray:
         raise UnsupportedImage(f"pixel values could not be transformed ({_one_line(exc)})") from None
 
 
-def series_images(datasets: list[Dataset]) -> list[tuple[Dataset, int | None, ImageRef, str | None]]:
-    """Every image of a series in instance order: ``(dataset, frame index or None, ImageRef, problem)``.
-    An instance whose header has a ``problem`` counts as one image, whatever frames it declares."""
-    ordered = sorted(datasets, key=lambda d: (int(d.get("InstanceNumber") or 0), str(d.SOPInstanceUID)))
-    images = []
-    for ds in ordered:
-        problem = _header_problem(ds)
-        frames = 1 if problem else number_of_frames(ds)
-        for index in range(frames) if frames > 1 else [None]:
-            ref = ImageRef(str(ds.SOPClassUID), str(ds.SOPInstanceUID), None if index is None else index + 1)
-            images.append((ds, index, ref, problem))
-    return images
+def preprocess_series(study_uid: str, series_uid: str, datasets: Sequence[Dataset], plan: SamplingPlan) -> PreprocessedSeries:
+    """Preprocess the images ``plan`` names, and only those (it never selects again); images that cannot
+    be used are listed with why.
 
-
-def _header_problem(ds: Dataset) -> str | None:
-    try:
-        return header_problem(ds)
-    except (TypeError, ValueError) as exc:  # malformed attribute values
-        return f"malformed image header ({_one_line(exc)})"
-
-
-def instances_to_use(datasets: list[Dataset], policy: SamplingPolicy) -> tuple[list[Dataset], int]:
-    """The instances holding the images ``policy`` will pick, and the series' image count.
-
-    Only those need de-identifying and decoding. Where every instance is single-frame the subset holds
-    exactly the chosen images, so sampling it again picks them all; with multi-frame instances every
-    instance is kept, so that the frames chosen are the same as over the whole series.
+    ``datasets``: ``plan.pick(series)`` of the series the plan was made from, or their de-identified
+    copies, in that order.
     """
-    images = series_images(datasets)
-    if any(index is not None for _, index, _, _ in images):
-        return datasets, len(images)
-    chosen = {id(images[i][0]) for i in policy.select(len(images))}
-    return [ds for ds in datasets if id(ds) in chosen], len(images)
-
-
-def preprocess_series(
-    study_uid: str, series_uid: str, datasets: list[Dataset], policy: SamplingPolicy, total_images: int | None = None
-) -> PreprocessedSeries:
-    """Sample and preprocess a (de-identified) series; images that cannot be used are listed with why.
-
-    ``total_images``: the whole series' image count where ``datasets`` is already ``instances_to_use``.
-    """
-    images = series_images(datasets)
-    total = total_images or len(images)
-    chosen = [images[i] for i in policy.select(len(images))]
+    if len(datasets) != len(plan.instances):
+        raise ValueError(f"{len(datasets)} instance(s) given where the sampling plan picks {len(plan.instances)}")
+    problems = [image_problem(ds) for ds in datasets]  # checked again: these may be the de-identified copies
     arrays, refs, refused = [], [], []
-    for ds, index, ref, problem in chosen:
+    for picked, index in plan.picked_images():
+        ds = datasets[picked]
+        ref = ImageRef(str(ds.SOPClassUID), str(ds.SOPInstanceUID), None if index is None else index + 1)
         try:
-            if problem:
-                raise UnsupportedImage(problem)
+            if problems[picked]:
+                raise UnsupportedImage(problems[picked])
             arrays.append(model_input(ds, index))
             refs.append(ref)
         except UnsupportedImage as exc:
@@ -221,7 +165,7 @@ def preprocess_series(
         series_number=int(first.SeriesNumber) if first.get("SeriesNumber") not in (None, "") else None,
         pixel_values=pixel_values.astype(np.float32, copy=False),
         images=refs,
-        total_images=total,
-        sampling=policy.describe(len(chosen), total),
+        total_images=plan.total_images,
+        sampling=plan.description,
         refused=refused,
     )

@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 from operators.intake.image_header import transfer_syntax_problem
 from operators.intake.inventory import classify_file
-from operators.imaging.preprocessing import CLIP_MEAN, CLIP_STD, SamplingPolicy, preprocess_series
+from operators.imaging.preprocessing import CLIP_MEAN, CLIP_STD, preprocess_series
+from operators.imaging.sampling import SamplingPolicy
 
 CORPORA = {
     "pydicom": Path(pydicom.__file__).parent / "data" / "test_files",
@@ -119,7 +120,7 @@ def _outcome_of(file: CorpusFile) -> Outcome:
         status = REFUSED if classification.refused else SKIPPED
         return Outcome(file, status, classification.reason, 0, description)
     ds = pydicom.dcmread(file.path)
-    series = preprocess_series(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), [ds], POLICY)
+    series = preprocess_series(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), [ds], POLICY.plan([ds]))
     if not series.images:
         return Outcome(file, REFUSED, series.refused[0][1], 0, description)
     grey = str(ds.PhotometricInterpretation).startswith("MONOCHROME")

@@ -15,6 +15,7 @@ import pytest
 
 from operators.deid.deidentifier import Deidentifier, DeidentificationProfile, deidentify_series
 from operators.deid.profile import TABLE_PATH, Action, ProfileOptions, parse_tag, resolve_combined
+from operators.imaging.sampling import SamplingPlan, SamplingPolicy
 
 SAMPLE = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests" / "98892001"
 UID_PATTERN = re.compile(r"2\.25\.(0|[1-9][0-9]*)")
@@ -30,6 +31,11 @@ def series() -> list[pydicom.Dataset]:
     return datasets
 
 
+def _every(series: list[pydicom.Dataset]) -> SamplingPlan:
+    """A sampling plan that picks every instance of ``series``."""
+    return SamplingPolicy(len(series)).plan(series)
+
+
 def _all_values(ds: pydicom.Dataset) -> set[str]:
     values: set[str] = set()
     ds.walk(lambda _, elem: values.add(str(elem.value)) if elem.VR != "SQ" else None)
@@ -39,7 +45,7 @@ def _all_values(ds: pydicom.Dataset) -> set[str]:
 def test_identifiers_removed_uids_replaced_and_originals_untouched(series: list[pydicom.Dataset]) -> None:
     before = [copy.deepcopy(ds) for ds in series]
     deidentifier = Deidentifier(DeidentificationProfile.basic(), b"site secret")
-    result = deidentify_series(deidentifier, series)
+    result = deidentify_series(deidentifier, series, _every(series))
 
     assert series == before, "originals must not be modified"
     for original, ds in zip(series, result.datasets):
@@ -65,7 +71,7 @@ def test_identifiers_removed_uids_replaced_and_originals_untouched(series: list[
 
 def test_reidentification_map_returns_the_originals(series: list[pydicom.Dataset]) -> None:
     deidentifier = Deidentifier(DeidentificationProfile.basic(), b"k")
-    result = deidentify_series(deidentifier, series)
+    result = deidentify_series(deidentifier, series, _every(series))
     reid = deidentifier.reidentification
     assert reid.original_uid(result.study_instance_uid) == series[0].StudyInstanceUID
     assert reid.original_uid(result.datasets[2].SOPInstanceUID) == series[2].SOPInstanceUID
@@ -76,7 +82,8 @@ def test_reidentification_map_returns_the_originals(series: list[pydicom.Dataset
 
 def test_determinism_same_secret_same_uids_other_secret_other_uids(series: list[pydicom.Dataset]) -> None:
     def uids(secret: bytes) -> list[str]:
-        return [ds.SOPInstanceUID for ds in deidentify_series(Deidentifier(DeidentificationProfile.basic(), secret), series).datasets]
+        deidentified = deidentify_series(Deidentifier(DeidentificationProfile.basic(), secret), series, _every(series))
+        return [ds.SOPInstanceUID for ds in deidentified.datasets]
 
     assert uids(b"one") == uids(b"one")
     assert set(uids(b"one")).isdisjoint(uids(b"two"))

@@ -18,7 +18,8 @@ from pydicom.uid import HTJ2K, HTJ2KLossless, UID
 
 from operators.intake.image_header import number_of_frames
 from operators.intake.inventory import classify_file
-from operators.imaging.preprocessing import SamplingPolicy, decode_frame, model_input, preprocess_series
+from operators.imaging.preprocessing import decode_frame, model_input, preprocess_series
+from operators.imaging.sampling import SamplingPolicy
 from tests.support.input_coverage import CLASSIFIED, REFUSED, SKIPPED, Outcome, all_outcomes, documented_table, table
 
 NOT_DICOM = "not a DICOM file (no 'DICM' prefix after a 128-byte preamble; PS3.10 7.1)"
@@ -194,7 +195,7 @@ def test_htj2k_twin_made_by_openjph_is_read_by_the_installed_decoder(
 
     assert classify_file(tmp_path / "htj2k.dcm").reason is None
     read = pydicom.dcmread(tmp_path / "htj2k.dcm")
-    series = preprocess_series("1.2", "1.2.3", [read], SamplingPolicy(16))
+    series = preprocess_series("1.2", "1.2.3", [read], SamplingPolicy(16).plan([read]))
     assert len(series.images) == 1 and not series.refused
     assert np.abs(decode_frame(read, None).astype(np.int64) - reference.pixel_array).max() <= tolerance
     assert np.abs(series.pixel_values[0] - model_input(reference, None)).max() <= (1e-6 if tolerance == 0 else 0.05)

@@ -16,12 +16,12 @@ from operators.imaging.grey_levels import GreyTransform, frame_to_unit, weighted
 from operators.imaging.preprocessing import (
     CLIP_MEAN,
     CLIP_STD,
-    SamplingPolicy,
-    instances_to_use,
+    PreprocessedSeries,
     preprocess_series,
     to_model_input,
     to_unit,
 )
+from operators.imaging.sampling import SamplingPolicy
 
 
 def _grey_image(pixels: np.ndarray, photometric: str = "MONOCHROME2", **attributes: object) -> Dataset:
@@ -45,6 +45,12 @@ def _grey_image(pixels: np.ndarray, photometric: str = "MONOCHROME2", **attribut
     for keyword, value in attributes.items():
         setattr(ds, keyword, value)
     return ds
+
+
+def _preprocess(datasets: list[Dataset], max_images: int) -> PreprocessedSeries:
+    """A series as the app preprocesses it: planned once, then the picked instances decoded as planned."""
+    plan = SamplingPolicy(max_images).plan(datasets)
+    return preprocess_series("1.2", "1.2.3", plan.pick(datasets), plan)
 
 
 def test_linear_window_matches_ps3_3_formula() -> None:
@@ -90,18 +96,9 @@ def test_model_input_is_clip_normalised_3_channel_224_centre_crop() -> None:
     assert x[0, :, 0].mean() < x[0, :, 8].mean()  # the edge of the dropped black third
 
 
-def test_sampling_policy_evenly_spaced_with_first_and_last() -> None:
-    policy = SamplingPolicy(16)
-    chosen = policy.select(200)
-    assert len(chosen) == 16 and chosen[0] == 0 and chosen[-1] == 199
-    assert max(np.diff(chosen)) - min(np.diff(chosen)) <= 1
-    assert policy.select(7) == list(range(7))
-    assert policy.describe(16, 200) == "16 of 200 images, evenly spaced (max_images_per_series=16)"
-
-
 def test_multi_frame_frames_are_images_with_frame_numbers() -> None:
     ds = pydicom.dcmread(get_testdata_file("emri_small.dcm"))  # 10-frame MR
-    series = preprocess_series("1.2", "1.2.3", [ds], SamplingPolicy(4))
+    series = _preprocess([ds], 4)
     assert series.pixel_values.shape == (4, 3, 224, 224)
     assert [ref.frame_number for ref in series.images] == [1, 4, 7, 10]
     assert series.total_images == 10
@@ -114,7 +111,7 @@ def test_undecodable_image_is_refused_with_a_reason_and_the_rest_goes_on() -> No
     corrupt = _grey_image(np.ones((8, 8)), InstanceNumber=3)
     corrupt.file_meta.TransferSyntaxUID = RLELossless
     corrupt.PixelData = encapsulate([b"\x01\x00\x00\x00" + bytes(60)])  # RLE header naming 1 segment at offset 0
-    series = preprocess_series("1.2", "1.2.3", [good, bad, corrupt], SamplingPolicy(16))
+    series = _preprocess([good, bad, corrupt], 16)
     assert len(series.images) == 1
     (bad_ref, bad_reason), (corrupt_ref, corrupt_reason) = series.refused
     assert bad_ref.sop_instance_uid == bad.SOPInstanceUID
@@ -122,7 +119,7 @@ def test_undecodable_image_is_refused_with_a_reason_and_the_rest_goes_on() -> No
     assert corrupt_ref.sop_instance_uid == corrupt.SOPInstanceUID
     assert corrupt_reason.startswith("pixel data could not be decoded (")
     del good.PixelData
-    empty = preprocess_series("1.2", "1.2.3", [good], SamplingPolicy(16))
+    empty = _preprocess([good], 16)
     assert empty.pixel_values.shape == (0, 3, 224, 224)
     assert [reason for _, reason in empty.refused] == ["no Pixel Data"]
 
@@ -225,7 +222,7 @@ def test_palette_color_goes_through_its_palette() -> None:
     unit = to_unit(ds, ds.pixel_array)
     assert unit.shape == (*ds.pixel_array.shape, 3)
     assert unit == pytest.approx(rgb / (2**bits - 1), abs=1e-6)
-    series = preprocess_series("1.2", "1.2.3", [ds], SamplingPolicy(16))
+    series = _preprocess([ds], 16)
     assert series.pixel_values.shape == (1, 3, 224, 224) and not series.refused
 
 
@@ -255,26 +252,7 @@ def test_xa_cine_frames_are_sampled_like_slices_and_each_is_its_own_frame() -> N
     frames = np.stack([np.full((32, 40), 10 * i, dtype=np.uint16) for i in range(20)])  # frame i holds 10 i
     ds = _grey_image(frames, Modality="XA", WindowCenter=95.5, WindowWidth=191)  # 0 -> black, 190 -> white
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.12.1"  # X-Ray Angiographic Image Storage
-    series = preprocess_series("1.2", "1.2.3", [ds], SamplingPolicy(4))
+    series = _preprocess([ds], 4)
     assert [ref.frame_number for ref in series.images] == [1, 7, 14, 20]
     grey = series.pixel_values[:, 0, 112, 112] * CLIP_STD[0] + CLIP_MEAN[0]
     assert grey == pytest.approx([0.0, 60 / 190, 130 / 190, 1.0], abs=1e-5)
-
-
-def test_only_the_sampled_instances_go_on_and_the_report_counts_the_whole_series() -> None:
-    series = [_grey_image(np.full((8, 8), i), InstanceNumber=i + 1, WindowCenter=100, WindowWidth=200) for i in range(40)]
-    policy = SamplingPolicy(5)
-    used, total = instances_to_use(series, policy)
-    assert total == 40
-    assert [int(ds.InstanceNumber) for ds in used] == [1, 11, 21, 30, 40]
-    subset = preprocess_series("1.2", "1.2.3", used, policy, total)
-    assert subset.sampling == "5 of 40 images, evenly spaced (max_images_per_series=5)"
-    whole = preprocess_series("1.2", "1.2.3", series, policy)
-    assert [r.sop_instance_uid for r in subset.images] == [r.sop_instance_uid for r in whole.images]
-    assert np.array_equal(subset.pixel_values, whole.pixel_values)
-
-
-def test_multi_frame_instances_are_all_kept_for_frame_sampling() -> None:
-    ds = pydicom.dcmread(get_testdata_file("emri_small.dcm"))  # 10 frames
-    used, total = instances_to_use([ds], SamplingPolicy(4))
-    assert used == [ds] and total == 10
