@@ -30,7 +30,7 @@ from pydicom import Dataset, dcmread
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.settings import DeidentificationSettings, config_path  # noqa: E402
+from app.settings import DeidentificationSettings, SettingsError, config_path  # noqa: E402
 from operators.atomic import write_atomically  # noqa: E402
 from operators.deid.admission import admit  # noqa: E402
 from operators.deid.deidentifier import Deidentifier, DeidentificationProfile  # noqa: E402
@@ -88,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         settings = DeidentificationSettings.load(args.config)
-    except (OSError, ValueError, KeyError) as exc:
+    except SettingsError as exc:  # its message names the file and the setting
+        print(f"error: invalid de-identification settings: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:
         print(f"error: {config_path(args.config)}: invalid de-identification settings ({type(exc).__name__}: {exc})", file=sys.stderr)
         return 2
     try:
