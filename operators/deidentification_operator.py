@@ -7,7 +7,7 @@ import logging
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 from pydicom import Dataset
 
-from operators.deid.burned_in_annotation import burned_in_phi_risk
+from operators.deid.admission import admit
 from operators.deid.deidentifier import Deidentifier, DeidentificationProfile, deidentify_series
 from operators.deid.profile import ProfileOptions
 from operators.imaging.sampling import SamplingPolicy
@@ -21,11 +21,12 @@ class DeidentificationOperator(Operator):
     (list of ``DeidentifiedSeries``) and ``reidentification`` (``ReidentificationMap``, for the SR
     writer only). Nothing downstream of ``series`` carries an original identifier.
 
-    Images that may carry burned-in PHI are refused before de-identification (unless
-    ``accept_burned_in_annotation``) and recorded in the run report with the reason. Each series'
-    ``SamplingPlan`` is made here, once, from the original series; only the instances it picks are
-    de-identified (less work, less PHI handled), and it goes on with them to preprocessing. Each
-    de-identified instance is linked to its input file in the run report.
+    Instances the admission gate refuses (``operators.deid.admission.admit``: non-image, or possible
+    burned-in PHI unless ``accept_burned_in_annotation``) are refused before de-identification and
+    recorded in the run report with the reason. Each series' ``SamplingPlan`` is made here, once, from
+    the original series; only the instances it picks are de-identified (less work, less PHI handled),
+    and it goes on with them to preprocessing. Each de-identified instance is linked to its input file
+    in the run report.
     """
 
     def __init__(
@@ -64,7 +65,7 @@ class DeidentificationOperator(Operator):
                 seen.add(series.SeriesInstanceUID)
                 originals = [instance.get_native_sop_instance() for instance in series.get_sop_instances()]
                 self.report.mark_selected((str(ds.SOPInstanceUID) for ds in originals), "not sampled (series sampling policy)")
-                accepted = self._refuse_burned_in(originals)
+                accepted = self._admitted(originals)
                 if not accepted:
                     continue
                 plan = self.policy.plan(accepted)
@@ -79,13 +80,11 @@ class DeidentificationOperator(Operator):
         op_output.emit(result, "series")
         op_output.emit(deidentifier.reidentification, "reidentification")
 
-    def _refuse_burned_in(self, originals: list[Dataset]) -> list[Dataset]:
+    def _admitted(self, originals: list[Dataset]) -> list[Dataset]:
         """The instances that may go on; the others are marked refused (by original UID, in memory only)."""
-        if self.accept_burned_in_annotation:
-            return originals
         accepted = []
         for ds in originals:
-            reason = burned_in_phi_risk(ds)
+            reason = admit(ds, accept_burned_in_annotation=self.accept_burned_in_annotation)
             if reason is None:
                 accepted.append(ds)
             else:

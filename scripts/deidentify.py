@@ -5,11 +5,14 @@
     .venv/bin/python scripts/deidentify.py IN_DIR OUT_DIR [--config app/config/app.json]
 
 Outputs: ``OUT_DIR/<study UID>/<series UID>/<SOP Instance UID>.dcm`` under the replaced UIDs, written
-atomically; the input is never modified. Refused files (not DICOM, non-image SOP classes, possible
-burned-in PHI unless the config accepts it) are listed with the reason, by their path relative to
-IN_DIR. UIDs are keyed by the secret in the environment variable the config names; without it a
-random key is drawn, so the same input gives other UIDs on the next run. Nothing else is written: the
-re-identification map stays in memory and is discarded.
+atomically; the input is never modified. Files are taken as the app takes them: the app's intake
+inventory (``operators.intake.inventory.scan_input``: the same walk, symbolic links followed once, and
+the same header checks — not DICOM, empty, truncated, missing UIDs, undecodable, duplicate…) and then
+its admission gate (``operators.deid.admission.admit``: non-image SOP classes, possible burned-in PHI
+unless the config accepts it). Every file not written is listed with the app's reason, by its path
+relative to IN_DIR. UIDs are keyed by the secret in the environment variable the config names;
+without it a random key is drawn, so the same input gives other UIDs on the next run. Nothing else is
+written: the re-identification map stays in memory and is discarded.
 
 Exit status: 0 when every file was processed (written or refused), 2 on bad arguments or config.
 """
@@ -17,22 +20,18 @@ Exit status: 0 when every file was processed (written or refused), 2 on bad argu
 from __future__ import annotations
 
 import argparse
-import os
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID
 
-ROOT = Path(__file__).resolve().parent.parent
-
-from app.settings import DeidentificationSettings, config_path
+from app.settings import DeidentificationSettings, SettingsError, config_path
 from operators.atomic import write_atomically
-from operators.deid.burned_in_annotation import burned_in_phi_risk
+from operators.deid.admission import admit
 from operators.deid.deidentifier import Deidentifier, DeidentificationProfile
-from operators.intake.inventory import PIXEL_KEYWORDS
+from operators.intake import inventory
 
 
 @dataclass
@@ -42,46 +41,36 @@ class FolderResult:
     refused: dict[str, str] = field(default_factory=dict)
 
 
-def _refusal(ds: Dataset, settings: DeidentificationSettings) -> str | None:
-    if not any(k in ds for k in PIXEL_KEYWORDS):
-        return f"non-image SOP class: {UID(ds.get('SOPClassUID', '')).name or 'unknown'} (the app de-identifies images only)"
-    return None if settings.accept_burned_in_annotation else burned_in_phi_risk(ds)
-
-
-def _read(path: Path) -> Dataset | str:
-    try:
-        return dcmread(path)
-    except InvalidDicomError:
-        return "not a DICOM file"
-    except Exception as exc:  # truncated or malformed files raise many kinds; the message may quote values
-        return f"not a readable DICOM file ({type(exc).__name__})"
-
-
 def deidentify_folder(input_dir: Path, output_dir: Path, settings: DeidentificationSettings) -> FolderResult:
-    """De-identify every regular file under ``input_dir`` (sorted, symbolic links not followed)."""
+    """De-identify every file under ``input_dir`` that the app's inventory accepts and ``admit`` admits."""
     input_dir, output_dir = input_dir.resolve(), output_dir.resolve()
     if output_dir == input_dir or input_dir in output_dir.parents:
         raise ValueError(f"{output_dir}: the output folder must not be inside the input folder")
     deidentifier = Deidentifier(DeidentificationProfile.basic(settings.options), settings.secret)
     result = FolderResult()
-    for folder, dirs, names in os.walk(input_dir):
-        dirs.sort()
-        for name in sorted(names):
-            path = Path(folder) / name
-            relative = path.relative_to(input_dir).as_posix()
-            original = "symbolic link (not followed)" if path.is_symlink() else _read(path)
-            reason = original if isinstance(original, str) else _refusal(original, settings)
-            if reason is not None:
-                result.refused[relative] = reason
-                continue
-            try:
-                ds = deidentifier.deidentify(original)
-            except Exception as exc:  # one bad file must not stop the others; the message may quote values
-                result.refused[relative] = f"de-identification failed ({type(exc).__name__})"
-                continue
-            target = output_dir / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
-            result.written.append(write_atomically(target, lambda f: ds.save_as(f, enforce_file_format=True)))
+    for entry in inventory.scan_input(input_dir):  # the whole list before anything is written
+        try:
+            outcome = entry.skip_reason or _deidentified(entry.path, deidentifier, settings.accept_burned_in_annotation)
+        except Exception as exc:  # one bad file must not stop the others; the message may quote values
+            outcome = f"de-identification failed ({type(exc).__name__})"
+        if isinstance(outcome, str):
+            result.refused[entry.relative] = outcome
+        else:
+            result.written.append(_write(outcome, output_dir))
     return result
+
+
+def _deidentified(path: Path, deidentifier: Deidentifier, accept_burned_in_annotation: bool) -> Dataset | str:
+    """The de-identified copy of an image the inventory accepted, or why the admission gate refuses it."""
+    original = dcmread(path)
+    reason = admit(original, accept_burned_in_annotation=accept_burned_in_annotation)
+    return reason if reason is not None else deidentifier.deidentify(original)
+
+
+def _write(ds: Dataset, output_dir: Path) -> Path:
+    """``OUTPUT/<study UID>/<series UID>/<SOP Instance UID>.dcm``: the inventory accepted only files with all three."""
+    target = output_dir / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
+    return write_atomically(target, lambda f: ds.save_as(f, enforce_file_format=True))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,12 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output_dir", type=Path)
     parser.add_argument("--config", type=Path, help="app settings file (default: app/config/app.json or $BIOMEDCLIP_APP_CONFIG)")
     args = parser.parse_args(argv)
+    inventory.logger.setLevel(logging.ERROR)  # the summary lists every refusal; its log lines would repeat them
     if not args.input_dir.is_dir():
         print(f"error: {args.input_dir}: not a folder", file=sys.stderr)
         return 2
     try:
         settings = DeidentificationSettings.load(args.config)
-    except (OSError, ValueError, KeyError) as exc:
+    except SettingsError as exc:  # its message names the file and the setting
+        print(f"error: invalid de-identification settings: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:
         print(f"error: {config_path(args.config)}: invalid de-identification settings ({type(exc).__name__}: {exc})", file=sys.stderr)
         return 2
     try:

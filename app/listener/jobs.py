@@ -1,5 +1,5 @@
 """One job per arrival: the MAP application run as a subprocess on the spooled study, as a platform
-would run it (``python app -i STUDY -o OUT -m MODELS``; exit codes in ``app/__main__.py``).
+would run it (``python app -i STUDY -o OUT -m MODELS``; exit codes: ``app.exit_codes.ExitCode``).
 
 The job writes into ``OUTPUT/.<arrival>.partial`` and the folder is renamed to ``OUTPUT/<arrival>``
 only when the application has exited, so a reader never sees a half-written result. The child gets
@@ -15,11 +15,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.exit_codes import ExitCode
 from operators.atomic import fsync_folder
 
 APP_DIR = Path(__file__).resolve().parent.parent
-#: The application's exit code for "nothing usable in the input" (app/__main__.py): re-running cannot help.
-EXIT_NOTHING_USABLE = 2
 APP_LOG = "app.log"
 
 
@@ -31,11 +30,11 @@ class JobOutcome:
 
     @property
     def succeeded(self) -> bool:
-        return self.exit_code == 0 and bool(self.srs)
+        return self.exit_code == ExitCode.NONE_FAILED and bool(self.srs)
 
     @property
     def retryable(self) -> bool:
-        return not self.succeeded and self.exit_code != EXIT_NOTHING_USABLE
+        return not self.succeeded and self.exit_code != ExitCode.ALL_FAILED  # nothing usable: re-running cannot help
 
 
 class MapJob:
@@ -68,5 +67,5 @@ class MapJob:
                 exit_code = None
         staging.rename(final)
         fsync_folder(self.output_dir)  # the rename is durable before the journal says the job finished
-        srs = tuple(sorted(p.name for p in final.glob("*.dcm"))) if exit_code == 0 else ()
+        srs = tuple(sorted(p.name for p in final.glob("*.dcm"))) if exit_code == ExitCode.NONE_FAILED else ()
         return JobOutcome(exit_code, final, srs)

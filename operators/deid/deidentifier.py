@@ -15,24 +15,23 @@ into the original study; it is never logged or written.
 
 from __future__ import annotations
 
-import copy
 import datetime
 import hashlib
 import hmac
 import re
 import secrets
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Iterable, Iterator
+from typing import Iterable
 
-from pydicom import Dataset, config
+from pydicom import Dataset
 from pydicom.dataelem import DataElement
 from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID
 
 from operators.deid.profile import Action, DeidentificationProfile, SafePrivateAttribute
+from operators.deid.unvalidated import deep_copy, unvalidated, unvalidated_element
 from operators.imaging.sampling import SamplingPlan
 
 #: Root of the UIDs this app generates: "2.25." + a 128-bit integer (PS3.5 Annex B.2), at most 44 characters.
@@ -153,17 +152,19 @@ class Deidentifier:
         return pseudo
 
     def deidentify(self, original: Dataset) -> Dataset:
-        """A de-identified deep copy of ``original`` (which is never modified)."""
-        with _values_not_quoted_in_logs():
-            ds = copy.deepcopy(original)
-            self._deidentify_dataset(ds, _Instance(self, original))
-            self._record_method(ds)
-            self._replace_file_meta(ds)
-            for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
-                if keyword in original:  # with Retain UIDs the "replacement" is the original itself
-                    self.reidentification.uids.setdefault(str(ds[keyword].value), str(original[keyword].value))
-            if "StudyInstanceUID" in ds:
-                self.reidentification.studies.setdefault(str(ds.StudyInstanceUID), _study_attributes(original))
+        """A de-identified deep copy of ``original`` (whose values are never modified).
+
+        Original values, and values derived from them, are read and assigned with pydicom's validation off
+        for their elements only (``operators.deid.unvalidated``): its warnings would quote them."""
+        ds = deep_copy(original)
+        self._deidentify_dataset(ds, _Instance(self, original))
+        self._record_method(ds)
+        self._replace_file_meta(ds)
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+            if keyword in original:  # with Retain UIDs the "replacement" is the original itself
+                self.reidentification.uids.setdefault(str(ds[keyword].value), str(original[keyword].value))
+        if "StudyInstanceUID" in ds:
+            self.reidentification.studies.setdefault(str(ds.StudyInstanceUID), _study_attributes(original))
         return ds
 
     def deidentify_all(self, datasets: Iterable[Dataset]) -> list[Dataset]:
@@ -182,7 +183,7 @@ class Deidentifier:
             elif 0x6000 <= group <= 0x60FF and element in (0x3000, 0x4000):
                 self._remove_overlay(ds, group, element)
             else:
-                self._apply(ds, ds[tag], instance)
+                self._apply(ds, unvalidated(ds[tag]), instance)
 
     def _apply(self, ds: Dataset, elem: DataElement, instance: _Instance) -> None:
         action = self.profile.actions.get(elem.tag)
@@ -330,28 +331,16 @@ class Deidentifier:
         if old is None:
             return
         meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = ds.get("SOPClassUID", old.get("MediaStorageSOPClassUID"))
-        meta.MediaStorageSOPInstanceUID = ds.get("SOPInstanceUID", "")
+        # values of the original (the SOP Instance UID too, with Retain UIDs)
+        sop_class = ds.get("SOPClassUID", old.get("MediaStorageSOPClassUID"))
+        meta.add(unvalidated_element("MediaStorageSOPClassUID", "UI", sop_class))
+        meta.add(unvalidated_element("MediaStorageSOPInstanceUID", "UI", ds.get("SOPInstanceUID", "")))
         if "TransferSyntaxUID" in old:
-            meta.TransferSyntaxUID = old.TransferSyntaxUID
+            meta.add(unvalidated_element("TransferSyntaxUID", "UI", old.TransferSyntaxUID))
         meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
         meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
         ds.file_meta = meta
         ds.preamble = b"\x00" * 128
-
-
-@contextmanager
-def _values_not_quoted_in_logs() -> Iterator[None]:
-    """pydicom's value validation warns with the offending value quoted ("Invalid value for VR DT: '…'") into the
-    log and stderr. Values derived from the original (a shifted date-time keeps its original time part, cleaned
-    text) are therefore assigned with validation off."""
-    settings = config.settings
-    modes = settings.reading_validation_mode, settings.writing_validation_mode
-    settings.reading_validation_mode = settings.writing_validation_mode = config.IGNORE
-    try:
-        yield
-    finally:
-        settings.reading_validation_mode, settings.writing_validation_mode = modes
 
 
 def _shift_date(value: str, days: int) -> str | None:
@@ -378,7 +367,8 @@ def _study_attributes(ds: Dataset) -> Dataset:
     study = Dataset()
     for keyword in ORIGINAL_STUDY_KEYWORDS:
         if keyword in ds:
-            study[ds[keyword].tag] = copy.deepcopy(ds[keyword])
+            elem = ds[keyword]  # a new element, not a deep copy: copying a UID validates it again
+            study.add(unvalidated_element(elem.tag, elem.VR, elem.value))
     if "PatientSex" in study and study.PatientSex not in PATIENT_SEX_VALUES:
         study.PatientSex = ""
     return study

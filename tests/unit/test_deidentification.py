@@ -162,3 +162,51 @@ def test_invalid_original_values_are_not_quoted_in_logs_or_warnings(tmp_path: Pa
     said = caplog.text + "\n".join(str(w.message) for w in caught)
     assert not [value for _, value in invalid.values() if value in said]
     assert "T101112" not in said, "the kept time of a shifted date-time is original content too"
+
+
+@pytest.mark.parametrize("options", [ProfileOptions(), ProfileOptions(retain_uids=True, retain_patient_characteristics=True)])
+def test_validation_is_off_per_element_never_through_pydicoms_process_wide_settings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, options: ProfileOptions
+) -> None:
+    """``pydicom.config.settings`` is shared by every thread (the listener's too): de-identifying never sets it,
+    and every value pydicom would validate — read from the file (DS, IS, UI), copied (UID) or assigned — is
+    handled with validation off for its element only, so invalid originals are not quoted either."""
+    path = tmp_path / "invalid.dcm"
+    ds = pydicom.dcmread(SAMPLE / "CT2N" / "6293")
+    invalid = {"FrameOfReferenceUID": ("UI", "1.2.03.4567"), "SeriesNumber": ("IS", "12345X"), "PatientWeight": ("DS", "71.25kg")}
+    for keyword, (vr, value) in invalid.items():
+        ds[keyword] = pydicom.DataElement(keyword, vr, value, already_converted=True)
+    reference = pydicom.Dataset()
+    reference["ReferencedSOPInstanceUID"] = pydicom.DataElement("ReferencedSOPInstanceUID", "UI", "1.2.03.999", already_converted=True)
+    reference.ReferencedSOPClassUID = ds.SOPClassUID
+    ds.ReferencedImageSequence = [reference]
+    with pydicom.config.disable_value_validation():
+        ds.save_as(path, enforce_file_format=True)
+    original = pydicom.dcmread(path)
+
+    settings = pydicom.config.settings
+    process_wide = (settings.reading_validation_mode, settings.writing_validation_mode)
+    changed: list[str] = []
+    for name in ("reading_validation_mode", "writing_validation_mode"):
+        prop = getattr(pydicom.config.Settings, name)
+        monkeypatch.setattr(pydicom.config.Settings, name, property(prop.fget, lambda self, value, name=name: changed.append(name)))
+    seen: set[tuple[int, int]] = set()
+    apply = Deidentifier._apply
+
+    def spy(self: Deidentifier, *args: object) -> None:
+        seen.add((settings.reading_validation_mode, settings.writing_validation_mode))
+        apply(self, *args)
+
+    monkeypatch.setattr(Deidentifier, "_apply", spy)
+    with caplog.at_level("DEBUG"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        deidentified = Deidentifier(DeidentificationProfile.basic(options), b"k").deidentify(original)
+    assert changed == [], "pydicom.config.settings must not be set"
+    assert seen == {process_wide}, "other threads would see other validation modes while de-identifying"
+    assert (settings.reading_validation_mode, settings.writing_validation_mode) == process_wide
+    said = caplog.text + "\n".join(str(w.message) for w in caught)
+    assert not [value for value in ("1.2.03", "12345X", "71.25kg") if value in said], said
+    if options.retain_uids:  # the invalid originals were kept, not lost
+        assert deidentified.FrameOfReferenceUID == "1.2.03.4567"
+        assert deidentified.ReferencedImageSequence[0].ReferencedSOPInstanceUID == "1.2.03.999"
+        assert deidentified.PatientWeight == "71.25kg"

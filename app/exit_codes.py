@@ -1,0 +1,26 @@
+"""The exit codes of ``python app``, defined once: ``app/__main__.py`` returns them, the listener's
+jobs (``app/listener/jobs.py``) read them."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """README "Exit codes":
+
+    - 0, none failed: an SR was written for every study with a usable image, and no input file was
+      refused;
+    - 3, some failed: SRs were written, but some files were refused (each with its reason in
+      ``OUTPUT/run_report.json``; one summary line on stderr);
+    - 2, all failed: no SR written — nothing in the input was usable — or no usable model package
+      (one-line reason on stderr); re-running on the same input cannot help;
+    - 1, an unexpected error (traceback): Python's own status for an uncaught exception, so no member.
+
+    Files outside the app's scope (not DICOM, non-image SOP classes, duplicates, series not selected)
+    are listed as skipped or not used and are not failures.
+    """
+
+    NONE_FAILED = 0
+    ALL_FAILED = 2
+    SOME_FAILED = 3
