@@ -21,6 +21,8 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return ExitCode.ALL_FAILED
     summary = app.report.summary()
+    if app.output_path is None:  # compose() sets it before anything runs
+        raise RuntimeError("the application ran without an output folder")
     report_path = app.output_path / REPORT_NAME
     if summary["structured_reports"] == 0:
         print(

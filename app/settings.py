@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from operators.deid.profile import ProfileOptions
 from operators.inference.backends.base import BackendSpec
@@ -46,7 +47,7 @@ class _Section:
     name: str = ""
 
     @classmethod
-    def read(cls, path: Path) -> "_Section":
+    def read(cls, path: Path) -> _Section:
         """The file's top-level object, its keys checked."""
         try:
             data = json.loads(path.read_text())
@@ -77,7 +78,7 @@ class _Section:
             raise SettingsError(f"{self.path}: missing setting {self.key(key)}")
         return default
 
-    def section(self, key: str, default: Mapping[str, Any] | None = None) -> "_Section":
+    def section(self, key: str, default: Mapping[str, Any] | None = None) -> _Section:
         """The object at ``key``, its keys checked against ``KNOWN_KEYS`` where listed."""
         value = self._get(key, default)
         if not isinstance(value, dict):
@@ -116,7 +117,7 @@ class DeidentificationSettings:
     accept_burned_in_annotation: bool
 
     @classmethod
-    def _from_section(cls, section: _Section) -> "DeidentificationSettings":
+    def _from_section(cls, section: _Section) -> DeidentificationSettings:
         accept = section.boolean("accept_burned_in_annotation", False)
         secret = os.environ.get(section.string("secret_env"), "")
         options = section.section("options", {})
@@ -127,7 +128,7 @@ class DeidentificationSettings:
         return cls(secret.encode() or None, profile_options, accept)
 
     @classmethod
-    def load(cls, path: Path | None = None) -> "DeidentificationSettings":
+    def load(cls, path: Path | None = None) -> DeidentificationSettings:
         """The ``deidentification`` section alone (``scripts/deidentify.py``); the file's top-level keys are checked too."""
         return cls._from_section(_Section.read(config_path(path)).section("deidentification"))
 
@@ -141,7 +142,7 @@ class AppSettings:
     deidentification: DeidentificationSettings
 
     @classmethod
-    def load(cls, path: Path | None = None) -> "AppSettings":
+    def load(cls, path: Path | None = None) -> AppSettings:
         path = config_path(path)
         data = _Section.read(path)
         rules_path = path.parent / data.string("series_selection_rules")

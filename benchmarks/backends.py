@@ -43,14 +43,14 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from benchmarks.common import cpu_name, write_section
 from benchmarks.gpu import build_tower, fidelity, kernel_group, load_fidelity_set, time_gpu
-
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,9 +64,7 @@ def gpu(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from operators.inference.backends.base import BackendUnavailable
-
     from operators.inference.backends.onnxruntime import OnnxRuntimeBackend
-
     from operators.inference.backends.pytorch import TorchBackend
 
     device = torch.device("cuda")
@@ -245,7 +243,8 @@ def onnxruntime_configs(folder: Path) -> list[tuple[str, dict[str, Any]]]:
 def profile(args: argparse.Namespace) -> dict[str, Any]:
     """Where the GPU time goes at batch 256: kernel time grouped by kind (compiled fp16; compiled fp8 static)."""
     import torch
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     from operators.inference.backends.pytorch import TorchBackend
 

@@ -28,28 +28,28 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import imagecodecs
 import numpy as np
 import pydicom
-from pydicom import Dataset
 from PIL import Image
+from pydicom import Dataset
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
     UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
-    HTJ2K,
     HTJ2KLossless,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
-    JPEGLSLossless,
     JPEGBaseline8Bit,
+    JPEGLSLossless,
     JPEGLSNearLossless,
     RLELossless,
     generate_uid,
@@ -147,9 +147,9 @@ def rate(work: Callable[[], object], seconds: float) -> float:
 
 def images_per_second(datasets: dict[str, Dataset], repeats: int, seconds: float) -> dict[str, dict]:
     """Decode + preprocess (``preprocess_series`` of one single-frame instance), and decode alone."""
-    from operators.intake.image_header import number_of_frames
     from operators.imaging.preprocessing import decode_frame, preprocess_series
     from operators.imaging.sampling import SamplingPolicy
+    from operators.intake.image_header import number_of_frames
 
     policy = SamplingPolicy(1)
 
@@ -162,10 +162,10 @@ def images_per_second(datasets: dict[str, Dataset], repeats: int, seconds: float
     decode: dict[str, list[float]] = {name: [] for name in datasets}
     for _ in range(repeats):  # interleaved: every syntax sees the same machine state
         for name, ds in datasets.items():
-            full[name].append(rate(lambda: preprocess(ds), seconds))
+            full[name].append(rate(lambda ds=ds: preprocess(ds), seconds))
             frames = number_of_frames(ds)  # multi-frame: the frame the policy samples, as preprocess does
             index = None if frames == 1 else policy.select(frames)[0]
-            decode[name].append(rate(lambda: decode_frame(ds, index), seconds))
+            decode[name].append(rate(lambda ds=ds, index=index: decode_frame(ds, index), seconds))
     return {
         name: {
             "images_per_s": round(statistics.median(full[name]), 1),

@@ -27,23 +27,20 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
-from typing import Callable
 
 import pydicom
-
-from benchmarks.common import cpu_name, write_section
-
 from dcm_anon import UIDMapper, anonymize_file
 from deid.dicom import replace_identifiers
 from dicognito.anonymizer import Anonymizer
 from dicomanonymizer import anonymize_dataset
 
-from operators.deid.deidentifier import Deidentifier, DeidentificationProfile
+from benchmarks.common import cpu_name, write_section
+from operators.deid.deidentifier import DeidentificationProfile, Deidentifier
 from scripts.make_sample_study import make_sample_study
 from tests.support.phi_corpus import SOURCES, dciodvfy_errors, make_phi_corpus
-
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- deid:begin -->", "<!-- deid:end -->"
@@ -101,7 +98,7 @@ def time_tools(files: list[bytes], repeats: int) -> dict[str, float]:
     named = tools()
     samples: dict[str, list[float]] = {name: [] for name in named}
     order = list(named)
-    for repeat in range(repeats):
+    for _ in range(repeats):
         order = order[1:] + order[:1]
         for name in order:
             for data in files:

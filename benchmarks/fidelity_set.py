@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from operators.intake.inventory import scan_input
 from operators.imaging.preprocessing import (
     CLIP_MEAN,
     CLIP_STD,
@@ -26,6 +25,7 @@ from operators.imaging.preprocessing import (
     to_unit,
 )
 from operators.imaging.sampling import series_images  # noqa: E402
+from operators.intake.inventory import scan_input
 
 ROOT = Path(__file__).resolve().parent.parent
 

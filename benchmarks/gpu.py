@@ -5,8 +5,9 @@ fidelity against fp32 on the fidelity set, and kernel grouping for profiles. Use
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

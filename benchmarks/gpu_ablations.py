@@ -24,14 +24,14 @@ import argparse
 import json
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from benchmarks.gpu import build_tower, fidelity, load_fidelity_set, time_gpu
 from operators.inference.backends.fp8 import FP8_MAX
-
 
 ROOT = Path(__file__).resolve().parent.parent
 INT8_MAX = 127.0
@@ -73,7 +73,6 @@ def variants(calibration: np.ndarray) -> list[tuple[str, Callable[[], Any]]]:
     import torch
 
     from operators.inference.backends.fp8 import replace_linears
-
     from operators.inference.backends.pytorch import TorchBackend
     from operators.inference.backends.vit_kernels import fuse_kernels
 
@@ -137,7 +136,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch._dynamo.reset()
     sensitivity = []
     for layer in ("qkv", "proj", "fc1", "fc2"):  # ("proj" is the attention output and the final projection)
-        tower = replace_linears(build_tower().eval().to("cuda", torch.bfloat16), _fp8_linear, lambda name, _: name == layer)
+        tower = replace_linears(build_tower().eval().to("cuda", torch.bfloat16), _fp8_linear, lambda name, _, layer=layer: name == layer)
         sensitivity.append({"fp8_only_in": layer, "fidelity": fidelity(embed(tower, torch.bfloat16, 128), reference)})
         print("fp8 only in", layer, sensitivity[-1]["fidelity"], flush=True)
     props = torch.cuda.get_device_properties(0)

@@ -33,8 +33,11 @@ import threading
 import time
 from pathlib import Path
 
+from app.listener.scp import MAXIMUM_PDU_BYTES
+from app.listener.tcp import DUL_POLL_INTERVAL_S
 from benchmarks.common import machine, write_section
-
+from operators.atomic import write_atomically
+from scripts.make_sample_study import make_sample_study
 from tests.support.listener_peers import (
     PACS_AE,
     PACS_PORT,
@@ -45,10 +48,6 @@ from tests.support.listener_peers import (
     make_ct_studies,
     wait_for,
 )
-from app.listener.scp import MAXIMUM_PDU_BYTES
-from app.listener.tcp import DUL_POLL_INTERVAL_S
-from operators.atomic import write_atomically
-from scripts.make_sample_study import make_sample_study
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- listener:begin -->", "<!-- listener:end -->"
@@ -207,7 +206,7 @@ def latency(ns: LoopbackNamespace, work: Path, model: Path, repeats: int, quiet_
             before = len(pacs.received())
             send(ns, files, 1, "BIOMEDCLIP", 11112)
             last_instance = time.perf_counter()
-            wait_for(lambda: len(pacs.received()) > before, 900, "the SR at the PACS", 0.01)
+            wait_for(lambda before=before: len(pacs.received()) > before, 900, "the SR at the PACS", 0.01)
             total = time.perf_counter() - last_instance
             job = [json.loads(line) for line in (work / "lat" / "spool" / "journal.jsonl").read_text().splitlines()]
             job_s = [r["seconds"] for r in job if r["event"] == "job_finished"][-1]

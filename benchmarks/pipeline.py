@@ -29,9 +29,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from benchmarks.common import machine, write_section
-
 from scripts.make_sample_study import make_sample_study
-
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("load", "select", "deidentify", "preprocess", "infer", "write_sr")

@@ -15,8 +15,9 @@ import os
 import shutil
 import string
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -186,11 +187,11 @@ def model_inputs_from_dicom(folder: Path, limit: int) -> np.ndarray:
     preprocessing (at most 2 images per file): calibration and validation sets."""
     from pydicom import dcmread
 
-    from operators.intake.inventory import scan_input
     from operators.imaging.preprocessing import preprocess_series
     from operators.imaging.sampling import SamplingPolicy
+    from operators.intake.inventory import scan_input
 
-    batches = []
+    batches: list[np.ndarray] = []
     for item in scan_input(folder):
         if item.skip_reason is None and sum(len(b) for b in batches) < limit:
             try:

@@ -8,7 +8,7 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 from pydicom import Dataset
 
 from operators.deid.admission import admit
-from operators.deid.deidentifier import Deidentifier, DeidentificationProfile, deidentify_series
+from operators.deid.deidentifier import DeidentificationProfile, Deidentifier, deidentify_series
 from operators.deid.profile import ProfileOptions
 from operators.imaging.sampling import SamplingPolicy
 from operators.run_report import RunReport, timed_stage

@@ -6,7 +6,7 @@ import logging
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from operators.inference.backends.base import BackendSpec
+from operators.inference.backends.base import BackendSpec, ImageEmbeddingBackend
 from operators.inference.backends.registry import create_backend
 from operators.inference.classification import SeriesClassification, classify_series
 from operators.inference.model_package import ModelPackage
@@ -27,7 +27,7 @@ class ZeroShotInferenceOperator(Operator):
         self.backend_spec = backend
         self.batch_size = batch_size
         self.report = report
-        self.backend = None
+        self.backend: ImageEmbeddingBackend | None = None
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
@@ -35,11 +35,13 @@ class ZeroShotInferenceOperator(Operator):
         spec.output("classifications")
 
     def start(self) -> None:
-        self.backend = create_backend(self.backend_spec, self.package)
-        logger.info("Inference backend: %s", self.backend.name)
+        self.backend = backend = create_backend(self.backend_spec, self.package)
+        logger.info("Inference backend: %s", backend.name)
 
     @timed_stage("infer")
     def compute(self, op_input, op_output, context) -> None:
+        if self.backend is None:
+            raise RuntimeError("the inference operator computed before start()")
         labels = self.package.labels
         result = []
         for series in op_input.receive("preprocessed"):

@@ -17,10 +17,11 @@ from __future__ import annotations
 import functools
 import json
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from operators.atomic import write_atomically
 from operators.intake.inventory import InputFile

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
+from operators.inference.zero_shot import LabelSet
 from operators.run_report import RunReport, timed_stage
 from operators.sr.structured_report import Algorithm, build_study_sr, warm_up, write_sr
-from operators.inference.zero_shot import LabelSet
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ import argparse
 import sys
 from pathlib import Path
 
-
 from models.builder import DEFAULT_CALIBRATION, DEFAULT_LABELS, HUB_ID, VARIANTS, build_package
 
 

@@ -30,7 +30,7 @@ from pydicom import Dataset, dcmread
 from app.settings import DeidentificationSettings, SettingsError, config_path
 from operators.atomic import write_atomically
 from operators.deid.admission import admit
-from operators.deid.deidentifier import Deidentifier, DeidentificationProfile
+from operators.deid.deidentifier import DeidentificationProfile, Deidentifier
 from operators.intake import inventory
 
 

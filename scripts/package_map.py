@@ -37,7 +37,6 @@ from packaging.utils import canonicalize_name
 
 from operators.inference.model_package import ModelPackage, ModelPackageError
 
-
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 APP_CONFIG = ROOT / "app.yaml"
@@ -238,7 +237,8 @@ def write_outputs(command: list[str], out: Path) -> tuple[str, Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tag", "-t", default="biomedclip-zero-shot:1.0.0", help="image NAME:TAG")
-    parser.add_argument("--models", "-m", type=Path, default=ROOT / "models" / "biomedclip", help="model package folder (scripts/build_model.py)")
+    parser.add_argument("--models", "-m", type=Path, default=ROOT / "models" / "biomedclip",
+                        help="model package folder (scripts/build_model.py)")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "map", help="output folder for the build context (replaced)")
     parser.add_argument("--platform", default="x86_64", help="packager --platform (default x86_64)")
     parser.add_argument("--context-only", action="store_true", help="write the build context; do not build the image even where Docker can")
@@ -256,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="biomedclip-map-") as staging:
         command = stage(Path(staging), args.tag, package.root, args.platform)
         image, script = write_outputs(command, args.out.resolve())
-        print(f"MAP build context written to {script.parent / 'context'} (Dockerfile, map/app.json, map/pkg.json, app/, models/, pip/requirements.txt)")
+        contents = "Dockerfile, map/app.json, map/pkg.json, app/, models/, pip/requirements.txt"
+        print(f"MAP build context written to {script.parent / 'context'} ({contents})")
         print(f"image name (the packager adds platform, configuration and architecture): {image}")
         if args.context_only or not docker_can_build():
             reason = "--context-only" if args.context_only else "Docker with buildx and a running daemon is not available here"

@@ -21,7 +21,6 @@ from operators.inference.backends.base import BackendSpec, embed_in_batches
 from operators.inference.backends.registry import create_backend
 from operators.inference.model_package import ModelPackage
 
-
 ROOT = Path(__file__).resolve().parent.parent
 
 

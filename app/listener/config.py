@@ -39,7 +39,7 @@ class Destination:
     port: int
 
     @classmethod
-    def parse(cls, text: str) -> "Destination":
+    def parse(cls, text: str) -> Destination:
         match = re.fullmatch(r"(?P<ae>[^@]+)@(?P<host>\[[0-9a-fA-F:]+\]|[^:@\[\]]+):(?P<port>\d{1,5})", str(text).strip())
         if not match or not 0 < int(match["port"]) < 65536:
             raise ConfigError(f"destination: {text!r} is not AE@host:port")
@@ -142,16 +142,20 @@ def _typed(key: str, value: Any) -> Any:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m app.listener", description="DICOM listener: C-STORE in, the MAP once per study, SR out by C-STORE.")
+    p = argparse.ArgumentParser(
+        prog="python -m app.listener", description="DICOM listener: C-STORE in, the MAP once per study, SR out by C-STORE."
+    )
     p.add_argument("--config", type=Path, help="JSON settings file (see app/config/listener.example.json)")
     p.add_argument("--ae-title", help="this listener's AE title (the called AE title)")
     p.add_argument("--host", dest="bind_host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one)")
-    p.add_argument("--allowed-calling-ae", dest="allowed_calling_ae_titles", action="append", help="calling AE title allowed to send (repeatable)")
+    p.add_argument("--allowed-calling-ae", dest="allowed_calling_ae_titles", action="append",
+                   help="calling AE title allowed to send (repeatable)")
     p.add_argument("--spool-dir", help="where received instances and the journal are kept")
     p.add_argument("--output-dir", help="where each study's SR and run report are written")
     p.add_argument("--model-dir", help="the BiomedCLIP model package (python app -m)")
-    p.add_argument("--quiet-period", dest="quiet_period_s", type=float, help="seconds without a new instance after which a study is complete")
+    p.add_argument("--quiet-period", dest="quiet_period_s", type=float,
+                   help="seconds without a new instance after which a study is complete")
     p.add_argument("--destination", help="where SRs are sent: AE@host:port")
     p.add_argument("--port-file", type=Path, help="write the bound port to this file once listening (useful with --port 0)")
     return p

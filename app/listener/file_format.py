@@ -38,7 +38,10 @@ def _short_string(text: str) -> bytes:
 
 #: (0002,0001) File Meta Information Version; (0002,0012) and (0002,0013) name the implementation.
 _VERSION = _element(0x0001, b"OB", b"\x00\x01")
-_IMPLEMENTATION = _element(0x0012, b"UI", _uid(PYNETDICOM_IMPLEMENTATION_UID)) + _element(0x0013, b"SH", _short_string(PYNETDICOM_IMPLEMENTATION_VERSION))
+_IMPLEMENTATION = (
+    _element(0x0012, b"UI", _uid(PYNETDICOM_IMPLEMENTATION_UID))
+    + _element(0x0013, b"SH", _short_string(PYNETDICOM_IMPLEMENTATION_VERSION))
+)
 
 
 def dicom_file(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, dataset: bytes) -> bytes:

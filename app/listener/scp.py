@@ -17,14 +17,9 @@ from io import BytesIO
 from typing import cast
 
 from pydicom.uid import (
-    JPEG2000TransferSyntaxes,
-    JPEGLSTransferSyntaxes,
-    JPEGTransferSyntaxes,
-    RLETransferSyntaxes,
     UID,
-    UncompressedTransferSyntaxes,
-    CTImageStorage,
     ComputedRadiographyImageStorage,
+    CTImageStorage,
     DigitalMammographyXRayImageStorageForPresentation,
     DigitalMammographyXRayImageStorageForProcessing,
     DigitalXRayImageStorageForPresentation,
@@ -33,6 +28,9 @@ from pydicom.uid import (
     EnhancedMRImageStorage,
     EnhancedPETImageStorage,
     EnhancedXAImageStorage,
+    JPEG2000TransferSyntaxes,
+    JPEGLSTransferSyntaxes,
+    JPEGTransferSyntaxes,
     LegacyConvertedEnhancedCTImageStorage,
     LegacyConvertedEnhancedMRImageStorage,
     LegacyConvertedEnhancedPETImageStorage,
@@ -43,9 +41,11 @@ from pydicom.uid import (
     MultiFrameTrueColorSecondaryCaptureImageStorage,
     NuclearMedicineImageStorage,
     PositronEmissionTomographyImageStorage,
+    RLETransferSyntaxes,
     SecondaryCaptureImageStorage,
     UltrasoundImageStorage,
     UltrasoundMultiFrameImageStorage,
+    UncompressedTransferSyntaxes,
     XRayAngiographicImageStorage,
 )
 from pynetdicom import AE, evt

@@ -119,10 +119,12 @@ class Listener:
                 self.deliveries.put(arrival, outcome.output / sr)
         elif outcome.retryable and attempt < self.config.job_max_attempts:
             delay = self.backoff.delay(attempt)
-            logger.warning("Arrival %s: job attempt %d failed (exit code %s); retrying in %.0f s", arrival.id, attempt, outcome.exit_code, delay)
+            logger.warning("Arrival %s: job attempt %d failed (exit code %s); retrying in %.0f s",
+                           arrival.id, attempt, outcome.exit_code, delay)
             threading.Timer(delay, self.jobs.put, args=(arrival,)).start()
         else:
-            reason = f"exit code {outcome.exit_code}" + (" (nothing usable in the study)" if not outcome.retryable else f" after {attempt} attempt(s)")
+            why = " (nothing usable in the study)" if not outcome.retryable else f" after {attempt} attempt(s)"
+            reason = f"exit code {outcome.exit_code}{why}"
             self.journal.append(arrival, "job_failed", exit_code=outcome.exit_code, reason=reason)
             kept = self.spool.quarantine(arrival.id)
             logger.error("Arrival %s: no SR, %s; see %s; instances kept in %s", arrival.id, reason, outcome.output, kept)

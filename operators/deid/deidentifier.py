@@ -20,9 +20,9 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Iterable
 
 from pydicom import Dataset
 from pydicom.dataelem import DataElement
@@ -98,7 +98,7 @@ ORIGINAL_STUDY_KEYWORDS = (
 class _Instance:
     """Per-instance facts derived from the original on first use: the date shift and the identifying values."""
 
-    def __init__(self, deidentifier: "Deidentifier", original: Dataset) -> None:
+    def __init__(self, deidentifier: Deidentifier, original: Dataset) -> None:
         self._deidentifier = deidentifier
         self._original = original
 

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from enum import Enum
 from functools import cache, cached_property
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.sr.codedict import codes
@@ -91,7 +92,7 @@ class ProfileOptions:
     clean_descriptors: bool = False  # E.3.5
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> "ProfileOptions":
+    def from_mapping(cls, values: Mapping[str, Any]) -> ProfileOptions:
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
@@ -141,7 +142,7 @@ class DeidentificationProfile:
     edition: str
 
     @classmethod
-    def basic(cls, options: ProfileOptions | None = None) -> "DeidentificationProfile":
+    def basic(cls, options: ProfileOptions | None = None) -> DeidentificationProfile:
         return load_profile(options or ProfileOptions())
 
     @cached_property

@@ -86,7 +86,7 @@ def _converted(raw: RawDataElement, vr: str) -> DataElement:
     """``raw`` as pydicom converts it, with validation off: its strings (UI padded with NUL or space, DS
     and IS with spaces) made ``UID``, ``DSfloat`` or ``IS``; kept as strings where that fails, as
     pydicom does (``pydicom.values.convert_value`` retries other VRs)."""
-    text = raw.value.decode(DEFAULT_ENCODING)
+    text = (raw.value or b"").decode(DEFAULT_ENCODING)
     strings = (text.rstrip("\0 ") if vr == "UI" else text.strip()).split("\\")
     try:
         return DataElement(raw.tag, vr, strings, raw.value_tell, validation_mode=config.IGNORE)

@@ -98,7 +98,7 @@ class GreyTransform:
     inverted: bool
 
     @classmethod
-    def of_frame(cls, ds: Dataset, index: int | None) -> "GreyTransform":
+    def of_frame(cls, ds: Dataset, index: int | None) -> GreyTransform:
         """The transformations of frame ``index`` (0-based; ``None`` for a single-frame image)."""
         rescale = _functional_group(ds, index, "PixelValueTransformationSequence")
         voi = _functional_group(ds, index, "FrameVOILUTSequence")

@@ -20,8 +20,8 @@ Which images are preprocessed is not decided here: the series' ``SamplingPlan``
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 from pydicom import Dataset
@@ -116,7 +116,8 @@ def decode_frame(ds: Dataset, index: int | None) -> np.ndarray:
     """Decode one frame (``index`` 0-based, ``None`` for single-frame); YBR colour comes back as RGB.
     The header must have passed ``header_problem``."""
     try:
-        frame, _ = get_decoder(ds.file_meta.TransferSyntaxUID).as_array(ds, index=index, as_rgb=True)
+        # pydicom 3.0 annotates **kwargs as DecodeOptions rather than Unpack[DecodeOptions]
+        frame, _ = get_decoder(ds.file_meta.TransferSyntaxUID).as_array(ds, index=index, as_rgb=True)  # type: ignore[arg-type]
     except Exception as exc:  # decoders raise many kinds; say which and why, never values
         raise UnsupportedImage(f"pixel data could not be decoded ({_one_line(exc)})") from None
     return frame

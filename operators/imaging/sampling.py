@@ -15,8 +15,9 @@ boundary, so it holds positions and indices only, never an identifier.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, TypeVar
+from typing import TypeVar
 
 from pydicom import Dataset
 

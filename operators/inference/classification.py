@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from operators.inference.backends.base import ImageEmbeddingBackend, embed_in_batches
 from operators.imaging.preprocessing import ImageRef, PreprocessedSeries
+from operators.inference.backends.base import ImageEmbeddingBackend, embed_in_batches
 from operators.inference.zero_shot import ZeroShotHead, aggregate_series
 
 

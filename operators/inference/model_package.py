@@ -22,9 +22,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -104,7 +105,7 @@ class Manifest:
     files: Mapping[str, str]
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: Path) -> "Manifest":
+    def from_dict(cls, data: Mapping[str, Any], source: Path) -> Manifest:
         """Every key present and of the right kind, else ``ModelPackageError`` naming ``source`` and the key."""
         if data.get("format_version") != FORMAT_VERSION:
             raise ModelPackageError(f"{source}: unsupported format_version {data.get('format_version')}")
@@ -116,7 +117,7 @@ class Manifest:
             raise ModelPackageError(f"{source}: malformed manifest ({exc})") from None
 
     @classmethod
-    def read(cls, path: Path) -> "Manifest":
+    def read(cls, path: Path) -> Manifest:
         try:
             data = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -141,7 +142,7 @@ class ModelPackage:
     head: ZeroShotHead
 
     @classmethod
-    def load(cls, model_path: Path, verify: bool = True) -> "ModelPackage":
+    def load(cls, model_path: Path, verify: bool = True) -> ModelPackage:
         root = find_package_dir(model_path)
         manifest = Manifest.read(root / MANIFEST)
         for name, expected in manifest.files.items():

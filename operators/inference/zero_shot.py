@@ -15,9 +15,9 @@ sums to 1; the top label is its arg-max.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from pydicom.sr.coding import Code
@@ -48,7 +48,7 @@ class LabelSet:
     labels: tuple[Label, ...]
 
     @classmethod
-    def from_json(cls, path: Path) -> "LabelSet":
+    def from_json(cls, path: Path) -> LabelSet:
         data = json.loads(Path(path).read_text())
         labels = tuple(
             Label(item["name"], _code(item["code"]), tuple(item["prompts"])) for item in data["labels"]

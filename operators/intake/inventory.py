@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
-from pydicom.dataelem import RawDataElement
 from pydicom.datadict import keyword_for_tag
+from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 

@@ -20,9 +20,9 @@ Preliminary Flag PRELIMINARY, since no person has reviewed it.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import highdicom as hd
 from pydicom import Dataset
@@ -30,8 +30,8 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from operators.atomic import write_atomically
-from operators.inference.classification import SeriesClassification
 from operators.deid.deidentifier import ReidentificationMap
+from operators.inference.classification import SeriesClassification
 from operators.inference.zero_shot import ZERO_SHOT_PROBABILITY, LabelSet
 
 MANUFACTURER = "BiomedCLIP MAP (research use only)"

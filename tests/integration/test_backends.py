@@ -13,16 +13,13 @@ import numpy as np
 import onnx
 import pytest
 
-from operators.inference.backends.base import BackendSpec, BackendUnavailable
-
-from operators.inference.backends.onnxruntime import OnnxRuntimeBackend
-
-from operators.inference.backends.pytorch import TorchBackend
-
-from operators.inference.backends.registry import create_backend
-from operators.inference.model_package import MissingArtefact, ModelPackage
-from operators.inference.backends.tensorrt import EngineKey, EngineOptions, cached_engine
 from benchmarks.fidelity_set import make_set, to_pixel_values
+from operators.inference.backends.base import BackendSpec, BackendUnavailable
+from operators.inference.backends.onnxruntime import OnnxRuntimeBackend
+from operators.inference.backends.pytorch import TorchBackend
+from operators.inference.backends.registry import create_backend
+from operators.inference.backends.tensorrt import EngineKey, EngineOptions, cached_engine
+from operators.inference.model_package import MissingArtefact, ModelPackage
 
 
 @pytest.fixture(scope="module")

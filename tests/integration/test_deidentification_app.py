@@ -16,8 +16,8 @@ import pydicom
 import pytest
 
 from tests.conftest import ROOT, tree_digest
-from tests.support.phi_corpus import make_phi_corpus
 from tests.integration.test_deidentification_leaks import BURNED_IN_US
+from tests.support.phi_corpus import make_phi_corpus
 
 
 def _strings(value: object) -> str:

@@ -92,7 +92,7 @@ def test_method_recorded_and_no_private_attributes(deidentified) -> None:
         assert ds.DeidentificationMethodCodeSequence[0].CodingSchemeDesignator == "DCM"
         assert ds.LongitudinalTemporalInformationModified == "REMOVED"
         private: list[str] = []
-        ds.walk(lambda _, elem: private.append(str(elem.tag)) if elem.tag.is_private else None)
+        ds.walk(lambda _, elem, private=private: private.append(str(elem.tag)) if elem.tag.is_private else None)
         assert private == []
         assert not any(0x6000 <= elem.tag.group <= 0x60FF or 0x5000 <= elem.tag.group <= 0x50FF for elem in ds)
         assert ds.file_meta.ImplementationVersionName == "BMCLIP_DEID_1"
@@ -106,7 +106,7 @@ def test_uids_are_valid_and_every_reference_resolves(corpus: PhiCorpus, deidenti
     assert len(by_name) == len(corpus.files)
     for ds in outputs.values():
         uids: list[str] = []
-        ds.walk(lambda _, elem: uids.extend(map(str, elem.value if elem.VM > 1 else [elem.value])) if elem.VR == "UI" and not elem.is_empty else None)
+        ds.walk(lambda _, elem, uids=uids: uids.extend(map(str, elem.value if elem.VM > 1 else [elem.value])) if elem.VR == "UI" and not elem.is_empty else None)
         instance_uids = [u for u in uids if not u.startswith("1.2.840.10008.")]
         assert instance_uids and all(UID_VALUE.fullmatch(u) and len(u) <= 64 for u in instance_uids)
         assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID

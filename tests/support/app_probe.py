@@ -13,12 +13,12 @@ import pickle
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-
 import numpy as np
 
 import operators.inference_operator as inference_operator
 import operators.preprocessing_operator as preprocessing_operator
+
+ROOT = Path(__file__).resolve().parents[2]
 
 seen: dict[str, list] = {"preprocessing": [], "inference": []}
 real_preprocess, real_classify = preprocessing_operator.preprocess_series, inference_operator.classify_series

@@ -14,23 +14,23 @@ import sys
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import data_store
 import deid_data
 import numpy as np
 import pydicom
 from pydicom.pixels import get_decoder
-from pydicom.uid import AllTransferSyntaxes, UID
+from pydicom.uid import UID, AllTransferSyntaxes
 
-ROOT = Path(__file__).resolve().parents[2]
-
-from operators.intake.image_header import transfer_syntax_problem
-from operators.intake.inventory import classify_file
 from operators.imaging.preprocessing import CLIP_MEAN, CLIP_STD, preprocess_series
 from operators.imaging.sampling import SamplingPolicy
+from operators.intake.image_header import transfer_syntax_problem
+from operators.intake.inventory import classify_file
+
+ROOT = Path(__file__).resolve().parents[2]
 
 CORPORA = {
     "pydicom": Path(pydicom.__file__).parent / "data" / "test_files",

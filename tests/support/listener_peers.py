@@ -15,8 +15,8 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import pydicom
 from pydicom.data import get_testdata_file
@@ -99,7 +99,7 @@ class ListenerProcess:
         self.ns, self.config, self.log = ns, config, log
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "ListenerProcess":
+    def start(self) -> ListenerProcess:
         """Start it and wait until it listens (it writes ``--port-file`` then)."""
         port_file = self.log.with_suffix(".port")
         port_file.unlink(missing_ok=True)

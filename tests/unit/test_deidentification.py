@@ -13,7 +13,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from operators.deid.deidentifier import Deidentifier, DeidentificationProfile, deidentify_series
+from operators.deid.deidentifier import DeidentificationProfile, Deidentifier, deidentify_series
 from operators.deid.profile import TABLE_PATH, Action, ProfileOptions, parse_tag, resolve_combined
 from operators.imaging.sampling import SamplingPlan, SamplingPolicy
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from operators.deid.deidentifier import Deidentifier, DeidentificationProfile
+from operators.deid.deidentifier import DeidentificationProfile, Deidentifier
 from operators.deid.profile import METHOD_CODES, TABLE_PATH, ProfileOptions, parse_tag
 from tests.support.phi_corpus import (
     SAFE_PRIVATE_CREATOR,

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from operators.deid.deidentifier import Deidentifier, DeidentificationProfile
+from operators.deid.deidentifier import DeidentificationProfile, Deidentifier
 from operators.deid.profile import ProfileOptions
 from tests.support.phi_corpus import SOURCES, dciodvfy_errors
 from tests.unit.test_deidentification import SAMPLE

@@ -14,12 +14,12 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
-from pydicom.uid import HTJ2K, HTJ2KLossless, UID
+from pydicom.uid import HTJ2K, UID, HTJ2KLossless
 
-from operators.intake.image_header import number_of_frames
-from operators.intake.inventory import classify_file
 from operators.imaging.preprocessing import decode_frame, model_input, preprocess_series
 from operators.imaging.sampling import SamplingPolicy
+from operators.intake.image_header import number_of_frames
+from operators.intake.inventory import classify_file
 from tests.support.input_coverage import CLASSIFIED, REFUSED, SKIPPED, Outcome, all_outcomes, documented_table, table
 
 NOT_DICOM = "not a DICOM file (no 'DICM' prefix after a 128-byte preamble; PS3.10 7.1)"

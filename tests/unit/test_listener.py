@@ -11,9 +11,9 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
-from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     UID,

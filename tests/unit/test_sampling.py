@@ -11,7 +11,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from operators.deid.deidentifier import Deidentifier, DeidentificationProfile, deidentify_series
+from operators.deid.deidentifier import DeidentificationProfile, Deidentifier, deidentify_series
 from operators.imaging.preprocessing import CLIP_MEAN, CLIP_STD, preprocess_series
 from operators.imaging.sampling import ImagePosition, SamplingPlan, SamplingPolicy
 

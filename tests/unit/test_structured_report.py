@@ -15,7 +15,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import Comprehensive3DSRStorage
 
-from operators.deid.deidentifier import Deidentifier, DeidentificationProfile, ReidentificationMap
+from operators.deid.deidentifier import DeidentificationProfile, Deidentifier, ReidentificationMap
 from operators.imaging.preprocessing import ImageRef
 from operators.inference.classification import SeriesClassification
 from operators.inference.zero_shot import ZERO_SHOT_PROBABILITY, LabelSet

@@ -3,7 +3,8 @@ once calibrated (as TensorRT's FP8 Q/DQ)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 

@@ -56,7 +56,7 @@ class OnnxRuntimeBackend:
         return False
 
     @classmethod
-    def from_package(cls, package: ModelPackage, spec: BackendSpec) -> "OnnxRuntimeBackend":
+    def from_package(cls, package: ModelPackage, spec: BackendSpec) -> OnnxRuntimeBackend:
         """ONNX Runtime's own fused graph (the ``fp16-ort`` variant) where the package has it for this
         precision: 1.6x the plain fp16 graph on the CUDA provider, and the only one it can capture in CUDA
         graphs (the plain exports compute shapes on the CPU)."""

@@ -3,7 +3,8 @@ optional CUDA graphs; fp32, fp16, bf16, and FP8 on Hopper-class GPUs."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +59,7 @@ class TorchBackend:
         return spec.precision != "fp32"  # reduced precision on the CPU is slower than fp32, not faster
 
     @classmethod
-    def from_package(cls, package: ModelPackage, spec: BackendSpec, device: str | None = None) -> "TorchBackend":
+    def from_package(cls, package: ModelPackage, spec: BackendSpec, device: str | None = None) -> TorchBackend:
         import torch
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -25,16 +25,17 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
 from operators.atomic import write_atomically
-from operators.inference.backends.base import BackendSpec, BackendUnavailable
 from operators.imaging.preprocessing import IMAGE_SIZE
+from operators.inference.backends.base import BackendSpec, BackendUnavailable
 from operators.inference.model_package import ModelPackage, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -179,7 +180,7 @@ class TensorRTBackend:
         return True
 
     @classmethod
-    def from_package(cls, package: ModelPackage, spec: BackendSpec) -> "TensorRTBackend":
+    def from_package(cls, package: ModelPackage, spec: BackendSpec) -> TensorRTBackend:
         if spec.precision not in ONNX_VARIANT:
             raise BackendUnavailable(f"TensorRT backend has no {spec.precision} path")
         onnx_path = package.artefact(ONNX_VARIANT[spec.precision], preferred=())
