@@ -51,6 +51,7 @@ import numpy as np
 
 from benchmarks.common import cpu_name, write_section
 from benchmarks.gpu import build_tower, fidelity, kernel_group, load_fidelity_set, time_gpu
+from operators.imaging.preprocessing import IMAGE_SIZE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -209,7 +210,7 @@ def time_backend(name: str, backend: Any, batches: Sequence[int], images: np.nda
 
     rows = []
     for batch in batches:
-        xs = [torch.randn(batch, 3, 224, 224, device=device) for _ in range(lanes)]
+        xs = [torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, device=device) for _ in range(lanes)]
         torch.cuda.reset_peak_memory_stats(device)
         ms = statistics.median(time_gpu(embed, xs, max(20, min(200, 4096 // batch))))
         rows.append({"batch": batch, "streams": lanes, "median_ms": ms, "images_per_s": lanes * batch / ms * 1e3,
@@ -253,7 +254,7 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
     calibration = load_fidelity_set(args.fidelity, "calibration")
     for precision in ("fp16", "fp8"):
         backend = TorchBackend(build_tower(), "cuda", precision, compile=True, calibration=calibration if precision == "fp8" else None)
-        x = torch.randn(256, 3, 224, 224, device="cuda")
+        x = torch.randn(256, 3, IMAGE_SIZE, IMAGE_SIZE, device="cuda")
         for _ in range(3):
             backend.embed_tensor(x)
         torch.cuda.synchronize()
@@ -291,7 +292,7 @@ def cpu(args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     for _ in range(args.repeats):  # interleaved: every backend sees the same machine state
         for batch in (1, 8):
-            x = rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)
+            x = rng.standard_normal((batch, 3, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32)
             for name, backend in backends.items():
                 backend.embed(x)  # warm
                 start = time.perf_counter()

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.gpu import build_tower, fidelity, load_fidelity_set, time_gpu
+from operators.imaging.preprocessing import IMAGE_SIZE
 from operators.inference.backends.fp8 import FP8_MAX
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,7 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         made = make()
         row: dict[str, Any] = {"config": name}
         for batch in (1, 256):
-            x = torch.randn(batch, 3, 224, 224, device="cuda")
+            x = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, device="cuda")
             row[f"bs{batch}_ms"] = statistics.median(time_gpu(made.embed_tensor, x, 200 if batch == 1 else 40))
         row["bs256_images_per_s"] = 256 / row["bs256_ms"] * 1e3
         row["fidelity"] = fidelity(embed(made.embed_tensor, torch.float32), reference)
