@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +112,7 @@ class DeidentificationSettings:
     """The ``deidentification`` section: the UID key's environment variable, the PS3.15 E.3 options, and
     whether images that may carry burned-in PHI are accepted (default: refused)."""
 
-    secret: bytes | None
+    secret: bytes | None = field(repr=False)  # the site's UID key: never in a log or a traceback
     options: ProfileOptions
     accept_burned_in_annotation: bool
 
@@ -146,8 +146,11 @@ class AppSettings:
         path = config_path(path)
         data = _Section.read(path)
         rules_path = path.parent / data.string("series_selection_rules")
-        rules = rules_path.read_text()
-        json.loads(rules)  # fail at start-up, naming the file, rather than inside the graph
+        try:  # fail at start-up, naming the file, rather than inside the graph
+            rules = rules_path.read_text()
+            json.loads(rules)
+        except (OSError, ValueError) as exc:
+            raise SettingsError(f"{rules_path}: unreadable series selection rules ({exc})") from None
         inference = data.section("inference")
         return cls(
             series_selection_rules=rules,

@@ -112,3 +112,18 @@ def test_the_deidentification_settings_alone_are_read_as_strictly(tmp_path: Path
     path.write_text(json.dumps({"deidentification": {"secret_env": "NO_SUCH_ENV"}, "extra": 1}))
     with pytest.raises(SettingsError, match=re.escape(f"{path}: unknown setting(s): extra")):
         DeidentificationSettings.load(path)
+
+
+def test_the_uid_secret_never_appears_in_the_settings_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BIOMEDCLIP_DEID_SECRET", "site-key-do-not-log")
+    settings = DeidentificationSettings.load(CONFIG_DIR / "app.json")
+    assert settings.secret == b"site-key-do-not-log"
+    assert "site-key-do-not-log" not in repr(settings) and "site-key" not in repr(AppSettings.load(CONFIG_DIR / "app.json"))
+
+
+def test_unreadable_series_selection_rules_are_refused_naming_their_file(tmp_path: Path) -> None:
+    (tmp_path / "rules.json").write_text('{"selections": [')
+    data = json.loads((CONFIG_DIR / "app.json").read_text()) | {"series_selection_rules": "rules.json"}
+    (tmp_path / "app.json").write_text(json.dumps(data))
+    with pytest.raises(SettingsError, match=r"rules\.json: unreadable series selection rules"):
+        AppSettings.load(tmp_path / "app.json")
