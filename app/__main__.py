@@ -31,6 +31,7 @@ def main() -> int:
 
     # imported only now, so that --help and argument errors answer at once
     from app.settings import AppSettings, SettingsError
+    from operators.inference.backends.base import BackendUnavailable
     from operators.inference.model_package import ModelPackage, ModelPackageError
 
     try:
@@ -45,7 +46,7 @@ def main() -> int:
     report_path = arguments.output / REPORT_NAME
     try:
         app.run()
-    except ModelPackageError as exc:  # a backend that cannot load the package's files
+    except (ModelPackageError, BackendUnavailable) as exc:  # no backend could load the package: our one-line messages
         app.report.fail(str(exc))
     except BaseException as exc:
         app.report.fail(f"unexpected error ({type(exc).__name__}); the traceback is on stderr")

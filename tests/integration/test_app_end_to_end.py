@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import Comprehensive3DSRStorage
 
 from operators.sr.codes import NO_CONFIDENT_FINDING, PROBABILITY_MARGIN
-from tests.conftest import run_app, tree_digest
+from tests.conftest import ROOT, run_app, tree_digest
 
 NON_IMAGE_SR = get_testdata_file("reportsi.dcm")  # Basic Text SR Storage, no pixel data
 
@@ -211,3 +212,32 @@ def test_a_truncated_manifest_is_a_one_line_error_naming_it_and_the_earlier_repo
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"error: {manifest}: unreadable manifest (")
     assert tree_digest(earlier_output) == before, "nothing ran: the earlier run's report stays"
+
+
+def test_a_model_that_fails_once_the_run_started_is_reported_as_failed_not_as_an_empty_input(
+    sample_study: Path, model_package: Path, tmp_path: Path
+) -> None:
+    """An image encoder that matches its manifest's sha256 but is not ONNX: found only when the backend loads it."""
+    package = shutil.copytree(model_package, tmp_path / "model")
+    encoder = package / "image_encoder.onnx"
+    encoder.write_bytes(b"not an ONNX graph")
+    manifest = json.loads((package / "manifest.json").read_text())
+    manifest["files"][encoder.name] = hashlib.sha256(encoder.read_bytes()).hexdigest()
+    (package / "manifest.json").write_text(json.dumps(manifest))
+
+    result = run_app(sample_study, tmp_path / "out", package, env={"BIOMEDCLIP_APP_CONFIG": str(_onnxruntime_config(tmp_path))})
+
+    assert result.returncode == 1 and "Traceback" in result.stderr, "an unexpected error keeps its traceback"
+    report = json.loads((tmp_path / "out" / "run_report.json").read_text())
+    assert report["status"] == "failed"
+    assert report["error"] == "unexpected error (InvalidProtobuf); the traceback is on stderr"
+    assert report["summary"]["structured_reports"] == 0
+
+
+def _onnxruntime_config(tmp_path: Path) -> Path:
+    """The app's settings with the ONNX Runtime fp32 backend (the one that reads image_encoder.onnx)."""
+    config = shutil.copytree(ROOT / "app" / "config", tmp_path / "config")
+    settings = json.loads((config / "app.json").read_text())
+    settings["inference"].update(backend="onnxruntime", precision="fp32")
+    (config / "app.json").write_text(json.dumps(settings))
+    return config / "app.json"
