@@ -117,9 +117,9 @@ def _probability(name: hd.sr.CodedConcept | Code, value: float, method: Code | N
 def _measurement_group(
     series: SeriesClassification, labels: LabelSet, algorithm: Algorithm, reid: ReidentificationMap, options: ReportOptions
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    top, runner_up = np.argsort(series.aggregate)[::-1][:2]
-    margin = float(series.aggregate[top] - series.aggregate[runner_up])
-    confident = series.aggregate[top] >= options.min_top_probability and margin >= options.min_margin
+    first, second = np.sort(series.aggregate)[::-1][:2]
+    margin = float(first - second)
+    confident = first >= options.min_top_probability and margin >= options.min_margin
     measurements = [
         _probability(label.code, probability, ZERO_SHOT_PROBABILITY)
         for label, probability in zip(labels.labels, series.aggregate)
@@ -133,7 +133,7 @@ def _measurement_group(
         for ref in series.images
     ]
     number = series.series_number if series.series_number is not None else "?"
-    finding = labels.labels[top].code if confident else NO_CONFIDENT_FINDING
+    finding = labels.labels[series.top_index].code if confident else NO_CONFIDENT_FINDING
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=options.uid_root.new(), identifier=f"Series {number} ({series.modality}) zero-shot classification"

@@ -119,3 +119,16 @@ def test_the_sdk_variables_stand_for_missing_options_and_an_option_wins(
     assert (arguments.input, arguments.output, arguments.model) == (sample_study, tmp_path / "from-option", tmp_path)
     assert arguments.sdk_argv("app")[1:] == ["app", "-i", str(sample_study), "-o", str(tmp_path / "from-option"), "-m", str(tmp_path)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["from-option", "input"], "the output folder made, no probe left"
+
+
+def test_a_bad_setting_is_a_one_line_error_before_anything_runs(sample_study: Path, tmp_path: Path, earlier_output: Path) -> None:
+    config = shutil.copytree(ROOT / "app" / "config", tmp_path / "config") / "app.json"
+    config.write_text(config.read_text().replace('"min_margin": 0.1', '"min_margin": "0.1"'))
+    before = tree_digest(earlier_output)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOLOSCAN_")}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "app"), "-i", str(sample_study), "-o", str(earlier_output), "-m", str(tmp_path)],
+        env={**env, "BIOMEDCLIP_APP_CONFIG": str(config)}, capture_output=True, text=True, timeout=300,
+    )
+    assert _one_error_line(result) == f"error: {config}: structured_report.min_margin: must be a number from 0 to 1, not '0.1'"
+    assert tree_digest(earlier_output) == before
