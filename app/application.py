@@ -75,8 +75,7 @@ class BiomedCLIPZeroShotApp(Application):
         )
         writer = StructuredReportWriterOperator(
             self, labels=package.labels, algorithm=algorithm_of(package), options=settings.structured_report,
-            output_folder=output_path,
-            report=self.report, name="sr_writer",
+            output_folder=output_path, report=self.report, name="sr_writer",
         )
 
         self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
