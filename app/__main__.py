@@ -1,40 +1,72 @@
 """``python app -i INPUT -o OUTPUT -m MODELS`` (or HOLOSCAN_INPUT_PATH / _OUTPUT_PATH / _MODEL_PATH).
 
+Arguments, settings and the model package are checked before Holoscan is even imported: a problem
+there is one ``error:`` line, exit code 2, and nothing written to the output folder. Once the graph
+runs, ``run_report.json`` is always written, with its ``status`` and ``error``.
 Exit codes: ``app.exit_codes.ExitCode`` (README "Exit codes").
 """
 
+from __future__ import annotations
+
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.application import REPORT_NAME, BiomedCLIPZeroShotApp  # noqa: E402
+from app import cli  # noqa: E402
 from app.exit_codes import ExitCode  # noqa: E402
-from operators.inference.model_package import ModelPackageError  # noqa: E402
+
+if TYPE_CHECKING:
+    from operators.run_report import RunReport
+
+REPORT_NAME = "run_report.json"
 
 
 def main() -> int:
-    app = BiomedCLIPZeroShotApp()
+    try:
+        arguments = cli.parse(sys.argv[1:])
+    except cli.UsageError as exc:
+        return cli.fail(str(exc))
+
+    # imported only now, so that --help and argument errors answer at once
+    from app.settings import AppSettings, SettingsError
+    from operators.inference.backends.base import BackendUnavailable
+    from operators.inference.model_package import ModelPackage, ModelPackageError
+
+    try:
+        settings = AppSettings.load()
+        package = ModelPackage.load(arguments.model)
+    except (SettingsError, ModelPackageError) as exc:
+        return cli.fail(str(exc))
+
+    from app.application import BiomedCLIPZeroShotApp  # imports Holoscan: seconds
+
+    app = BiomedCLIPZeroShotApp(arguments.sdk_argv(sys.argv[0]), settings=settings, package=package)
+    report_path = arguments.output / REPORT_NAME
     try:
         app.run()
-    except ModelPackageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return ExitCode.ALL_FAILED
-    summary = app.report.summary()
-    if app.output_path is None:  # compose() sets it before anything runs
-        raise RuntimeError("the application ran without an output folder")
-    report_path = app.output_path / REPORT_NAME
-    if summary["structured_reports"] == 0:
-        print(
-            f"error: no usable image in the input: {summary['files']} file(s), {summary['skipped']} skipped, "
-            f"{summary['refused']} refused, {summary['not_used']} not selected; see {report_path}",
-            file=sys.stderr,
-        )
-        return ExitCode.ALL_FAILED
-    for path in app.report.outputs:
+    except (ModelPackageError, BackendUnavailable) as exc:  # no backend could load the package: our one-line messages
+        app.report.fail(str(exc))
+    except BaseException as exc:
+        app.report.fail(f"unexpected error ({type(exc).__name__}); the traceback is on stderr")
+        app.report.write(report_path)
+        raise
+    app.report.write(report_path)
+    return exit_status(app.report, report_path)
+
+
+def exit_status(report: RunReport, report_path: Path) -> int:
+    """Print the outcome (SRs on stdout, the error or the refusals on stderr) and return the exit code."""
+    from operators.run_report import COMPLETED_WITH_REFUSALS, FAILED
+
+    if report.status == FAILED:
+        return cli.fail(f"{report.error}; see {report_path}")
+    for path in report.outputs:
         print(f"SR written: {path}")
     print(f"run report: {report_path}")
-    if summary["refused"]:
+    if report.status == COMPLETED_WITH_REFUSALS:
+        summary = report.summary()
         print(f"warning: {summary['refused']} of {summary['files']} input file(s) refused; reasons in {report_path}", file=sys.stderr)
         return ExitCode.SOME_FAILED
     return ExitCode.NONE_FAILED

@@ -25,7 +25,6 @@ from operators.sr.structured_report import Algorithm
 from operators.sr_writer_operator import StructuredReportWriterOperator
 from operators.study_loader_operator import StudyLoaderOperator
 
-REPORT_NAME = "run_report.json"
 logger = logging.getLogger(__name__)
 
 
@@ -44,17 +43,19 @@ class BiomedCLIPZeroShotApp(Application):
     """DICOM study folder in (-i), one Comprehensive 3D SR per study and run_report.json out (-o),
     BiomedCLIP model package from -m."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, argv: list[str], *, settings: AppSettings, package: ModelPackage) -> None:
+        """``argv``: program and the SDK's -i/-o/-m, already checked (``app.cli``); the settings and the
+        model package are loaded before, so that their errors come before anything runs."""
         self.report = RunReport()
-        self.output_path: Path | None = None
-        super().__init__(*args, **kwargs)
+        self.settings = settings
+        self.package = package
+        super().__init__(argv)
 
     def compose(self) -> None:
         context = Application.init_app_context(self.argv)
         logging_policy.install()
-        settings = AppSettings.load()
-        input_path, self.output_path = Path(context.input_path), Path(context.output_path)
-        package = ModelPackage.load(Path(context.model_path))
+        settings, package = self.settings, self.package
+        input_path, output_path = Path(context.input_path), Path(context.output_path)
 
         loader = StudyLoaderOperator(
             self, CountCondition(self, 1), input_folder=input_path, report=self.report, name="study_loader"
@@ -73,8 +74,8 @@ class BiomedCLIPZeroShotApp(Application):
             self, package=package, backend=settings.backend, batch_size=settings.batch_size, report=self.report, name="inference"
         )
         writer = StructuredReportWriterOperator(
-            self, labels=package.labels, algorithm=algorithm_of(package), output_folder=self.output_path,
-            report=self.report, name="sr_writer",
+            self, labels=package.labels, algorithm=algorithm_of(package), options=settings.structured_report,
+            output_folder=output_path, report=self.report, name="sr_writer",
         )
 
         self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
@@ -83,10 +84,3 @@ class BiomedCLIPZeroShotApp(Application):
         self.add_flow(deid, writer, {("reidentification", "reidentification")})
         self.add_flow(preprocess, infer, {("preprocessed", "preprocessed")})
         self.add_flow(infer, writer, {("classifications", "classifications")})
-
-    def run(self) -> None:
-        try:
-            super().run()
-        finally:
-            if self.output_path is not None:
-                self.report.write(self.output_path / REPORT_NAME)

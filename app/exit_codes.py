@@ -13,9 +13,12 @@ class ExitCode(IntEnum):
       refused;
     - 3, some failed: SRs were written, but some files were refused (each with its reason in
       ``OUTPUT/run_report.json``; one summary line on stderr);
-    - 2, all failed: no SR written — nothing in the input was usable — or no usable model package
-      (one-line reason on stderr); re-running on the same input cannot help;
-    - 1, an unexpected error (traceback): Python's own status for an uncaught exception, so no member.
+    - 2, all failed: no SR written — nothing in the input was usable — or an argument, input folder,
+      output folder, settings file or model package that cannot work (one ``error:`` line on stderr,
+      ``app/cli.py``; checked before anything runs, the output folder left as it was); re-running
+      unchanged cannot help;
+    - 1, an unexpected error (traceback; run_report.json says ``failed``): Python's own status for an
+      uncaught exception, so no member.
 
     Files outside the app's scope (not DICOM, non-image SOP classes, duplicates, series not selected)
     are listed as skipped or not used and are not failures.

@@ -17,16 +17,19 @@ from typing import Any
 
 from operators.deid.profile import ProfileOptions
 from operators.inference.backends.base import BackendSpec
+from operators.sr.structured_report import ReportOptions
+from operators.sr.uids import UIDRoot
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 CONFIG_ENV = "BIOMEDCLIP_APP_CONFIG"
 #: Every key the file may hold, per section ("" is the top level); ``deidentification.options`` are
 #: checked by ``ProfileOptions.from_mapping`` against its fields.
 KNOWN_KEYS: dict[str, tuple[str, ...]] = {
-    "": ("series_selection_rules", "sampling", "inference", "deidentification"),
+    "": ("series_selection_rules", "sampling", "inference", "deidentification", "structured_report"),
     "sampling": ("max_images_per_series",),
     "inference": ("backend", "precision", "compile", "cuda_graphs", "batch_size"),
     "deidentification": ("secret_env", "accept_burned_in_annotation", "options"),
+    "structured_report": ("uid_root", "min_top_probability", "min_margin"),
 }
 
 
@@ -100,6 +103,13 @@ class _Section:
             raise self.error(key, f"must be an integer, not {value!r}")
         return value
 
+    def fraction(self, key: str, default: float) -> float:
+        """A number from 0 to 1 (a probability or a difference of two)."""
+        value = self._get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise self.error(key, f"must be a number from 0 to 1, not {value!r}")
+        return float(value)
+
     def string(self, key: str, default: str | None = None) -> str:
         value = self._get(key, default)
         if not isinstance(value, str):
@@ -133,6 +143,20 @@ class DeidentificationSettings:
         return cls._from_section(_Section.read(config_path(path)).section("deidentification"))
 
 
+def _report_options(section: _Section) -> ReportOptions:
+    """The ``structured_report`` section; every key optional (``ReportOptions``'s defaults)."""
+    defaults = ReportOptions()
+    try:
+        uid_root = UIDRoot(section.string("uid_root", defaults.uid_root.root))
+    except ValueError as exc:
+        raise section.error("uid_root", str(exc)) from None
+    return ReportOptions(
+        uid_root=uid_root,
+        min_top_probability=section.fraction("min_top_probability", defaults.min_top_probability),
+        min_margin=section.fraction("min_margin", defaults.min_margin),
+    )
+
+
 @dataclass(frozen=True)
 class AppSettings:
     series_selection_rules: str  # JSON text for the SDK's DICOMSeriesSelectorOperator
@@ -140,6 +164,7 @@ class AppSettings:
     backend: BackendSpec
     batch_size: int
     deidentification: DeidentificationSettings
+    structured_report: ReportOptions
 
     @classmethod
     def load(cls, path: Path | None = None) -> AppSettings:
@@ -163,4 +188,5 @@ class AppSettings:
             ),
             batch_size=inference.integer("batch_size"),
             deidentification=DeidentificationSettings._from_section(data.section("deidentification")),
+            structured_report=_report_options(data.section("structured_report", {})),
         )

@@ -31,6 +31,12 @@ SKIPPED = "skipped"
 NOT_USED = "not used"
 REFUSED = "refused"
 
+#: Run statuses (the top-level ``status``): every study with a usable image got its SR and no file was
+#: refused; SRs written but some files refused; no SR, or the run stopped on an error (``error`` says why).
+COMPLETED = "completed"
+COMPLETED_WITH_REFUSALS = "completed with refusals"
+FAILED = "failed"
+
 #: Series statuses.
 INFERRED = "inferred"
 NO_USABLE_IMAGE = "no usable image"
@@ -79,6 +85,8 @@ class RunReport:
     #: SOP Instance UID -> relative path: original UIDs from the inventory, de-identified ones as they are
     #: linked; in memory only, never written.
     _file_of_instance: dict[str, str] = field(default_factory=dict, repr=False)
+    #: why the run stopped, one line without PHI (``fail``); ``None`` while it has not
+    _failure: str | None = field(default=None, repr=False)
 
     def add_inventory(self, files: Iterable[InputFile]) -> None:
         for f in files:
@@ -142,8 +150,32 @@ class RunReport:
             "structured_reports": len(self.outputs),
         }
 
+    def fail(self, error: str) -> None:
+        """The run stopped on ``error`` (one line, no PHI: the caller's own message, never an exception's
+        text that may quote a header)."""
+        self._failure = error
+
+    @property
+    def error(self) -> str | None:
+        """Why the run failed: the error it stopped on, or that no input file was usable; ``None`` otherwise."""
+        if self._failure is not None:
+            return self._failure
+        s = self.summary()
+        if s["structured_reports"] == 0:
+            return (f"no usable image in the input: {s['files']} file(s), {s['skipped']} skipped, "
+                    f"{s['refused']} refused, {s['not_used']} not selected")
+        return None
+
+    @property
+    def status(self) -> str:
+        if self.error is not None:
+            return FAILED
+        return COMPLETED_WITH_REFUSALS if self.summary()["refused"] else COMPLETED
+
     def as_dict(self) -> dict[str, Any]:
         return {
+            "status": self.status,
+            "error": self.error,
             "summary": self.summary(),
             "files": self.files,
             "series": [row.as_dict() for row in self.series],

@@ -10,7 +10,7 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from operators.inference.zero_shot import LabelSet
 from operators.run_report import RunReport, timed_stage
-from operators.sr.structured_report import Algorithm, build_study_sr, warm_up, write_sr
+from operators.sr.structured_report import Algorithm, ReportOptions, build_study_sr, warm_up, write_sr
 
 logger = logging.getLogger(__name__)
 
@@ -20,10 +20,12 @@ class StructuredReportWriterOperator(Operator):
     (``ReidentificationMap``); writes ``<SR SOP Instance UID>.dcm`` files atomically to the output folder."""
 
     def __init__(
-        self, fragment: Fragment, *args, labels: LabelSet, algorithm: Algorithm, output_folder: Path, report: RunReport, **kwargs
+        self, fragment: Fragment, *args, labels: LabelSet, algorithm: Algorithm, options: ReportOptions, output_folder: Path,
+        report: RunReport, **kwargs
     ) -> None:
         self.labels = labels
         self.algorithm = algorithm
+        self.options = options
         self.output_folder = Path(output_folder)
         self.report = report
         super().__init__(fragment, *args, **kwargs)
@@ -34,7 +36,7 @@ class StructuredReportWriterOperator(Operator):
 
     def start(self) -> None:
         with self.report.timed("write_sr_warm_up"):
-            warm_up(self.labels, self.algorithm)
+            warm_up(self.labels, self.algorithm, self.options)
 
     @timed_stage("write_sr")
     def compute(self, op_input, op_output, context) -> None:
@@ -44,7 +46,7 @@ class StructuredReportWriterOperator(Operator):
         for series in classifications:
             by_study[series.study_instance_uid].append(series)
         for series in by_study.values():
-            sr = build_study_sr(series, self.labels, self.algorithm, reid)
+            sr = build_study_sr(series, self.labels, self.algorithm, reid, self.options)
             path = write_sr(sr, self.output_folder)
             for s in series:
                 for ref in s.images:

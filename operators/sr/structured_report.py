@@ -1,20 +1,30 @@
 """The DICOM Structured Report of a study's zero-shot results (highdicom ``Comprehensive3DSR``).
 
-Content follows TID 1500 (Measurement Report): a device observer context (TID 1004), procedure
-reported "Imaging procedure", and per series one TID 1501 Measurements and Qualitative Evaluations
-group holding
+Template: TID 1500 Measurement Report (PS3.16), the template for an algorithm's measurements and
+qualitative evaluations of images: it has per-group tracking, source image references and algorithm
+identification (TID 4019). TID 2000 (Basic Diagnostic Imaging Report) has no place for an
+algorithm's identity or numeric results; the CAD templates (TID 4000 mammography, TID 4100 chest)
+are tied to one modality and finding type.
 
+Content: a device observer context (TID 1004), procedure reported "Imaging procedure", and per series
+one TID 1501 Measurements and Qualitative Evaluations group holding, in this order
+
+- the tracking identifier ("Series N (MOD) zero-shot classification") and UID,
 - the finding type: the label set's task concept (e.g. 99BMCLIP BODYREGION),
+- TID 4019 algorithm identification, once: "BiomedCLIP", the model package version, and parameters
+  (backend, sampling, weights, label set, the confidence thresholds),
+- a reference to every source image (and frame) the model used,
 - one TID 300 numeric measurement per label: concept = the label's code, value = the series
-  probability, unit ``1`` (UCUM, no units), method = 99BMCLIP ZSPROB "Zero-shot softmax probability",
-- a qualitative evaluation: task concept = the top label's code,
-- TID 4019 algorithm identification: "BiomedCLIP", the model package version and weights identity,
-  and parameters (backend, weights, label set, sampling),
-- a reference to every source image (and frame) the model used.
+  probability rounded to 3 decimals, unit ``1`` (UCUM, no units), method = 99BMCLIP ZSPROB,
+- the margin of the top label over the runner-up (99BMCLIP ZSMARGIN, 3 decimals, unit ``1``),
+- a qualitative evaluation: task concept = the top label's code when its probability and its margin
+  reach the thresholds (``structured_report`` in app.json), else 99BMCLIP NOCONF "No confident finding".
 
+The private scheme 99BMCLIP is declared in the Coding Scheme Identification Sequence (``codes.py``).
 The SR is re-identified into the ORIGINAL study (Study Instance UID, patient module, accession)
-through the in-memory ``ReidentificationMap``, in a new series; Verification Flag UNVERIFIED and
-Preliminary Flag PRELIMINARY, since no person has reviewed it.
+through the in-memory ``ReidentificationMap``, in a new series whose UIDs are under the site's root
+(``uids.py``); Verification Flag UNVERIFIED and Preliminary Flag PRELIMINARY, since no person has
+reviewed it.
 """
 
 from __future__ import annotations
@@ -25,20 +35,41 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import highdicom as hd
+import numpy as np
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
+from pydicom.sr.coding import Code
 
 from operators.atomic import write_atomically
 from operators.deid.deidentifier import ReidentificationMap
 from operators.inference.classification import SeriesClassification
 from operators.inference.zero_shot import ZERO_SHOT_PROBABILITY, LabelSet
+from operators.sr.codes import NO_CONFIDENT_FINDING, PROBABILITY_MARGIN, coding_scheme_identification
+from operators.sr.uids import UIDRoot
 
 MANUFACTURER = "BiomedCLIP MAP (research use only)"
-#: A fixed UID identifies this application as the observing device across all its reports.
-DEVICE_OBSERVER_UID = generate_uid(entropy_srcs=["BiomedCLIP zero-shot MONAI Deploy application"])
+#: Named, so that one UID under the site's root identifies this application as the observing device
+#: across all its reports.
+DEVICE_OBSERVER_NAME = "BiomedCLIP zero-shot MONAI Deploy application"
 SR_SERIES_NUMBER = 9901
 NO_UNITS = codes.UCUM.NoUnits
+#: Probabilities and margins are written to 3 decimals: the model's calibration supports no more, and
+#: 14 digits hide the value from a reader.
+DECIMALS = 3
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """The ``structured_report`` settings: the UID root, and when the top label counts as a confident
+    finding (its probability and its margin over the runner-up both at least these)."""
+
+    uid_root: UIDRoot = UIDRoot()
+    min_top_probability: float = 0.5
+    min_margin: float = 0.1
+
+    def parameters(self) -> tuple[str, ...]:
+        """The thresholds as TID 4019 Algorithm Parameters, so that a reader of the SR knows them."""
+        return (f"min_top_probability={self.min_top_probability}", f"min_margin={self.min_margin}")
 
 
 @dataclass(frozen=True)
@@ -50,11 +81,11 @@ class Algorithm:
     parameters: tuple[str, ...]
     random_weights: bool
 
-    def identification(self, backend: str, sampling: str) -> hd.sr.AlgorithmIdentification:
+    def identification(self, backend: str, sampling: str, options: ReportOptions) -> hd.sr.AlgorithmIdentification:
         return hd.sr.AlgorithmIdentification(
             name=self.name,
             version=self.version,
-            parameters=[f"backend={backend}", f"sampling={sampling}", *self.parameters],
+            parameters=[f"backend={backend}", f"sampling={sampling}", *self.parameters, *options.parameters()],
         )
 
 
@@ -79,18 +110,18 @@ def _original_reference(reid: ReidentificationMap, series: SeriesClassification,
     return ds
 
 
+def _probability(name: hd.sr.CodedConcept | Code, value: float, method: Code | None) -> hd.sr.Measurement:
+    return hd.sr.Measurement(name=name, value=round(float(value), DECIMALS), unit=NO_UNITS, method=method)
+
+
 def _measurement_group(
-    series: SeriesClassification, labels: LabelSet, algorithm: Algorithm, reid: ReidentificationMap
+    series: SeriesClassification, labels: LabelSet, algorithm: Algorithm, reid: ReidentificationMap, options: ReportOptions
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    algorithm_id = algorithm.identification(series.backend, series.sampling)
+    first, second = np.sort(series.aggregate)[::-1][:2]
+    margin = float(first - second)
+    confident = first >= options.min_top_probability and margin >= options.min_margin
     measurements = [
-        hd.sr.Measurement(
-            name=label.code,
-            value=float(probability),
-            unit=NO_UNITS,
-            method=ZERO_SHOT_PROBABILITY,
-            algorithm_id=algorithm_id,
-        )
+        _probability(label.code, probability, ZERO_SHOT_PROBABILITY)
         for label, probability in zip(labels.labels, series.aggregate)
     ]
     sources = [
@@ -102,22 +133,22 @@ def _measurement_group(
         for ref in series.images
     ]
     number = series.series_number if series.series_number is not None else "?"
+    finding = labels.labels[series.top_index].code if confident else NO_CONFIDENT_FINDING
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=generate_uid(), identifier=f"Series {number} ({series.modality}) zero-shot classification"
+            uid=options.uid_root.new(), identifier=f"Series {number} ({series.modality}) zero-shot classification"
         ),
         finding_type=labels.task,
-        algorithm_id=algorithm_id,
-        measurements=measurements,
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(name=labels.task, value=labels.labels[series.top_index].code)
-        ],
+        algorithm_id=algorithm.identification(series.backend, series.sampling, options),
+        measurements=[*measurements, _probability(PROBABILITY_MARGIN, margin, None)],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=labels.task, value=finding)],
         source_images=sources,
     )
 
 
 def build_study_sr(
-    series: Sequence[SeriesClassification], labels: LabelSet, algorithm: Algorithm, reid: ReidentificationMap
+    series: Sequence[SeriesClassification], labels: LabelSet, algorithm: Algorithm, reid: ReidentificationMap,
+    options: ReportOptions,
 ) -> hd.sr.Comprehensive3DSR:
     """One Comprehensive 3D SR for the series of one (de-identified) study, filed into the original study."""
     if not series:
@@ -127,13 +158,14 @@ def build_study_sr(
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=DEVICE_OBSERVER_UID, name="BiomedCLIP zero-shot", manufacturer_name=MANUFACTURER, model_name=algorithm.name
+            uid=options.uid_root.named(DEVICE_OBSERVER_NAME), name="BiomedCLIP zero-shot", manufacturer_name=MANUFACTURER,
+            model_name=algorithm.name,
         ),
     )
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.SCT.ImagingProcedure,
-        imaging_measurements=[_measurement_group(s, labels, algorithm, reid) for s in series],
+        imaging_measurements=[_measurement_group(s, labels, algorithm, reid, options) for s in series],
     )
     evidence = [
         _original_reference(reid, s, ref.sop_class_uid, ref.sop_instance_uid)
@@ -143,12 +175,12 @@ def build_study_sr(
     description = "BiomedCLIP zero-shot, UNVERIFIED"
     if algorithm.random_weights:
         description = "RANDOM WEIGHTS test output, NOT CLINICAL"
-    return hd.sr.Comprehensive3DSR(
+    sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report,
-        series_instance_uid=generate_uid(),
+        series_instance_uid=options.uid_root.new(),
         series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=generate_uid(),
+        sop_instance_uid=options.uid_root.new(),
         instance_number=1,
         manufacturer=MANUFACTURER,
         is_complete=True,
@@ -156,6 +188,8 @@ def build_study_sr(
         is_verified=False,
         series_description=description,
     )
+    sr.CodingSchemeIdentificationSequence = [coding_scheme_identification()]
+    return sr
 
 
 def write_sr(sr: Dataset, output_folder: Path) -> Path:
@@ -163,14 +197,12 @@ def write_sr(sr: Dataset, output_folder: Path) -> Path:
     return write_atomically(Path(output_folder) / f"{sr.SOPInstanceUID}.dcm", lambda f: sr.save_as(f, enforce_file_format=True))
 
 
-def warm_up(labels: LabelSet, algorithm: Algorithm) -> None:
+def warm_up(labels: LabelSet, algorithm: Algorithm, options: ReportOptions) -> None:
     """Build (and discard) one SR of a synthetic study, so that highdicom loads the standard's module
     tables (~0.6 s, once per process) at start-up, beside the model, not inside the first study."""
-    import numpy as np
-
     from operators.imaging.preprocessing import ImageRef
 
-    study, series, image = generate_uid(), generate_uid(), generate_uid()
+    study, series, image = options.uid_root.new(), options.uid_root.new(), options.uid_root.new()
     reid = ReidentificationMap(uids={study: study, series: series, image: image}, studies={study: Dataset()})
     reid.studies[study].StudyInstanceUID = study
     probabilities = np.full((1, len(labels.labels)), 1.0 / len(labels.labels))
@@ -178,4 +210,4 @@ def warm_up(labels: LabelSet, algorithm: Algorithm) -> None:
         study, series, "OT", 1, [ImageRef("1.2.840.10008.5.1.4.1.1.7", image)], 1, "warm-up",
         probabilities, probabilities[0], "warm-up",
     )
-    build_study_sr([classification], labels, algorithm, reid)
+    build_study_sr([classification], labels, algorithm, reid, options)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -14,7 +15,8 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import Comprehensive3DSRStorage
 
-from tests.conftest import run_app, tree_digest
+from operators.sr.codes import NO_CONFIDENT_FINDING, PROBABILITY_MARGIN
+from tests.conftest import ROOT, run_app, tree_digest
 
 NON_IMAGE_SR = get_testdata_file("reportsi.dcm")  # Basic Text SR Storage, no pixel data
 
@@ -79,13 +81,19 @@ def test_one_study_two_series_gives_one_sr_in_the_original_study(study_with_bad_
     labels = json.loads((model_package / "labels.json").read_text())["labels"]
     for group in groups:
         probabilities = {m.name.value: m.value for m in group.get_measurements()}
+        margin = probabilities.pop(PROBABILITY_MARGIN.value)
         assert set(probabilities) == {label["code"]["value"] for label in labels}
         assert all(0.0 <= p <= 1.0 for p in probabilities.values())
-        assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-6)
+        assert sum(probabilities.values()) == pytest.approx(1.0, abs=0.0005 * len(labels)), "11 values to 3 decimals"
         assert all(m.unit.value == "1" for m in group.get_measurements())
-        top = max(probabilities, key=probabilities.get)
+        top, runner_up = sorted(probabilities.values(), reverse=True)[:2]
+        assert margin == pytest.approx(top - runner_up, abs=0.001 + 1e-9)
         (evaluation,) = group.get_qualitative_evaluations()
-        assert evaluation.value.value == top
+        # random weights give near-uniform probabilities: below app.json's thresholds, no label is a finding
+        assert top < 0.5 and evaluation.value.value == NO_CONFIDENT_FINDING.value
+        assert sum(item.ConceptNameCodeSequence[0].CodeValue == "111001" for item in group[0].ContentSequence) == 1, (
+            "TID 4019 once per group, not under every measurement"
+        )
         assert _text_values(group[0], "111001") == {"BiomedCLIP"}  # Algorithm Name (TID 4019)
         (version,) = _text_values(group[0], "111003")  # Algorithm Version
         assert "RANDOM-INIT" in version and "NOT FOR CLINICAL USE" in version
@@ -107,6 +115,7 @@ def test_one_study_two_series_gives_one_sr_in_the_original_study(study_with_bad_
     assert not errors, errors
 
     report = json.loads((output / "run_report.json").read_text())
+    assert (report["status"], report["error"]) == ("completed", None)
     assert report["files"]["notes.txt"]["status"] == "skipped"
     assert "not a DICOM file" in report["files"]["notes.txt"]["reason"]
     assert report["files"]["report.dcm"] == {"status": "skipped", "reason": "non-image SOP class: Basic Text SR Storage"}
@@ -174,6 +183,7 @@ def test_folder_without_usable_images_exits_non_zero_with_one_line_reason(model_
     assert "no usable image in the input: 2 file(s), 2 skipped" in line
     assert not list((tmp_path / "out").glob("*.dcm"))
     report = json.loads((tmp_path / "out" / "run_report.json").read_text())
+    assert report["status"] == "failed" and report["error"] == line.removeprefix("error: ").split("; see ")[0]
     assert report["summary"]["skipped"] == 2
     assert tree_digest(input_dir) == before
 
@@ -185,3 +195,49 @@ def test_missing_model_package_is_a_one_line_error(sample_study: Path, tmp_path:
     assert result.returncode == 2
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert line == f"error: {empty}: no model package (manifest.json) found; build one with scripts/build_model.py"
+
+
+def test_a_truncated_manifest_is_a_one_line_error_naming_it_and_the_earlier_report_stays(
+    sample_study: Path, model_package: Path, tmp_path: Path
+) -> None:
+    earlier_output = tmp_path / "output"
+    earlier_output.mkdir()
+    (earlier_output / "run_report.json").write_text('{"status": "completed"}\n')
+    package = shutil.copytree(model_package, tmp_path / "model")
+    manifest = package / "manifest.json"
+    manifest.write_bytes(manifest.read_bytes()[:100])
+    before = tree_digest(earlier_output)
+    result = run_app(sample_study, earlier_output, package)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {manifest}: unreadable manifest (")
+    assert tree_digest(earlier_output) == before, "nothing ran: the earlier run's report stays"
+
+
+def test_a_model_that_fails_once_the_run_started_is_reported_as_failed_not_as_an_empty_input(
+    sample_study: Path, model_package: Path, tmp_path: Path
+) -> None:
+    """An image encoder that matches its manifest's sha256 but is not ONNX: found only when the backend loads it."""
+    package = shutil.copytree(model_package, tmp_path / "model")
+    encoder = package / "image_encoder.onnx"
+    encoder.write_bytes(b"not an ONNX graph")
+    manifest = json.loads((package / "manifest.json").read_text())
+    manifest["files"][encoder.name] = hashlib.sha256(encoder.read_bytes()).hexdigest()
+    (package / "manifest.json").write_text(json.dumps(manifest))
+
+    result = run_app(sample_study, tmp_path / "out", package, env={"BIOMEDCLIP_APP_CONFIG": str(_onnxruntime_config(tmp_path))})
+
+    assert result.returncode == 1 and "Traceback" in result.stderr, "an unexpected error keeps its traceback"
+    report = json.loads((tmp_path / "out" / "run_report.json").read_text())
+    assert report["status"] == "failed"
+    assert report["error"] == "unexpected error (InvalidProtobuf); the traceback is on stderr"
+    assert report["summary"]["structured_reports"] == 0
+
+
+def _onnxruntime_config(tmp_path: Path) -> Path:
+    """The app's settings with the ONNX Runtime fp32 backend (the one that reads image_encoder.onnx)."""
+    config = shutil.copytree(ROOT / "app" / "config", tmp_path / "config")
+    settings = json.loads((config / "app.json").read_text())
+    settings["inference"].update(backend="onnxruntime", precision="fp32")
+    (config / "app.json").write_text(json.dumps(settings))
+    return config / "app.json"

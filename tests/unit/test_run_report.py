@@ -1,5 +1,6 @@
 """run_report.json: file statuses by original and by linked de-identified UID, summary counts, the
-series rows, an atomic write, and no original identifier (nor any way back to one) in what is written."""
+series rows, the run's status and error, an atomic write, and no original identifier (nor any way back
+to one) in what is written."""
 
 from __future__ import annotations
 
@@ -11,7 +12,16 @@ import pytest
 
 from operators.deid.deidentifier import ReidentificationMap
 from operators.intake.inventory import InputFile
-from operators.run_report import INFERRED, NO_USABLE_IMAGE, ImageRow, RunReport, SeriesRow
+from operators.run_report import (
+    COMPLETED,
+    COMPLETED_WITH_REFUSALS,
+    FAILED,
+    INFERRED,
+    NO_USABLE_IMAGE,
+    ImageRow,
+    RunReport,
+    SeriesRow,
+)
 
 #: original SOP Instance UIDs of the accepted input files, and the de-identified UIDs they get
 ORIGINAL = {"CT/1.dcm": "1.2.840.99.1", "CT/2.dcm": "1.2.840.99.2", "CT/3.dcm": "1.2.840.99.3", "CT/4.dcm": "1.2.840.99.4"}
@@ -110,7 +120,8 @@ def test_write_gives_valid_json_equal_to_the_report(report: RunReport, tmp_path:
     path = report.write(tmp_path / "run_report.json")
     written = json.loads(path.read_text())
     assert written == json.loads(json.dumps(report.as_dict()))
-    assert list(written) == ["summary", "files", "series", "outputs", "timings_s"]
+    assert list(written) == ["status", "error", "summary", "files", "series", "outputs", "timings_s"]
+    assert (written["status"], written["error"]) == (COMPLETED_WITH_REFUSALS, None)
     assert path.read_text().endswith("}\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run_report.json"], "no temporary file left"
 
@@ -143,3 +154,26 @@ def test_no_original_uid_and_no_way_back_to_one_is_written_or_held(report: RunRe
         assert text.count(pseudo) == (1 if pseudo in ("2.25.101", "2.25.104") else 0)
     assert not any(isinstance(value, ReidentificationMap) for value in vars(report).values())
     assert "1.2.840.99" not in repr(report)
+
+
+def test_status_completed_with_refusals_completed_or_failed(report: RunReport) -> None:
+    assert (report.status, report.error) == (COMPLETED_WITH_REFUSALS, None), "an SR written, two files refused"
+    clean = RunReport()
+    clean.add_inventory(_inventory()[:1])
+    clean.mark_used(ORIGINAL["CT/1.dcm"])
+    clean.add_output(Path("/out/2.25.55.dcm"))
+    assert (clean.status, clean.error) == (COMPLETED, None)
+
+
+def test_a_run_without_an_sr_failed_and_says_what_the_input_held() -> None:
+    report = RunReport()
+    report.add_inventory(_inventory())
+    assert report.status == FAILED
+    assert report.error == "no usable image in the input: 7 file(s), 1 skipped, 1 refused, 5 not selected"
+
+
+def test_a_run_that_stopped_on_an_error_failed_with_that_error_even_after_an_sr(report: RunReport) -> None:
+    """A model package that a backend cannot load must not read like an empty input."""
+    report.fail("/models/biomedclip/image_encoder.onnx: unreadable by ONNX Runtime")
+    written = report.as_dict()
+    assert (written["status"], written["error"]) == (FAILED, "/models/biomedclip/image_encoder.onnx: unreadable by ONNX Runtime")

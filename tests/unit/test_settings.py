@@ -13,6 +13,8 @@ import pytest
 
 from app.settings import CONFIG_DIR, CONFIG_ENV, AppSettings, DeidentificationSettings, SettingsError
 from operators.deid.profile import ProfileOptions
+from operators.sr.structured_report import ReportOptions
+from operators.sr.uids import UIDRoot
 
 
 def write_config(folder: Path, change: dict[str, Any]) -> Path:
@@ -45,6 +47,7 @@ def test_the_apps_own_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.backend.backend == "auto" and settings.backend.compile is False and settings.backend.cuda_graphs is False
     assert settings.deidentification.options == ProfileOptions()
     assert settings.deidentification.accept_burned_in_annotation is False
+    assert settings.structured_report == ReportOptions(UIDRoot("2.25"), min_top_probability=0.5, min_margin=0.1)
 
 
 def test_a_valid_config_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,6 +57,8 @@ def test_a_valid_config_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         "inference.compile": True, "inference.cuda_graphs": True, "inference.batch_size": 4,
         "deidentification.secret_env": "SITE_SECRET", "deidentification.accept_burned_in_annotation": True,
         "deidentification.options.retain_uids": True,
+        "structured_report.uid_root": "1.2.826.0.1.3680043.10.999", "structured_report.min_top_probability": 0.7,
+        "structured_report.min_margin": 0,
     })
     settings = AppSettings.load(path)
     assert settings.max_images_per_series == 3 and settings.batch_size == 4
@@ -61,6 +66,7 @@ def test_a_valid_config_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert settings.backend.compile is True and settings.backend.cuda_graphs is True
     assert settings.deidentification.secret == b"s3cret" and settings.deidentification.accept_burned_in_annotation is True
     assert settings.deidentification.options == ProfileOptions(retain_uids=True)
+    assert settings.structured_report == ReportOptions(UIDRoot("1.2.826.0.1.3680043.10.999"), min_top_probability=0.7, min_margin=0.0)
 
 
 def test_optional_settings_take_their_defaults(tmp_path: Path) -> None:
@@ -69,6 +75,8 @@ def test_optional_settings_take_their_defaults(tmp_path: Path) -> None:
     settings = AppSettings.load(path)
     assert settings.backend.precision == "fp32" and settings.backend.compile is False and settings.backend.cuda_graphs is False
     assert settings.deidentification.options == ProfileOptions() and settings.deidentification.accept_burned_in_annotation is False
+    no_section = write_config(tmp_path / "no_section", {"structured_report": None})
+    assert AppSettings.load(no_section).structured_report == ReportOptions()
 
 
 @pytest.mark.parametrize("key", ["inference.compile", "inference.cuda_graphs", "deidentification.accept_burned_in_annotation"])
@@ -86,9 +94,23 @@ def test_a_count_must_be_a_json_integer(tmp_path: Path, key: str, value: Any) ->
     refused(path, f"{key}: must be an integer, not {value!r}")
 
 
+@pytest.mark.parametrize("key", ["structured_report.min_top_probability", "structured_report.min_margin"])
+@pytest.mark.parametrize("value", ["0.5", True, -0.1, 1.5])
+def test_a_threshold_must_be_a_number_from_0_to_1(tmp_path: Path, key: str, value: Any) -> None:
+    path = write_config(tmp_path / "config", {key: value})
+    refused(path, f"{key}: must be a number from 0 to 1, not {value!r}")
+
+
+@pytest.mark.parametrize("root", ["1.2.826.0.1.3680043.10.999.", "1.02", "2.25.x", 225])
+def test_a_uid_root_that_is_not_one_is_refused(tmp_path: Path, root: Any) -> None:
+    path = write_config(tmp_path / "config", {"structured_report.uid_root": root})
+    problem = "must be a string" if isinstance(root, int) else f"{root!r} is not a UID root"
+    refused(path, f"structured_report.uid_root: {problem}")
+
+
 @pytest.mark.parametrize(
     "key",
-    ["max_images", "sampling.max_images", "inference.precison", "deidentification.accept_burned_in", "deidentification.options.retain_everything"],
+    ["max_images", "structured_report.uid_prefix", "sampling.max_images", "inference.precison", "deidentification.accept_burned_in", "deidentification.options.retain_everything"],
 )
 def test_an_unknown_key_is_refused_by_name(tmp_path: Path, key: str) -> None:
     path = write_config(tmp_path / "config", {key: True})

@@ -1,7 +1,9 @@
 """The study SR (TID 1500 Measurement Report in a Comprehensive 3D SR) built from hand-made classifications
 of really de-identified images, written, read back and validated: filed in the original study, one TID
-1501 group per series with the input probabilities, the top label's qualitative evaluation, TID 4019
-algorithm identification, original image references only, UNVERIFIED, and no dciodvfy error."""
+1501 group per series with the input probabilities to 3 decimals and the margin to the runner-up, the
+top label's qualitative evaluation or "no confident finding" below the thresholds, TID 4019 algorithm
+identification once per group, UIDs under the configured root, the private coding scheme declared,
+original image references only, UNVERIFIED, and no dciodvfy error."""
 
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ from operators.deid.deidentifier import DeidentificationProfile, Deidentifier, R
 from operators.imaging.preprocessing import ImageRef
 from operators.inference.classification import SeriesClassification
 from operators.inference.zero_shot import ZERO_SHOT_PROBABILITY, LabelSet
-from operators.sr.structured_report import Algorithm, build_study_sr, write_sr
+from operators.sr.codes import NO_CONFIDENT_FINDING, PROBABILITY_MARGIN
+from operators.sr.structured_report import Algorithm, ReportOptions, build_study_sr, write_sr
+from operators.sr.uids import UIDRoot
 from tests.support.phi_corpus import dciodvfy_errors
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,15 +72,21 @@ def _classification(ds: pydicom.Dataset, frames: list[int | None], per_image: np
     )
 
 
-@pytest.fixture(scope="module")
-def sr(deidentified: tuple[dict[str, pydicom.Dataset], ReidentificationMap], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The SR as written by the SR writer."""
+def _write(deidentified: tuple[dict[str, pydicom.Dataset], ReidentificationMap], folder: Path, options: ReportOptions,
+           ct: np.ndarray = CT_PROBABILITIES) -> Path:
+    """The SR of the CT (probabilities ``ct``) and the MR series, as written by the SR writer."""
     datasets, reid = deidentified
     series = [
-        _classification(datasets["ct"], [None], CT_PROBABILITIES[None], "all 1 images"),
+        _classification(datasets["ct"], [None], ct[None], "all 1 images"),
         _classification(datasets["mr"], [1, 10], MR_FRAMES, "2 of 10 images, evenly spaced (max_images_per_series=2)"),
     ]
-    return write_sr(build_study_sr(series, LABELS, ALGORITHM, reid), tmp_path_factory.mktemp("sr"))
+    return write_sr(build_study_sr(series, LABELS, ALGORITHM, reid, options), folder)
+
+
+@pytest.fixture(scope="module")
+def sr(deidentified: tuple[dict[str, pydicom.Dataset], ReidentificationMap], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The SR with the default options (UID root 2.25, confident at probability 0.5 and margin 0.1)."""
+    return _write(deidentified, tmp_path_factory.mktemp("sr"), ReportOptions())
 
 
 def _groups(sr: hd.sr.Comprehensive3DSR) -> dict[str, hd.sr.MeasurementsAndQualitativeEvaluations]:
@@ -111,17 +121,31 @@ def test_the_sr_is_a_tid_1500_report_filed_in_the_original_study(sr: Path, origi
     assert (ds.VerificationFlag, ds.PreliminaryFlag, ds.CompletionFlag) == ("UNVERIFIED", "PRELIMINARY", "COMPLETE")
 
 
-def test_one_group_per_series_with_the_input_probabilities_and_the_top_label(sr: Path) -> None:
+def _numeric_values(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> dict[str, str]:
+    """The NUM items' values as written (DS strings), by concept code."""
+    return {
+        item.ConceptNameCodeSequence[0].CodeValue: item.MeasuredValueSequence[0].NumericValue.original_string
+        for item in group[0].ContentSequence
+        if item.ValueType == "NUM"
+    }
+
+
+def test_one_group_per_series_with_the_probabilities_to_3_decimals_the_margin_and_the_top_label(sr: Path) -> None:
     groups = _groups(hd.sr.srread(sr))
     assert sorted(groups) == ["CT", "MR"]
     for name, aggregate in (("CT", CT_PROBABILITIES), ("MR", MR_FRAMES.mean(axis=0))):
         group = groups[name]
-        measurements = group.get_measurements()
-        assert [(m.name.value, m.name.scheme_designator) for m in measurements] == [
+        probabilities = [m for m in group.get_measurements() if m.name.value != PROBABILITY_MARGIN.value]
+        assert [(m.name.value, m.name.scheme_designator) for m in probabilities] == [
             (label.code.value, label.code.scheme_designator) for label in LABELS.labels
         ], "one probability per label, in label order"
-        assert [float(m.value) for m in measurements] == aggregate.tolist()
-        assert all(m.unit.value == "1" and m.method.value == ZERO_SHOT_PROBABILITY.value for m in measurements)
+        assert np.allclose([float(m.value) for m in probabilities], aggregate, rtol=0, atol=0.0005 + 1e-9)  # half of the last decimal
+        assert all(m.unit.value == "1" and m.method.value == ZERO_SHOT_PROBABILITY.value for m in probabilities)
+        written = _numeric_values(group)
+        assert all(len(value.partition(".")[2]) <= 3 for value in written.values()), written
+        top, runner_up = sorted(aggregate)[::-1][:2]
+        (margin,) = [m for m in group.get_measurements() if m.name.value == PROBABILITY_MARGIN.value]
+        assert abs(float(margin.value) - (top - runner_up)) <= 0.0005 + 1e-9 and margin.unit.value == "1"
         (evaluation,) = group.get_qualitative_evaluations()
         assert evaluation.name.value == LABELS.task.value
         assert evaluation.value.value == LABELS.labels[int(np.argmax(aggregate))].code.value
@@ -129,14 +153,80 @@ def test_one_group_per_series_with_the_input_probabilities_and_the_top_label(sr:
     assert groups["MR"].get_qualitative_evaluations()[0].value.meaning == "Head"
 
 
-def test_algorithm_identification_names_the_model_and_its_parameters(sr: Path) -> None:
+def test_algorithm_identification_once_per_group_names_the_model_and_its_parameters(sr: Path) -> None:
     groups = _groups(hd.sr.srread(sr))
     for name, sampling in (("CT", "all 1 images"), ("MR", "2 of 10 images, evenly spaced (max_images_per_series=2)")):
         root = groups[name][0]
-        assert set(_text_values(root, "111001")) == {"BiomedCLIP"}  # Algorithm Name (TID 4019)
-        assert set(_text_values(root, "111003")) == {"1.0.0+test"}  # Algorithm Version
-        parameters = _text_values(root, "111002")  # Algorithm Parameters, once per measurement and the group
-        assert set(parameters) == {"backend=onnxruntime-cpu-fp32", f"sampling={sampling}", *ALGORITHM.parameters}
+        assert _text_values(root, "111001") == ["BiomedCLIP"]  # Algorithm Name (TID 4019), once
+        assert _text_values(root, "111003") == ["1.0.0+test"]  # Algorithm Version
+        parameters = _text_values(root, "111002")  # Algorithm Parameters
+        assert parameters == [
+            "backend=onnxruntime-cpu-fp32", f"sampling={sampling}", *ALGORITHM.parameters,
+            "min_top_probability=0.5", "min_margin=0.1",
+        ]
+
+
+def _finding(path: Path, modality: str) -> str:
+    (evaluation,) = _groups(hd.sr.srread(path))[modality].get_qualitative_evaluations()
+    return str(evaluation.value.value)
+
+
+@pytest.mark.parametrize(
+    ("ct", "options", "mr_finding", "why"),
+    [
+        # the issue's case: the top label wins by 0.100 vs 0.096; the MR (head 0.5, margin 0.3125) stays confident
+        (np.array([0.096, 0.1, *[0.804 / 9] * 9]), ReportOptions(), LABELS.labels[1].code.value, "top probability below 0.5"),
+        (np.array([0.45, 0.0, 0.5, *[0.05 / 8] * 8]), ReportOptions(), LABELS.labels[1].code.value, "margin 0.05 below 0.1"),
+        (CT_PROBABILITIES, ReportOptions(min_top_probability=0.6), NO_CONFIDENT_FINDING.value, "a site's stricter probability"),
+        (CT_PROBABILITIES, ReportOptions(min_margin=0.4), NO_CONFIDENT_FINDING.value, "a site's stricter margin"),
+    ],
+)
+def test_below_a_threshold_the_finding_is_no_confident_finding(
+    deidentified: tuple[dict[str, pydicom.Dataset], ReidentificationMap], tmp_path: Path,
+    ct: np.ndarray, options: ReportOptions, mr_finding: str, why: str,
+) -> None:
+    path = _write(deidentified, tmp_path, options, ct)
+    assert _finding(path, "CT") == NO_CONFIDENT_FINDING.value, why
+    assert _finding(path, "MR") == mr_finding
+    assert dciodvfy_errors(path) == []
+
+
+def _sr_uids(ds: pydicom.Dataset) -> list[str]:
+    """The UIDs the SR itself creates: series, instance, observer device, tracking."""
+    created = [ds.SeriesInstanceUID, ds.SOPInstanceUID]
+    ds.walk(lambda _, elem: created.append(elem.value) if elem.VR == "UI" and elem.keyword not in {
+        "ReferencedSOPInstanceUID", "ReferencedSOPClassUID", "StudyInstanceUID", "SeriesInstanceUID",
+        "SOPInstanceUID", "SOPClassUID", "MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID",
+        "TransferSyntaxUID", "ImplementationClassUID"} else None)
+    return created
+
+
+def test_the_sr_uids_are_under_the_configured_root(
+    sr: Path, deidentified: tuple[dict[str, pydicom.Dataset], ReidentificationMap], tmp_path: Path
+) -> None:
+    default = _sr_uids(pydicom.dcmread(sr))
+    assert len(default) == 2 + 1 + 2, "series, instance, the observer device and one tracking UID per group"
+    assert all(uid.startswith("2.25.") for uid in default), default
+    site_root = "1.2.826.0.1.3680043.10.999"
+    site = _sr_uids(pydicom.dcmread(_write(deidentified, tmp_path, ReportOptions(uid_root=UIDRoot(site_root)))))
+    assert all(uid.startswith(site_root + ".") and len(uid) <= 64 for uid in site), site
+    assert not set(default) & set(site[:2] + site[3:]), "new series, instance and tracking UIDs"
+
+
+@pytest.mark.parametrize("root", ["1.2.03", "1..2", "1.2.", "abc", "1." * 30 + "1"])
+def test_an_invalid_uid_root_is_refused(root: str) -> None:
+    with pytest.raises(ValueError, match="not a UID root"):
+        UIDRoot(root)
+
+
+def test_the_private_coding_scheme_is_declared(sr: Path) -> None:
+    ds = pydicom.dcmread(sr)
+    declared = {item.CodingSchemeDesignator: item for item in ds.CodingSchemeIdentificationSequence}
+    used: set[str] = set()
+    ds.walk(lambda _, elem: used.add(elem.value) if elem.keyword == "CodingSchemeDesignator" else None)
+    standard = {"DCM", "SCT", "UCUM", "RFC5646"}  # PS3.16 Table 8-1: need no declaration
+    assert used - standard == {"99BMCLIP"} == set(declared)
+    assert declared["99BMCLIP"].CodingSchemeName and declared["99BMCLIP"].CodingSchemeResponsibleOrganization
 
 
 def test_every_referenced_image_is_an_original_instance(
