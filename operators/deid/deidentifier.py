@@ -49,7 +49,7 @@ IMPLEMENTATION_CLASS_UID = "2.25.207331460426593651837327461098561137081"
 IMPLEMENTATION_VERSION_NAME = "BMCLIP_DEID_1"
 
 #: Dummy values (action D) for VRs where a pseudonym of the original value would not be valid.
-DUMMY_DATE, DUMMY_DATETIME, DUMMY_TIME, DUMMY_AGE = "19000101", "19000101000000", "000000", "000D"
+DUMMY_DATE_TIME = {"DA": "19000101", "DT": "19000101000000", "TM": "000000", "AS": "000D"}
 #: Text VRs: D gives a keyed pseudonym of the original (so equal originals stay equal); C cleans the text.
 TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
 NUMBER_STRING_VRS = frozenset({"DS", "IS"})
@@ -200,6 +200,12 @@ class Deidentifier:
             return
         if action in (None, Action.KEEP) and kept_as_read(ds, tag):
             return
+        if action in (Action.ZERO, Action.DUMMY):
+            vr = vr_of(ds, tag)
+            if " or " not in vr and (action is Action.ZERO or vr in DUMMY_FREE_VRS):
+                # a new value that owes nothing to the original: the original is never converted
+                ds[tag] = unvalidated_element(tag, vr, fixed_dummy(vr) if action is Action.DUMMY else Sequence() if vr == "SQ" else None)
+                return
         elem = element(ds, tag)
         if action is None:
             self._outside_table(elem, instance)
@@ -243,14 +249,8 @@ class Deidentifier:
             self._replace_uids(elem)
         elif vr in TEXT_VRS:
             elem.value = "ANON" + self.keyed_hex(f"dummy|{elem.tag}|{elem.value}")[:12].upper()
-        elif vr in ("DA", "DT", "TM", "AS"):
-            elem.value = {"DA": DUMMY_DATE, "DT": DUMMY_DATETIME, "TM": DUMMY_TIME, "AS": DUMMY_AGE}[vr]
-        elif vr in NUMBER_STRING_VRS:
-            elem.value = "0"
-        elif vr in BINARY_NUMBER_VRS:
-            elem.value = 0
-        else:  # OB, OW, UN…
-            elem.value = b"\x00\x00"
+        else:
+            elem.value = fixed_dummy(vr)
 
     def _replace_uids(self, elem: DataElement) -> None:
         if elem.is_empty:
@@ -359,6 +359,20 @@ class Deidentifier:
 #: validated and quoted (DS, IS, UI; ``operators.deid.unvalidated``); sequences are de-identified inside;
 #: instance UIDs outside the table are replaced.
 CONVERTED_WHEN_KEPT = QUOTED_WHEN_READ | {"SQ"}
+
+
+#: VRs whose D value does not depend on the original (D of text is a keyed pseudonym of it, of UI its
+#: replacement UID). Z never does. An ambiguous VR ("US or SS") is left to the converted element, which resolves it.
+DUMMY_FREE_VRS = frozenset({"DA", "DT", "TM", "AS", "OB", "OW", "OF", "OD", "OL", "OV", "UN"}) | NUMBER_STRING_VRS | BINARY_NUMBER_VRS
+
+
+def fixed_dummy(vr: str) -> Any:
+    """Action D's value for a VR other than text and UI: valid for the VR, the same whatever the original."""
+    if vr in DUMMY_DATE_TIME:
+        return DUMMY_DATE_TIME[vr]
+    if vr in NUMBER_STRING_VRS:
+        return "0"
+    return 0 if vr in BINARY_NUMBER_VRS else b"\x00\x00"  # OB, OW, UN…
 
 
 def kept_as_read(ds: Dataset, tag: int) -> bool:
