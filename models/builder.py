@@ -125,11 +125,15 @@ def load_biomedclip(weights: str | None, seed: int | None, workdir: Path, text_m
             raise FileNotFoundError(f"{folder}: no open_clip checkpoint (open_clip_pytorch_model.bin/.safetensors)")
         config = json.loads((folder / "open_clip_config.json").read_text())
         text = find_text_model(folder, text_model, config["model_cfg"]["text_cfg"]["hf_model_name"])
-        local = workdir / "biomedclip-local"  # the snapshot's config, its text model named by path
+        # One folder, as the random route makes it: open_clip reads a local-dir model's tokenizer from that folder
+        # whatever its config names, and the text tower's config from the path the config names.
+        local = workdir / "biomedclip-local"
         local.mkdir(parents=True)
-        config["model_cfg"]["text_cfg"]["hf_model_name"] = config["model_cfg"]["text_cfg"]["hf_tokenizer_name"] = str(text)
+        own = ("open_clip_config.json", checkpoints[0].name)
+        for path in [checkpoints[0], *(p for p in text.iterdir() if p.is_file() and p.name not in own)]:
+            (local / path.name).symlink_to(path.resolve())
+        config["model_cfg"]["text_cfg"]["hf_model_name"] = config["model_cfg"]["text_cfg"]["hf_tokenizer_name"] = str(local)
         (local / "open_clip_config.json").write_text(json.dumps(config))
-        (local / checkpoints[0].name).symlink_to(checkpoints[0])
         model = open_clip.create_model(f"local-dir:{local}", pretrained_text=False)  # every weight is in the checkpoint
         tokenizer = open_clip.get_tokenizer(f"local-dir:{local}")
         info = Weights(str(folder), False, None, sha256_file(checkpoints[0]))

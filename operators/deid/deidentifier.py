@@ -107,9 +107,9 @@ class _Instance:
     @cached_property
     def shift_days(self) -> int:
         """A per-patient whole-day shift into the past (1..MAX_SHIFT_DAYS): equal for all studies of a patient."""
-        patient = f"{original_value(self._original, 'PatientID')}|{original_value(self._original, 'IssuerOfPatientID')}"
+        patient = f"{quiet_value(self._original, 'PatientID')}|{quiet_value(self._original, 'IssuerOfPatientID')}"
         if patient == "|":  # no patient identity: one shift per study
-            patient = f"study|{original_value(self._original, 'StudyInstanceUID')}"
+            patient = f"study|{quiet_value(self._original, 'StudyInstanceUID')}"
         return 1 + int(self._deidentifier.keyed_hex(f"date-shift|{patient}")[:12], 16) % MAX_SHIFT_DAYS
 
     @cached_property
@@ -170,9 +170,9 @@ class Deidentifier:
         self._replace_file_meta(ds)
         for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
             if keyword in original:  # with Retain UIDs the "replacement" is the original itself
-                self.reidentification.uids.setdefault(str(original_value(ds, keyword)), str(original_value(original, keyword)))
+                self.reidentification.uids.setdefault(str(quiet_value(ds, keyword)), str(quiet_value(original, keyword)))
         if "StudyInstanceUID" in ds:
-            self.reidentification.studies.setdefault(str(original_value(ds, "StudyInstanceUID")), _study_attributes(original))
+            self.reidentification.studies.setdefault(str(quiet_value(ds, "StudyInstanceUID")), _study_attributes(original))
         return ds
 
     def deidentify_all(self, datasets: Iterable[Dataset]) -> list[Dataset]:
@@ -344,11 +344,11 @@ class Deidentifier:
             return
         meta = FileMetaDataset()
         # values of the original (the SOP Instance UID too, with Retain UIDs)
-        sop_class = original_value(ds, "SOPClassUID") if "SOPClassUID" in ds else original_value(old, "MediaStorageSOPClassUID")
+        sop_class = quiet_value(ds, "SOPClassUID") if "SOPClassUID" in ds else quiet_value(old, "MediaStorageSOPClassUID")
         meta.add(unvalidated_element("MediaStorageSOPClassUID", "UI", sop_class))
-        meta.add(unvalidated_element("MediaStorageSOPInstanceUID", "UI", original_value(ds, "SOPInstanceUID")))
+        meta.add(unvalidated_element("MediaStorageSOPInstanceUID", "UI", quiet_value(ds, "SOPInstanceUID")))
         if "TransferSyntaxUID" in old:
-            meta.add(unvalidated_element("TransferSyntaxUID", "UI", original_value(old, "TransferSyntaxUID")))
+            meta.add(unvalidated_element("TransferSyntaxUID", "UI", quiet_value(old, "TransferSyntaxUID")))
         meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
         meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
         ds.file_meta = meta
@@ -387,7 +387,7 @@ def kept_as_read(ds: Dataset, tag: int) -> bool:
     return vr == elem.VR and vr not in CONVERTED_WHEN_KEPT
 
 
-def original_value(ds: Dataset, keyword: str) -> Any:
+def quiet_value(ds: Dataset, keyword: str) -> Any:
     """The value of ``keyword`` in ``ds`` ("" if absent), read without validation and without changing ``ds``."""
     tag = tag_for_keyword(keyword)
     return element(ds, tag, store=False).value if tag is not None and tag in ds else ""

@@ -28,6 +28,7 @@ OPEN_CLIP_REFERENCE = """
 import json, sys
 import numpy as np, open_clip, torch
 model, _ = open_clip.create_model_from_pretrained(sys.argv[1])
+model.eval()  # no dropout
 tokenizer = open_clip.get_tokenizer(sys.argv[1])
 images = torch.from_numpy(np.load(sys.argv[2]))
 labels = json.load(open(sys.argv[3]))["labels"]
