@@ -1,10 +1,11 @@
 """Builds the BiomedCLIP model package folder (see ``operators/inference/model_package.py`` for its layout).
 
-Weights come from the Hugging Face hub (``hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224``),
-from a local open_clip snapshot folder, or — fully offline — from a seeded random initialisation of
-the exact BiomedCLIP architecture (timm ViT-B/16 image tower with CLS pooling and a linear 768→512
-projection; BiomedBERT-base text tower with MLP projection, context 256). A random package says so
-in its manifest, in every SR's algorithm parameters and in a warning at start-up.
+Weights come from the Hugging Face hub or its local cache
+(``hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224``), from a local open_clip snapshot
+folder with its BiomedBERT text model beside it (docs/models.md), or — fully offline — from a seeded
+random initialisation of the exact BiomedCLIP architecture (timm ViT-B/16 image tower with CLS pooling
+and a linear 768→512 projection; BiomedBERT-base text tower with MLP projection, context 256). A random
+package says so in its manifest, in every SR's algorithm parameters and in a warning at start-up.
 """
 
 from __future__ import annotations
@@ -30,16 +31,19 @@ from operators.inference.zero_shot import LabelSet, ensemble_prompt_embeddings
 HERE = Path(__file__).resolve().parent
 BIOMEDCLIP_CONFIG = HERE / "biomedclip_open_clip_config.json"
 DEFAULT_LABELS = HERE / "labels.json"
-HUB_ID = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+HUB_REPO = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+HUB_ID = f"hf-hub:{HUB_REPO}"
+#: The text model BiomedCLIP's open_clip_config.json names (text tower configuration and tokenizer).
+TEXT_REPO = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
 PACKAGE_VERSION = "1.0.0"
 ONNX_OPSET = 17
 BERT_VOCAB_SIZE = 30522
 
 
-def _write_offline_text_config(folder: Path) -> None:
-    """BiomedBERT-base config and a generated WordPiece vocab, enough to build the text tower offline.
-
-    Only ``[PAD] = 0`` matters for the attention mask; the other ids merely need to exist.
+def write_text_model(folder: Path) -> None:
+    """A BiomedBERT-base text model's files as its repository names them (config.json, vocab.txt,
+    tokenizer_config.json, special_tokens_map.json), with a generated WordPiece vocab: enough to build
+    the text tower offline. Only ``[PAD] = 0`` matters for the attention mask; the other ids merely need to exist.
     """
     from transformers import BertConfig
 
@@ -52,10 +56,36 @@ def _write_offline_text_config(folder: Path) -> None:
     (folder / "tokenizer_config.json").write_text(
         json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 512})
     )
+    (folder / "special_tokens_map.json").write_text(json.dumps(
+        {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"}
+    ))
 
 
-def load_biomedclip(weights: str | None, seed: int | None, workdir: Path) -> tuple[Any, Any, Weights]:
-    """Return ``(open_clip model, tokenizer, Weights)``; ``weights=None`` means seeded random init."""
+#: The files of a BERT text model (tokenizer included) that the text tower and its tokenizer read.
+TEXT_MODEL_FILES = ("config.json", "vocab.txt")
+
+
+def find_text_model(folder: Path, text_model: Path | None, hub_name: str) -> Path:
+    """The local folder of the text model that ``open_clip_config.json`` names by its hub id (``hub_name``):
+    ``text_model`` if given, else ``folder`` itself or its sub-folder named after the repository, whichever
+    holds ``TEXT_MODEL_FILES``. Raises ``FileNotFoundError`` with one line saying what is missing."""
+    candidates = [text_model.resolve()] if text_model is not None else [folder, folder / hub_name.rsplit("/", 1)[-1]]
+    for candidate in candidates:
+        if all((candidate / name).is_file() for name in TEXT_MODEL_FILES):
+            return candidate
+    where = " or ".join(str(c) for c in candidates)
+    raise FileNotFoundError(
+        f"text model {hub_name} not found in {where} (needs {', '.join(TEXT_MODEL_FILES)} + tokenizer files): "
+        "pass --text-model DIR, or use the Hugging Face cache (docs/models.md)"
+    )
+
+
+def load_biomedclip(weights: str | None, seed: int | None, workdir: Path, text_model: Path | None = None) -> tuple[Any, Any, Weights]:
+    """Return ``(open_clip model, tokenizer, Weights)``; ``weights=None`` means seeded random init.
+
+    ``weights`` is ``hf-hub:<repo>`` (the Hugging Face cache, or the hub) or a local snapshot folder
+    (open_clip_config.json + open_clip_pytorch_model.bin) whose text model (``text_model``, else found by
+    ``find_text_model``) is read from disk: the hub is never asked."""
     import open_clip
     import torch
 
@@ -64,7 +94,7 @@ def load_biomedclip(weights: str | None, seed: int | None, workdir: Path) -> tup
             raise ValueError("random initialisation needs a seed")
         folder = workdir / "biomedclip-random"
         folder.mkdir(parents=True)
-        _write_offline_text_config(folder)
+        write_text_model(folder)
         config = json.loads(BIOMEDCLIP_CONFIG.read_text())
         config["model_cfg"]["text_cfg"]["hf_model_name"] = str(folder)
         config["model_cfg"]["text_cfg"]["hf_tokenizer_name"] = str(folder)
@@ -76,17 +106,36 @@ def load_biomedclip(weights: str | None, seed: int | None, workdir: Path) -> tup
     elif weights.startswith("hf-hub:"):
         from open_clip.pretrained import download_pretrained_from_hf
 
-        model = open_clip.create_model(weights)
+        try:
+            model = open_clip.create_model(weights)
+        except (OSError, RuntimeError) as exc:  # offline and not in the cache, or no route to the hub
+            raise FileNotFoundError(
+                f"{weights}: not loadable from the Hugging Face cache or the hub ({type(exc).__name__}); offline, the cache "
+                "(HF_HUB_CACHE or HF_HOME/hub) must hold it and its text model (docs/models.md)"
+            ) from exc
         tokenizer = open_clip.get_tokenizer(weights)
         checkpoint = Path(download_pretrained_from_hf(weights.removeprefix("hf-hub:")))
         info = Weights(weights, False, None, sha256_file(checkpoint))
     else:
         folder = Path(weights).resolve()
+        if not (folder / "open_clip_config.json").is_file():
+            raise FileNotFoundError(f"{folder}: no open_clip_config.json (copy the whole {HUB_REPO} snapshot; docs/models.md)")
         checkpoints = sorted(folder.glob("open_clip_pytorch_model.*")) + sorted(folder.glob("open_clip_model.*"))
         if not checkpoints:
             raise FileNotFoundError(f"{folder}: no open_clip checkpoint (open_clip_pytorch_model.bin/.safetensors)")
-        model = open_clip.create_model(f"local-dir:{folder}")
-        tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
+        config = json.loads((folder / "open_clip_config.json").read_text())
+        text = find_text_model(folder, text_model, config["model_cfg"]["text_cfg"]["hf_model_name"])
+        # One folder, as the random route makes it: open_clip reads a local-dir model's tokenizer from that folder
+        # whatever its config names, and the text tower's config from the path the config names.
+        local = workdir / "biomedclip-local"
+        local.mkdir(parents=True)
+        own = ("open_clip_config.json", checkpoints[0].name)
+        for path in [checkpoints[0], *(p for p in text.iterdir() if p.is_file() and p.name not in own)]:
+            (local / path.name).symlink_to(path.resolve())
+        config["model_cfg"]["text_cfg"]["hf_model_name"] = config["model_cfg"]["text_cfg"]["hf_tokenizer_name"] = str(local)
+        (local / "open_clip_config.json").write_text(json.dumps(config))
+        model = open_clip.create_model(f"local-dir:{local}", pretrained_text=False)  # every weight is in the checkpoint
+        tokenizer = open_clip.get_tokenizer(f"local-dir:{local}")
         info = Weights(str(folder), False, None, sha256_file(checkpoints[0]))
     model.eval()
     return model, tokenizer, info
@@ -379,6 +428,7 @@ def build_package(
     variants: Sequence[str] = (),
     calibration: Path = DEFAULT_CALIBRATION,
     calibration_count: int = 64,
+    text_model: Path | None = None,
 ) -> Manifest:
     """Build the package into ``out`` atomically (a half-built package is never visible there)."""
     import open_clip
@@ -391,7 +441,7 @@ def build_package(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         with tempfile.TemporaryDirectory() as work:
-            model, tokenizer, info = load_biomedclip(weights, seed, Path(work))
+            model, tokenizer, info = load_biomedclip(weights, seed, Path(work), text_model)
             export_onnx(model, staging / "image_encoder.onnx")
             save_file(
                 {k: v.contiguous() for k, v in model.visual.state_dict().items()},

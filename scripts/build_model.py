@@ -4,7 +4,9 @@
     python scripts/build_model.py --random-init --seed 0 --out models/biomedclip
     python scripts/build_model.py --random-init --seed 0 --variants fp16,fp16-ort,int8-dynamic,int8-qdq,fp8-qdq --out DIR
     python scripts/build_model.py --weights hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 --out DIR
-    python scripts/build_model.py --weights /path/to/open_clip/snapshot --out DIR
+    python scripts/build_model.py --weights /path/to/open_clip/snapshot [--text-model /path/to/BiomedBERT] --out DIR
+
+Offline (HF_HUB_OFFLINE=1), from the Hugging Face cache or from plain folders: docs/models.md.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--weights", help=f"'{HUB_ID}' or a local open_clip snapshot folder")
     source.add_argument("--random-init", action="store_true", help="exact architecture, seeded random weights (offline)")
+    parser.add_argument("--text-model", type=Path, default=None,
+                        help="with --weights DIR: the BiomedBERT folder (config.json, vocab.txt, tokenizer files); "
+                             "default: DIR itself or DIR/BiomedNLP-BiomedBERT-base-uncased-abstract")
     parser.add_argument("--seed", type=int, default=0, help="seed for --random-init (default 0)")
     parser.add_argument("--labels", type=Path, default=DEFAULT_LABELS, help="label set JSON (default models/labels.json)")
     parser.add_argument("--out", type=Path, required=True, help="package folder to write (replaced atomically)")
@@ -30,8 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration-images", type=int, default=64, help="images used for calibration (default 64)")
     args = parser.parse_args(argv)
     variants = [v for v in args.variants.split(",") if v]
-    manifest = build_package(None if args.random_init else args.weights, args.seed, args.labels, args.out,
-                             variants, args.calibration, args.calibration_images)
+    try:
+        manifest = build_package(None if args.random_init else args.weights, args.seed, args.labels, args.out,
+                                 variants, args.calibration, args.calibration_images, args.text_model)
+    except FileNotFoundError as exc:
+        print(f"build_model.py: {exc}", file=sys.stderr)
+        return 2
     kind = "RANDOM weights, not for clinical use" if manifest.weights.random_init else manifest.weights.source
     print(f"model package written to {args.out} ({kind}; {len(manifest.files)} files)")
     return 0

@@ -23,15 +23,17 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 from pydicom import Dataset
-from pydicom.dataelem import DataElement
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID
 
 from operators.deid.profile import Action, DeidentificationProfile, SafePrivateAttribute
-from operators.deid.unvalidated import deep_copy, unvalidated, unvalidated_element
+from operators.deid.unvalidated import QUOTED_WHEN_READ, copy_dataset, element, raw_vr, unvalidated_element, vr_of
 from operators.imaging.sampling import SamplingPlan
 
 #: Root of the UIDs this app generates: "2.25." + a 128-bit integer (PS3.5 Annex B.2), at most 44 characters.
@@ -47,7 +49,7 @@ IMPLEMENTATION_CLASS_UID = "2.25.207331460426593651837327461098561137081"
 IMPLEMENTATION_VERSION_NAME = "BMCLIP_DEID_1"
 
 #: Dummy values (action D) for VRs where a pseudonym of the original value would not be valid.
-DUMMY_DATE, DUMMY_DATETIME, DUMMY_TIME, DUMMY_AGE = "19000101", "19000101000000", "000000", "000D"
+DUMMY_DATE_TIME = {"DA": "19000101", "DT": "19000101000000", "TM": "000000", "AS": "000D"}
 #: Text VRs: D gives a keyed pseudonym of the original (so equal originals stay equal); C cleans the text.
 TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
 NUMBER_STRING_VRS = frozenset({"DS", "IS"})
@@ -105,9 +107,9 @@ class _Instance:
     @cached_property
     def shift_days(self) -> int:
         """A per-patient whole-day shift into the past (1..MAX_SHIFT_DAYS): equal for all studies of a patient."""
-        patient = f"{self._original.get('PatientID', '')}|{self._original.get('IssuerOfPatientID', '')}"
+        patient = f"{quiet_value(self._original, 'PatientID')}|{quiet_value(self._original, 'IssuerOfPatientID')}"
         if patient == "|":  # no patient identity: one shift per study
-            patient = f"study|{self._original.get('StudyInstanceUID', '')}"
+            patient = f"study|{quiet_value(self._original, 'StudyInstanceUID')}"
         return 1 + int(self._deidentifier.keyed_hex(f"date-shift|{patient}")[:12], 16) % MAX_SHIFT_DAYS
 
     @cached_property
@@ -116,12 +118,18 @@ class _Instance:
         values: set[str] = set()
         tags = self._deidentifier.profile.identifying_tags
 
-        def collect(_: Dataset, elem: DataElement) -> None:
-            if elem.tag in tags and elem.VR in TEXT_VRS | {"DA", "DT"} and not elem.is_empty:
-                for value in elem.value if elem.VM > 1 else [elem.value]:
-                    values.update(v for v in re.split(r"[\^=\s,]+", str(value)) if len(v) >= 2)
+        def collect(ds: Dataset) -> None:  # the original, read without changing it
+            for tag in ds.keys():
+                vr = vr_of(ds, tag)
+                if vr == "SQ":
+                    for item in element(ds, tag, store=False).value:
+                        collect(item)
+                elif tag in tags and vr in TEXT_VRS | {"DA", "DT"}:
+                    elem = element(ds, tag, store=False)
+                    for value in [] if elem.is_empty else elem.value if elem.VM > 1 else [elem.value]:
+                        values.update(v for v in re.split(r"[\^=\s,]+", str(value)) if len(v) >= 2)
 
-        self._original.walk(collect)
+        collect(self._original)
         if not values:
             return None
         words = sorted(values, key=len, reverse=True)
@@ -156,15 +164,15 @@ class Deidentifier:
 
         Original values, and values derived from them, are read and assigned with pydicom's validation off
         for their elements only (``operators.deid.unvalidated``): its warnings would quote them."""
-        ds = deep_copy(original)
+        ds = copy_dataset(original)
         self._deidentify_dataset(ds, _Instance(self, original))
         self._record_method(ds)
         self._replace_file_meta(ds)
         for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
             if keyword in original:  # with Retain UIDs the "replacement" is the original itself
-                self.reidentification.uids.setdefault(str(ds[keyword].value), str(original[keyword].value))
+                self.reidentification.uids.setdefault(str(quiet_value(ds, keyword)), str(quiet_value(original, keyword)))
         if "StudyInstanceUID" in ds:
-            self.reidentification.studies.setdefault(str(ds.StudyInstanceUID), _study_attributes(original))
+            self.reidentification.studies.setdefault(str(quiet_value(ds, "StudyInstanceUID")), _study_attributes(original))
         return ds
 
     def deidentify_all(self, datasets: Iterable[Dataset]) -> list[Dataset]:
@@ -183,14 +191,24 @@ class Deidentifier:
             elif 0x6000 <= group <= 0x60FF and element in (0x3000, 0x4000):
                 self._remove_overlay(ds, group, element)
             else:
-                self._apply(ds, unvalidated(ds[tag]), instance)
+                self._apply(ds, tag, instance)
 
-    def _apply(self, ds: Dataset, elem: DataElement, instance: _Instance) -> None:
-        action = self.profile.actions.get(elem.tag)
+    def _apply(self, ds: Dataset, tag: int, instance: _Instance) -> None:
+        action = self.profile.actions.get(tag)
+        if action is Action.REMOVE:
+            del ds[tag]
+            return
+        if action in (None, Action.KEEP) and kept_as_read(ds, tag):
+            return
+        if action in (Action.ZERO, Action.DUMMY):
+            vr = vr_of(ds, tag)
+            if " or " not in vr and (action is Action.ZERO or vr in DUMMY_FREE_VRS):
+                # a new value that owes nothing to the original: the original is never converted
+                ds[tag] = unvalidated_element(tag, vr, fixed_dummy(vr) if action is Action.DUMMY else Sequence() if vr == "SQ" else None)
+                return
+        elem = element(ds, tag)
         if action is None:
             self._outside_table(elem, instance)
-        elif action is Action.REMOVE:
-            del ds[elem.tag]
         elif action is Action.ZERO:
             elem.value = Sequence() if elem.VR == "SQ" else None
         elif action is Action.DUMMY:
@@ -231,14 +249,8 @@ class Deidentifier:
             self._replace_uids(elem)
         elif vr in TEXT_VRS:
             elem.value = "ANON" + self.keyed_hex(f"dummy|{elem.tag}|{elem.value}")[:12].upper()
-        elif vr in ("DA", "DT", "TM", "AS"):
-            elem.value = {"DA": DUMMY_DATE, "DT": DUMMY_DATETIME, "TM": DUMMY_TIME, "AS": DUMMY_AGE}[vr]
-        elif vr in NUMBER_STRING_VRS:
-            elem.value = "0"
-        elif vr in BINARY_NUMBER_VRS:
-            elem.value = 0
-        else:  # OB, OW, UN…
-            elem.value = b"\x00\x00"
+        else:
+            elem.value = fixed_dummy(vr)
 
     def _replace_uids(self, elem: DataElement) -> None:
         if elem.is_empty:
@@ -332,15 +344,53 @@ class Deidentifier:
             return
         meta = FileMetaDataset()
         # values of the original (the SOP Instance UID too, with Retain UIDs)
-        sop_class = ds.get("SOPClassUID", old.get("MediaStorageSOPClassUID"))
+        sop_class = quiet_value(ds, "SOPClassUID") if "SOPClassUID" in ds else quiet_value(old, "MediaStorageSOPClassUID")
         meta.add(unvalidated_element("MediaStorageSOPClassUID", "UI", sop_class))
-        meta.add(unvalidated_element("MediaStorageSOPInstanceUID", "UI", ds.get("SOPInstanceUID", "")))
+        meta.add(unvalidated_element("MediaStorageSOPInstanceUID", "UI", quiet_value(ds, "SOPInstanceUID")))
         if "TransferSyntaxUID" in old:
-            meta.add(unvalidated_element("TransferSyntaxUID", "UI", old.TransferSyntaxUID))
+            meta.add(unvalidated_element("TransferSyntaxUID", "UI", quiet_value(old, "TransferSyntaxUID")))
         meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
         meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
         ds.file_meta = meta
         ds.preamble = b"\x00" * 128
+
+
+#: Kept attributes converted all the same (with validation off): their values, read later by pydicom, would be
+#: validated and quoted (DS, IS, UI; ``operators.deid.unvalidated``); sequences are de-identified inside;
+#: instance UIDs outside the table are replaced.
+CONVERTED_WHEN_KEPT = QUOTED_WHEN_READ | {"SQ"}
+
+
+#: VRs whose D value does not depend on the original (D of text is a keyed pseudonym of it, of UI its
+#: replacement UID). Z never does. An ambiguous VR ("US or SS") is left to the converted element, which resolves it.
+DUMMY_FREE_VRS = frozenset({"DA", "DT", "TM", "AS", "OB", "OW", "OF", "OD", "OL", "OV", "UN"}) | NUMBER_STRING_VRS | BINARY_NUMBER_VRS
+
+
+def fixed_dummy(vr: str) -> Any:
+    """Action D's value for a VR other than text and UI: valid for the VR, the same whatever the original."""
+    if vr in DUMMY_DATE_TIME:
+        return DUMMY_DATE_TIME[vr]
+    if vr in NUMBER_STRING_VRS:
+        return "0"
+    return 0 if vr in BINARY_NUMBER_VRS else b"\x00\x00"  # OB, OW, UN…
+
+
+def kept_as_read(ds: Dataset, tag: int) -> bool:
+    """Whether a kept attribute can be written back byte for byte, its value never converted (the bulk of a
+    header, and most of the time saved): not where pydicom would fix its VR on conversion (UN, or a
+    VR-less implicit element, read as the data dictionary's VR: PS3.5 6.2.2), nor a kept attribute that
+    ``CONVERTED_WHEN_KEPT`` names."""
+    elem = ds.get_item(tag)
+    if not isinstance(elem, RawDataElement):
+        return elem.VR not in CONVERTED_WHEN_KEPT
+    vr = raw_vr(ds, elem)
+    return vr == elem.VR and vr not in CONVERTED_WHEN_KEPT
+
+
+def quiet_value(ds: Dataset, keyword: str) -> Any:
+    """The value of ``keyword`` in ``ds`` ("" if absent), read without validation and without changing ``ds``."""
+    tag = tag_for_keyword(keyword)
+    return element(ds, tag, store=False).value if tag is not None and tag in ds else ""
 
 
 def _shift_date(value: str, days: int) -> str | None:
@@ -366,8 +416,9 @@ PATIENT_SEX_VALUES = frozenset({"M", "F", "O"})
 def _study_attributes(ds: Dataset) -> Dataset:
     study = Dataset()
     for keyword in ORIGINAL_STUDY_KEYWORDS:
-        if keyword in ds:
-            elem = ds[keyword]  # a new element, not a deep copy: copying a UID validates it again
+        tag = tag_for_keyword(keyword)
+        if tag is not None and tag in ds:
+            elem = element(ds, tag, store=False)  # a new element: copying a UID validates it again
             study.add(unvalidated_element(elem.tag, elem.VR, elem.value))
     if "PatientSex" in study and study.PatientSex not in PATIENT_SEX_VALUES:
         study.PatientSex = ""

@@ -16,9 +16,10 @@ import copy
 from typing import Any
 
 from pydicom import Dataset, config
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.hooks import hooks
 from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
 from pydicom.tag import TagType
 
 #: VRs whose conversion from the file validates the value and quotes it when invalid. All use the
@@ -28,40 +29,75 @@ QUOTED_WHEN_READ = frozenset({"DS", "IS", "UI"})
 DEFAULT_ENCODING = "iso8859"
 
 
-def deep_copy(ds: Dataset) -> Dataset:
-    """A deep copy of ``ds``, made without validating (or quoting) any value.
+def copy_dataset(ds: Dataset) -> Dataset:
+    """A copy of ``ds`` that the de-identifier may change without touching ``ds``, made without validating
+    (or quoting) any value and without converting or copying what it need not.
 
-    ``ds`` is read quietly first (``read_quietly``); its UID values, immutable strings, are shared with
-    the copy rather than re-created through ``UID.__new__``, which would validate them."""
-    uids: dict[int, Any] = {}
-    read_quietly(ds, uids)
-    if getattr(ds, "file_meta", None) is not None:
-        read_quietly(ds.file_meta, uids)
-    return copy.deepcopy(ds, uids)  # a pre-filled deepcopy memo: these objects are not copied
+    Elements still raw in ``ds`` (``RawDataElement``: immutable tuples of the bytes read) are shared: the
+    copy converts its own when it needs their values (``element``). Converted elements are new objects
+    whose immutable values (``str``, ``UID``, ``bytes``, numbers) are shared, since the de-identifier
+    only ever assigns new values; multi-values and sequences are copied, items recursively. (A generic
+    deep copy re-created every raw tuple and value: most of the de-identification time on heavy
+    headers.) The source a dataset was read from is shared: deferred values are only read from it."""
+    copied = ds.__class__.__new__(ds.__class__)
+    state = copied.__dict__
+    for name, value in ds.__dict__.items():
+        if name == "_dict":
+            state[name] = {tag: _copy_element(elem) for tag, elem in value.items()}
+        elif name == "file_meta" and value is not None:
+            state[name] = copy_dataset(value)
+        elif name == "_private_blocks":  # a cache of private blocks bound to ``ds``
+            state[name] = {}
+        elif name in READ_SOURCE:
+            state[name] = value
+        else:
+            state[name] = copy.deepcopy(value)
+    return copied
 
 
-def read_quietly(ds: Dataset, uids: dict[int, Any] | None = None) -> None:
-    """Convert the raw DS, IS and UI elements of ``ds``, at any depth, with validation off, and turn it
-    off for those already converted. Values are unchanged (pydicom would convert them on first access).
+#: Dataset attributes naming the source it was read from: shared by a copy.
+READ_SOURCE = frozenset({"buffer", "fileobj_type", "filename", "timestamp"})
 
-    Other raw elements stay raw: converting them warns with lengths only, never with the value. With
-    ``uids``, every UID value is added to it by ``id``."""
-    for tag in list(ds.keys()):
-        elem = ds.get_item(tag)
-        if isinstance(elem, RawDataElement):
-            vr = _raw_vr(ds, elem)
-            if vr in QUOTED_WHEN_READ and elem.value:
-                ds[tag] = _converted(elem, vr)
-            elif vr != "SQ":
-                continue
-            elem = ds[tag]  # parsing a sequence validates nothing; its items are read below
-        if elem.VR == "SQ":
-            for item in elem.value:
-                read_quietly(item, uids)
-        elif elem.VR in QUOTED_WHEN_READ:
-            unvalidated(elem)
-            if uids is not None and elem.VR == "UI":
-                uids.update((id(v), v) for v in (elem.value if elem.VM > 1 else [elem.value]))
+
+def _copy_element(elem: DataElement | RawDataElement) -> DataElement | RawDataElement:
+    if isinstance(elem, RawDataElement):
+        return elem
+    if elem.is_buffered:
+        return copy.deepcopy(elem)
+    copied = DataElement.__new__(DataElement)
+    copied.__dict__.update(elem.__dict__)
+    value = elem.value
+    if isinstance(value, MultiValue | Sequence):  # the same class and attributes, items not re-constructed
+        values = copy.copy(value)  # (a UID would be validated again)
+        values._list = [copy_dataset(item) for item in value] if isinstance(value, Sequence) else list(value._list)
+        copied._value = values
+    return copied
+
+
+def element(ds: Dataset, tag: int, store: bool = True) -> DataElement:
+    """The element at ``tag`` of ``ds``, converted from its raw form with validation off where pydicom's
+    conversion would validate and quote the value (DS, IS, UI), and with validation off for values
+    assigned to it. With ``store=False`` a raw element is converted for the caller only and ``ds`` stays
+    as it was (an original is never changed, not even in form)."""
+    raw = ds.get_item(tag)
+    if not isinstance(raw, RawDataElement):
+        return unvalidated(raw) if store else raw
+    vr = raw_vr(ds, raw)
+    if vr in QUOTED_WHEN_READ and raw.value:
+        converted = _converted(raw, vr)
+        if store:
+            ds[tag] = converted
+    elif store:
+        converted = ds[tag]  # other VRs warn with lengths only, never with the value
+    else:
+        converted = convert_raw_data_element(raw, encoding=ds._character_set, ds=ds)
+    return unvalidated(converted) if store else converted
+
+
+def vr_of(ds: Dataset, tag: int) -> str:
+    """The VR of the element at ``tag``, raw or not, without converting its value."""
+    elem = ds.get_item(tag)
+    return raw_vr(ds, elem) if isinstance(elem, RawDataElement) else str(elem.VR)
 
 
 def unvalidated(elem: DataElement) -> DataElement:
@@ -75,7 +111,7 @@ def unvalidated_element(tag: TagType, vr: str, value: Any) -> DataElement:
     return DataElement(tag, vr, value, validation_mode=config.IGNORE)
 
 
-def _raw_vr(ds: Dataset, raw: RawDataElement) -> str:
+def raw_vr(ds: Dataset, raw: RawDataElement) -> str:
     """The VR pydicom gives ``raw`` (for implicit VR, the data dictionary's), by pydicom's own hook."""
     data: dict[str, Any] = {}
     hooks.raw_element_vr(raw, data, encoding=None, ds=ds)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import io
 import json
 import re
 import warnings
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.dataelem import RawDataElement
 
 from operators.deid.deidentifier import DeidentificationProfile, Deidentifier, deidentify_series
 from operators.deid.profile import TABLE_PATH, Action, ProfileOptions, parse_tag, resolve_combined
@@ -210,3 +212,32 @@ def test_validation_is_off_per_element_never_through_pydicoms_process_wide_setti
         assert deidentified.FrameOfReferenceUID == "1.2.03.4567"
         assert deidentified.ReferencedImageSequence[0].ReferencedSOPInstanceUID == "1.2.03.999"
         assert deidentified.PatientWeight == "71.25kg"
+
+
+def _written(ds: pydicom.Dataset) -> bytes:
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _raw(data: bytes, tag: int) -> RawDataElement:
+    raw = pydicom.dcmread(io.BytesIO(data)).get_item(tag)
+    assert isinstance(raw, RawDataElement)
+    return raw
+
+
+def test_kept_attributes_are_written_back_byte_for_byte_and_un_gets_its_dictionary_vr() -> None:
+    """Attributes the profile keeps (K, or not in Table E.1-1) leave as they came, padding included, their values
+    never converted; an attribute encoded as UN whose tag the dictionary knows is written with the dictionary's
+    VR (PS3.5 6.2.2), as pydicom reads it."""
+    ds = pydicom.dcmread(SAMPLE / "CT2N" / "6293")
+    ds[0x00080008] = RawDataElement(pydicom.tag.Tag(0x00080008), "CS", 26, b"DERIVED \\SECONDARY\\OTHER  ", 0, False, True)
+    ds[0x00080060] = RawDataElement(pydicom.tag.Tag(0x00080060), "UN", 2, b"CT", 0, False, True)
+    source = _written(ds)
+    original = pydicom.dcmread(io.BytesIO(source))
+
+    written = _written(Deidentifier(DeidentificationProfile.basic(), b"k").deidentify(original))
+
+    assert _raw(written, 0x00080008).value == b"DERIVED \\SECONDARY\\OTHER  "  # K: as read, not re-encoded
+    assert _raw(written, 0x00280030).value == _raw(source, 0x00280030).value  # Pixel Spacing, not in the table
+    assert _raw(written, 0x00080060).VR == "CS" and pydicom.dcmread(io.BytesIO(written)).Modality == "CT"
