@@ -8,9 +8,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.application import REPORT_NAME, BiomedCLIPZeroShotApp  # noqa: E402
+from app.application import BiomedCLIPZeroShotApp  # noqa: E402
 from app.exit_codes import ExitCode  # noqa: E402
 from operators.inference.model_package import ModelPackageError  # noqa: E402
+from operators.run_report import REPORT_NAME  # noqa: E402
 
 
 def main() -> int:

@@ -30,6 +30,8 @@ USED = "used"
 SKIPPED = "skipped"
 NOT_USED = "not used"
 REFUSED = "refused"
+#: The report's file name in the output folder (the listener reads its summary too).
+REPORT_NAME = "run_report.json"
 
 #: Series statuses.
 INFERRED = "inferred"

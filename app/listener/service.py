@@ -18,6 +18,7 @@ from app.listener.jobs import MapJob
 from app.listener.journal import COMPLETE, FAILED, PROCESSED, RECEIVING, Arrival, Journal
 from app.listener.scp import StorageSCP
 from app.listener.spool import Spool
+from operators.run_report import REPORT_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +113,10 @@ class Listener:
         outcome = self.job.run(arrival.id, self.spool.folder(arrival.id))
         took = time.monotonic() - started
         if outcome.succeeded:
-            self.journal.append(arrival, "job_finished", srs=list(outcome.srs), seconds=round(took, 3))
-            logger.info("Arrival %s: %d SR(s) written in %.1f s to %s", arrival.id, len(outcome.srs), took, outcome.output)
+            self.journal.append(arrival, "job_finished", srs=list(outcome.srs), seconds=round(took, 3),
+                                exit_code=outcome.exit_code, refused=outcome.refused)
+            refused = f"; {outcome.refused} file(s) refused, reasons in {REPORT_NAME}" if outcome.refused else ""
+            logger.info("Arrival %s: %d SR(s) written in %.1f s to %s%s", arrival.id, len(outcome.srs), took, outcome.output, refused)
             self.spool.remove(arrival.id)
             for sr in outcome.srs:
                 self.deliveries.put(arrival, outcome.output / sr)

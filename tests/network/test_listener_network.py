@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import Comprehensive3DSRStorage
+from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage, generate_uid
 
 from tests.support.listener_peers import (
     PACS_AE,
@@ -132,6 +132,39 @@ def test_orthanc_as_the_pacs_stores_the_sr(ns, started, model_package: Path, sam
     sr_file.write_bytes(orthanc.get(f"/instances/{instance_id}/file", raw=True))
     _assert_valid_sr_of(sr_file, _headers(sorted(p for p in sample_study.rglob("*") if p.is_file())))
     assert orthanc.get("/statistics")["CountInstances"] == 1
+
+
+def _secondary_capture_of(image: Path, folder: Path) -> Path:
+    """A secondary capture (a dose-report screenshot, say) in the same study as ``image``, in its own
+    series: the default burned-in-annotation policy refuses it, so the app exits 3 (SR written, a file refused)."""
+    ds = pydicom.dcmread(image)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID, ds.Modality, ds.SeriesNumber = generate_uid(), "OT", 999
+    path = folder / "dose-report.dcm"
+    folder.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_a_study_with_a_refused_file_still_gets_its_sr_and_the_refusal_is_recorded(ns, started, model_package: Path, sample_study: Path, tmp_path: Path) -> None:
+    images = sorted(p for p in sample_study.rglob("*") if p.is_file())
+    dose_report = _secondary_capture_of(images[0], tmp_path / "extra")
+    pacs = started(DcmtkPacs(ns, tmp_path / "pacs"))
+    started(ListenerProcess(ns, listener_config(tmp_path, model_package, quiet_period_s=2), tmp_path / "listener.log").start())
+
+    assert storescu(ns, [*images, dose_report]).returncode == 0
+
+    received = wait_for(pacs.received, JOB_TIMEOUT_S, "the SR at the PACS")
+    time.sleep(3)
+    assert len(pacs.received()) == 1, "delivered once, not retried as a failure"
+    _assert_valid_sr_of(received[0], _headers(images))
+    (report,) = _run_reports(tmp_path / "output")
+    assert report["files"][f"{pydicom.dcmread(dose_report).SOPInstanceUID}.dcm"]["status"] == "refused"
+    (finished,) = [r for r in _journal(tmp_path / "spool") if r["event"] == "job_finished"]
+    assert (finished["exit_code"], finished["refused"]) == (3, 1)
+    log = (tmp_path / "listener.log").read_text()
+    assert "1 file(s) refused" in log and "job attempt 2" not in log and not list((tmp_path / "spool").glob("failed/*"))
 
 
 def test_four_concurrent_associations_of_200_instances_are_all_spooled_and_grouped_by_study(ns, started, model_package: Path, tmp_path: Path) -> None:
