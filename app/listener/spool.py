@@ -107,14 +107,24 @@ class Spool:
 
     def resume(self, arrival: Arrival) -> bool:
         """After a restart: take back an arrival that was still receiving; its quiet period starts
-        again now, so a sender that retries joins it. False if nothing of it reached the disk."""
+        again now, so a sender that retries joins it. False if nothing readable of it reached the disk.
+        A file that cannot be read is moved to ``SPOOL/failed/<id>/``: whatever the spool holds, the
+        listener starts."""
         folder = self.folder(arrival.id)
         for leftover in folder.glob(".*"):  # temporary files of writes a crash interrupted (never acknowledged)
             leftover.unlink()
+        study_uid = None
+        for path in self.instances(arrival.id):
+            try:
+                study_uid = str(dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).StudyInstanceUID)
+                break
+            except Exception as exc:  # pydicom raises many kinds for a corrupt file; one must not stop the start
+                kept = self._quarantine_file(arrival.id, path)
+                logger.warning("Arrival %s: a spooled instance cannot be read (%s); moved to %s",
+                               arrival.id, type(exc).__name__, kept.parent)
         files = self.instances(arrival.id)
-        if not files:
+        if study_uid is None or not files:
             return False
-        study_uid = str(dcmread(files[0], stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).StudyInstanceUID)
         sizes = {p.name.removesuffix(INSTANCE_SUFFIX): p.stat().st_size for p in files}
         with self._lock:
             self._receiving[study_uid] = _Receiving(arrival, folder, time.monotonic(), instance_bytes=sizes)
@@ -143,11 +153,25 @@ class Spool:
             with self._lock:
                 self._used_bytes -= size
 
+    def _quarantine_file(self, arrival_id: str, path: Path) -> Path:
+        """Move one spooled file out of its arrival to ``SPOOL/failed/<id>/`` (kept for inspection)."""
+        target = self.failed_dir / arrival_id / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        path.rename(target)
+        return target
+
     def quarantine(self, arrival_id: str) -> Path:
         """Move the instances of an arrival whose job failed for good to ``SPOOL/failed/<id>`` for
         inspection (they still count against the spool limit). Idempotent."""
         target = self.failed_dir / arrival_id
-        if self.folder(arrival_id).exists():
+        folder = self.folder(arrival_id)
+        if not folder.exists():
+            return target
+        if target.exists():  # holds files recovery could not read: join them
+            for path in folder.iterdir():
+                self._quarantine_file(arrival_id, path)
+            folder.rmdir()
+        else:
             self.failed_dir.mkdir(exist_ok=True)
-            self.folder(arrival_id).rename(target)
+            folder.rename(target)
         return target

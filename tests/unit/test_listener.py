@@ -32,10 +32,11 @@ from pynetdicom import AE, evt
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
 from pynetdicom.sop_class import Verification
 
-from app.listener.config import ConfigError, Destination, load, parser
+from app.listener.config import ConfigError, Destination, ListenerConfig, load, parser
 from app.listener.file_format import dicom_file
 from app.listener.journal import COMPLETE, PROCESSED, Arrival, Journal
 from app.listener.scp import IMAGE_STORAGE_BY_MODALITY, accepted_storage_sop_classes, names_a_file
+from app.listener.service import Listener
 from app.listener.spool import Spool
 from app.listener.study_uid import STUDY_INSTANCE_UID, study_instance_uid, top_level_value
 from app.listener.tcp import DUL_POLL_INTERVAL_S, LOW_LATENCY_HANDLER
@@ -244,3 +245,29 @@ def test_the_scp_accepts_the_image_storage_classes_of_the_modalities_the_series_
     assert set(accepted_storage_sop_classes(only_ct)) == set(IMAGE_STORAGE_BY_MODALITY["CT"])
     no_modality_rule = json.dumps({"selections": [{"name": "any", "conditions": {"SeriesDescription": "(?i)chest"}}]})
     assert set(accepted_storage_sop_classes(no_modality_rule)) == accepted
+
+
+def test_recovery_moves_spooled_files_it_cannot_read_aside_and_starts(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    good = dicom_file(ds.SOPClassUID, ds.SOPInstanceUID, ImplicitVRLittleEndian, _encoded(ds, ImplicitVRLittleEndian))
+    corrupt = good[:200]  # accepted once (its header walk succeeded), cut short on disk
+    root = tmp_path / "spool"
+    journal = Journal(root / "journal.jsonl")
+    spool = Spool(root, journal, quiet_period_s=0.0, max_bytes=10**9, min_free_bytes=0)
+    mixed = spool.store(ds.StudyInstanceUID, "1.1", corrupt)  # read first: sorts before the good instance
+    spool.store(ds.StudyInstanceUID, ds.SOPInstanceUID, good)
+    only_corrupt = spool.store(generate_uid(), "1.1", corrupt)
+    journal.close()
+
+    config = ListenerConfig(spool_dir=root, output_dir=tmp_path / "output", model_dir=tmp_path / "models",
+                            allowed_calling_ae_titles=("STORESCU",), destination=Destination.parse("PACS@127.0.0.1:11113"),
+                            quiet_period_s=0.01)
+    listener = Listener(config)
+    listener.recover()
+
+    assert [p.name for p in listener.spool.instances(mixed)] == [f"{ds.SOPInstanceUID}.dcm"]
+    assert (root / "failed" / mixed / "1.1.dcm").read_bytes() == corrupt
+    assert (root / "failed" / only_corrupt / "1.1.dcm").read_bytes() == corrupt
+    assert not listener.spool.folder(only_corrupt).exists(), "nothing readable: discarded"
+    (completed,) = listener.spool.complete_quiet_arrivals()
+    assert (completed.id, completed.instances) == (mixed, 1)
