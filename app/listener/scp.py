@@ -55,8 +55,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from app.listener.config import ListenerConfig, TlsSettings
 from app.listener.file_format import dicom_file
+from app.listener.instance_uids import STATUS_CANNOT_UNDERSTAND, instance_uids, mismatch
 from app.listener.spool import Spool
-from app.listener.study_uid import study_instance_uid
 from app.listener.tcp import LOW_LATENCY_HANDLER
 from app.settings import AppSettings
 
@@ -106,8 +106,6 @@ MAXIMUM_PDU_BYTES = 1 << 20
 
 VERIFICATION_SOP_CLASS = UID("1.2.840.10008.1.1")  # PS3.4 A.4
 
-_UID_CHARACTERS = re.compile(r"[0-9]+(\.[0-9]+)*")
-
 # A-ASSOCIATE-RJ (result, source, reason/diag.), PS3.8 Table 9-21.
 REJECT_CALLING_AE_TITLE = (0x01, 0x01, 0x03)  # rejected-permanent, service-user, calling-AE-title-not-recognized
 REJECT_SOURCE_ADDRESS = (0x01, 0x01, 0x01)  # rejected-permanent, service-user, no-reason-given
@@ -116,7 +114,6 @@ REJECT_SPOOL_FULL = (0x02, 0x03, 0x02)  # rejected-transient, service-provider (
 # C-STORE response statuses, PS3.4 Annex B.2.3.
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_CANNOT_UNDERSTAND = 0xC000
 
 
 class ServerTlsContext(ssl.SSLContext):
@@ -138,12 +135,6 @@ def server_tls_context(tls: TlsSettings) -> ssl.SSLContext:
         context.load_verify_locations(tls.ca_certificates)
         context.verify_mode = ssl.CERT_REQUIRED
     return context
-
-
-def names_a_file(uid: str) -> bool:
-    """Digits and dots, at most 64 characters (PS3.5 §9.1), so the UID is safe as a file name. Leading
-    zeros in a component, which PS3.5 forbids but some devices write, are tolerated."""
-    return len(uid) <= 64 and _UID_CHARACTERS.fullmatch(uid) is not None
 
 
 class StorageSCP:
@@ -205,25 +196,24 @@ class StorageSCP:
         """EVT_C_STORE: acknowledge only once the instance is durably in the spool."""
         try:
             request = cast(C_STORE, event.request)
-            sop_instance_uid = UID(str(request.AffectedSOPInstanceUID))
             received = cast(BytesIO, request.DataSet).getvalue()  # the data set's bytes as the sender encoded them
-            study_uid = study_instance_uid(received, event.context.transfer_syntax)
+            uids = instance_uids(received, event.context.transfer_syntax)
         except Exception as exc:  # a malformed data set raises many kinds; none may escape into pynetdicom's log
             logger.warning("C-STORE refused: the data set cannot be read (%s)", type(exc).__name__)
             return STATUS_CANNOT_UNDERSTAND
-        if not (names_a_file(sop_instance_uid) and names_a_file(study_uid)):
-            logger.warning("C-STORE refused: malformed SOP Instance UID or Study Instance UID")
-            return STATUS_CANNOT_UNDERSTAND
-        # Media Storage SOP Class UID: the presentation context's abstract syntax, a SOP class this SCP
-        # accepted (so a valid UID, unlike whatever the peer put in the request's Affected SOP Class UID).
+        refused = mismatch(uids, str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID), event.context.abstract_syntax)
+        if refused:
+            status, why = refused
+            logger.warning("C-STORE refused (status 0x%04X): %s", status, why)
+            return status
         context = event.context
-        encoded = dicom_file(context.abstract_syntax, sop_instance_uid, context.transfer_syntax, received)
+        encoded = dicom_file(uids.sop_class, uids.sop_instance, context.transfer_syntax, received)
         refusal = self.spool.refusal(len(encoded))
         if refusal:
             logger.warning("C-STORE refused: %s", refusal)
             return STATUS_OUT_OF_RESOURCES
         try:
-            self.spool.store(study_uid, sop_instance_uid, encoded)
+            self.spool.store(uids.study, uids.sop_instance, encoded)
         except OSError as exc:  # strerror only: the exception's text holds the file name, a UID
             logger.error("C-STORE failed: cannot write to the spool (%s)", exc.strerror)
             return STATUS_OUT_OF_RESOURCES

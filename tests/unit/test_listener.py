@@ -34,11 +34,21 @@ from pynetdicom.sop_class import Verification
 
 from app.listener.config import ConfigError, Destination, ListenerConfig, load, parser
 from app.listener.file_format import dicom_file
+from app.listener.instance_uids import (
+    IDENTIFYING_TAGS,
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_DOES_NOT_MATCH_SOP_CLASS,
+    STUDY_INSTANCE_UID,
+    InstanceUIDs,
+    instance_uids,
+    mismatch,
+    names_a_file,
+    top_level_values,
+)
 from app.listener.journal import COMPLETE, PROCESSED, Arrival, Journal
-from app.listener.scp import IMAGE_STORAGE_BY_MODALITY, accepted_storage_sop_classes, names_a_file
+from app.listener.scp import IMAGE_STORAGE_BY_MODALITY, accepted_storage_sop_classes
 from app.listener.service import Listener
 from app.listener.spool import Spool
-from app.listener.study_uid import STUDY_INSTANCE_UID, study_instance_uid, top_level_value
 from app.listener.tcp import DUL_POLL_INTERVAL_S, LOW_LATENCY_HANDLER
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,6 +124,28 @@ def test_only_uids_that_are_safe_file_names_are_spooled(uid: str, spooled: bool)
     assert names_a_file(uid) is spooled
 
 
+_CT = InstanceUIDs(CTImageStorage, "1.2.3.4", "1.2.3", "1.2.3.5")
+
+
+@pytest.mark.parametrize(
+    ("uids", "affected_class", "affected_instance", "expected"),
+    [
+        (_CT, CTImageStorage, "1.2.3.4", None),
+        (InstanceUIDs(CTImageStorage, "../../1.2", "1.2.3", "1.2.3.5"), CTImageStorage, "1.2.3.4", STATUS_CANNOT_UNDERSTAND),
+        (InstanceUIDs(CTImageStorage, "1.2.3.4", "1.2.3", "1.2.3\n5"), CTImageStorage, "1.2.3.4", STATUS_CANNOT_UNDERSTAND),
+        (InstanceUIDs(CTImageStorage, "1.2.3.4", "", "1.2.3.5"), CTImageStorage, "1.2.3.4", STATUS_CANNOT_UNDERSTAND),
+        (_CT, CTImageStorage, "1.2.3.9", STATUS_CANNOT_UNDERSTAND),
+        (InstanceUIDs(MRImageStorage, "1.2.3.4", "1.2.3", "1.2.3.5"), CTImageStorage, "1.2.3.4", STATUS_DOES_NOT_MATCH_SOP_CLASS),
+        (_CT, MRImageStorage, "1.2.3.4", STATUS_DOES_NOT_MATCH_SOP_CLASS),
+    ],
+    ids=["consistent", "path-as-sop-instance", "newline-in-series", "no-study", "instance-differs", "data-set-class", "request-class"],
+)
+def test_the_data_sets_uids_must_match_the_request_and_the_presentation_context(uids, affected_class, affected_instance, expected) -> None:
+    refused = mismatch(uids, affected_class, affected_instance, abstract_syntax=CTImageStorage)
+    assert (refused[0] if refused else None) == expected
+    assert refused is None or not any(uid in refused[1] for uid in ("1.2.3", "../")), "the reason names no UID"
+
+
 def _encoded(ds: pydicom.Dataset, syntax: str) -> bytes:
     """The data set as a sender puts it on the wire in ``syntax`` (no File Meta)."""
     stream = DicomBytesIO()
@@ -183,16 +215,17 @@ def _as_received(name: str) -> tuple[UID, bytes]:
 
 @pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm", "JPEG2000.dcm",
                                   "SC_rgb_rle.dcm", "emri_small_jpeg_2k_lossless.dcm", "693_UNCR.dcm"])
-def test_the_study_instance_uid_is_read_from_the_bytes_as_received(name: str) -> None:
+def test_the_identifying_uids_are_read_from_the_bytes_as_received(name: str) -> None:
     syntax, received = _as_received(name)
-    assert study_instance_uid(received, syntax) == pydicom.dcmread(get_testdata_file(name)).StudyInstanceUID
+    ds = pydicom.dcmread(get_testdata_file(name))
+    assert instance_uids(received, syntax) == InstanceUIDs(ds.SOPClassUID, ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID)
 
 
 def test_the_header_walk_finds_the_uid_of_a_ct_and_gives_up_on_a_truncated_one() -> None:
     syntax, received = _as_received("CT_small.dcm")
-    assert top_level_value(received, STUDY_INSTANCE_UID, syntax.is_implicit_VR, syntax.is_little_endian).rstrip(b"\0") == \
-        pydicom.dcmread(get_testdata_file("CT_small.dcm")).StudyInstanceUID.encode()
-    assert top_level_value(received[:500], STUDY_INSTANCE_UID, False, True) is None, "cut short before the element"
+    walked = top_level_values(received, IDENTIFYING_TAGS, syntax.is_implicit_VR, syntax.is_little_endian)
+    assert walked[STUDY_INSTANCE_UID].rstrip(b"\0") == pydicom.dcmread(get_testdata_file("CT_small.dcm")).StudyInstanceUID.encode()
+    assert top_level_values(received[:500], IDENTIFYING_TAGS, False, True) is None, "cut short before the element"
 
 
 @pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian])
@@ -207,8 +240,8 @@ def test_a_study_instance_uid_nested_in_an_earlier_sequence_is_not_taken_for_the
     ds["RelatedSeriesSequence"].is_undefined_length = undefined_length
     received, syntax = _encoded(ds, syntax), UID(syntax)
 
-    assert study_instance_uid(received, syntax) == ds.StudyInstanceUID
-    walked = top_level_value(received, STUDY_INSTANCE_UID, syntax.is_implicit_VR, syntax.is_little_endian)
+    assert instance_uids(received, syntax).study == ds.StudyInstanceUID
+    walked = top_level_values(received, IDENTIFYING_TAGS, syntax.is_implicit_VR, syntax.is_little_endian)
     assert (walked is None) is undefined_length, "a sequence of defined length is stepped over; else pydicom parses it"
 
 

@@ -1,0 +1,139 @@
+"""The listener's Storage SCP against hostile peers on loopback (127.0.0.1 only), one test per case of
+issue 13. Each test runs a well-behaved sender at the same time and checks that it lost nothing: every
+instance it sent was acknowledged and is in the spool. The SCP runs in this process (bound to
+127.0.0.1), the peers are pynetdicom associations or raw sockets; every wait is bounded."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import CTImageStorage, MRImageStorage, generate_uid
+from pynetdicom import AE, _config
+
+from app.listener.config import Destination, ListenerConfig
+from app.listener.journal import Journal
+from app.listener.scp import StorageSCP
+from app.listener.spool import Spool
+from tests.support.listener_peers import LISTENER_AE, SENDER_AE, make_ct_studies
+
+TIMEOUT_S = 30
+
+
+@dataclass
+class RunningSCP:
+    scp: StorageSCP
+    spool: Spool
+    port: int
+
+    def spooled(self) -> set[str]:
+        """SOP Instance UIDs of the instances in the spool."""
+        return {p.name.removesuffix(".dcm") for p in self.spool.arrivals_dir.glob("*/*.dcm")}
+
+
+@pytest.fixture()
+def start_scp(tmp_path: Path) -> Iterator[Callable[..., RunningSCP]]:
+    """Starts the listener's SCP on 127.0.0.1 (a free port) with ``settings``; stops it afterwards."""
+    running: list[tuple[StorageSCP, Journal]] = []
+
+    def start(**settings: object) -> RunningSCP:
+        config = ListenerConfig(**{
+            "spool_dir": tmp_path / "spool", "output_dir": tmp_path / "output", "model_dir": tmp_path / "models",
+            "allowed_calling_ae_titles": (SENDER_AE,), "destination": Destination.parse("PACS@127.0.0.1:11113"),
+            "ae_title": LISTENER_AE, "port": 0, "quiet_period_s": 600.0, "min_free_bytes": 64 * 2**20, **settings,
+        })
+        journal = Journal(config.spool_dir / "journal.jsonl")
+        spool = Spool(config.spool_dir, journal, config.quiet_period_s, config.max_spool_bytes, config.min_free_bytes)
+        scp = StorageSCP(config, spool)
+        running.append((scp, journal))
+        return RunningSCP(scp, spool, scp.start())
+
+    yield start
+    for scp, journal in running:
+        scp.stop()
+        journal.close()
+
+
+@dataclass
+class WellBehavedSender:
+    """One association sending ``files`` in a thread, while a hostile peer does its thing."""
+
+    port: int
+    files: list[Path]
+    statuses: list[int] = field(default_factory=list)
+    thread: threading.Thread | None = None
+
+    def start(self) -> WellBehavedSender:
+        self.thread = threading.Thread(target=self._send, daemon=True)
+        self.thread.start()
+        return self
+
+    def _send(self) -> None:
+        ae = AE(SENDER_AE)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT_S
+        ae.add_requested_context(CTImageStorage, pydicom.dcmread(self.files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", self.port, ae_title=LISTENER_AE)
+        if not assoc.is_established:
+            return
+        for path in self.files:
+            status = assoc.send_c_store(path)
+            self.statuses.append(int(status.Status) if "Status" in status else -1)
+        assoc.release()
+
+    def assert_lost_nothing(self, scp: RunningSCP) -> None:
+        assert self.thread is not None
+        self.thread.join(TIMEOUT_S * 2)
+        assert not self.thread.is_alive(), "the well-behaved sender finished"
+        assert self.statuses == [0x0000] * len(self.files), "every instance of the well-behaved sender was acknowledged"
+        sent = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in self.files}
+        assert sent <= scp.spooled(), "and is in the spool"
+
+
+@pytest.fixture()
+def good_files(tmp_path: Path) -> list[Path]:
+    (files,) = make_ct_studies(tmp_path / "good", studies=1, series_per_study=1, instances_per_series=40).values()
+    return files
+
+
+@pytest.fixture()
+def send_files_as_they_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pynetdicom then sends a file's data set as encoded, its command's UIDs taken from the File Meta."""
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+
+
+def _send_raw(port: int, files: list[Path]) -> list[int]:
+    ae = AE("STORESCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT_S
+    ae.add_requested_context(CTImageStorage, pydicom.dcmread(files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title=LISTENER_AE)
+    assert assoc.is_established
+    statuses = [int(assoc.send_c_store(path).Status) for path in files]
+    assoc.release()
+    return statuses
+
+
+def test_item8_a_data_set_whose_uids_disagree_with_the_request_or_the_uid_syntax_is_refused(
+        start_scp, good_files: list[Path], send_files_as_they_are: None, tmp_path: Path) -> None:
+    scp = start_scp()
+    forged = []
+    for name, keyword, value in [("path", "SOPInstanceUID", "../../1.2.3"), ("other-instance", "SOPInstanceUID", generate_uid()),
+                                 ("newline", "SeriesInstanceUID", "1.2.3\n4"), ("mr-on-ct", "SOPClassUID", MRImageStorage)]:
+        ds = pydicom.dcmread(good_files[0])
+        ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()  # the request's, well-formed
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns of the invalid UIDs, which are the point
+            setattr(ds, keyword, value)  # the data set's own
+            ds.save_as(tmp_path / f"{name}.dcm")
+        forged.append(tmp_path / f"{name}.dcm")
+    good = WellBehavedSender(scp.port, good_files).start()
+
+    statuses = _send_raw(scp.port, forged)
+
+    assert statuses == [0xC000, 0xC000, 0xC000, 0xA900], "cannot understand; data set does not match SOP class (PS3.4 B.2.3)"
+    good.assert_lost_nothing(scp)
+    assert len(scp.spooled()) == len(good_files), "nothing of the forged instances was spooled"
