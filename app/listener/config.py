@@ -13,10 +13,15 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from app.listener.instance_uids import names_a_file
+
 DEFAULT_PORT = 11112
 #: PS3.5 §6.2 (AE VR): 1-16 characters of the default repertoire, no backslash, no control characters.
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: ``storage_sop_classes``: every Storage SOP Class pynetdicom knows (PS3.4 Annex B.5), or only the image
+#: classes of the modalities the app's series selection takes; or else a list of SOP Class UIDs.
+ALL_STORAGE, SELECTED_IMAGES = "all", "images"
 
 
 class ConfigError(ValueError):
@@ -81,6 +86,9 @@ class ListenerConfig:
     port: int = DEFAULT_PORT
     #: Empty: any source address (the calling AE title list still applies).
     allowed_source_addresses: tuple[IPNetwork, ...] = ()
+    #: A whole study is accepted (prior SRs, Key Object Selections, Presentation States, PDFs…): the
+    #: app skips what it does not use, with its reason, instead of the sender's push failing.
+    storage_sop_classes: str | tuple[str, ...] = ALL_STORAGE
     max_associations: int = 8
     quiet_period_s: float = 10.0
     #: New associations are refused (and C-STOREs answered "out of resources") when the spool holds
@@ -119,6 +127,12 @@ def _typed(key: str, value: Any) -> Any:
         return ae_title(value, key)
     if key == "allowed_calling_ae_titles":
         return tuple(ae_title(t, key) for t in value)
+    if key == "storage_sop_classes":
+        if value in (ALL_STORAGE, SELECTED_IMAGES):
+            return value
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and names_a_file(v) for v in value):
+            raise ConfigError(f"{key}: expected {ALL_STORAGE!r}, {SELECTED_IMAGES!r} or a non-empty list of SOP Class UIDs")
+        return tuple(value)
     if key == "allowed_source_addresses":
         try:
             return tuple(ipaddress.ip_network(v, strict=False) for v in value)

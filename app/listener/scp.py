@@ -51,9 +51,10 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
+from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.transport import ThreadedAssociationServer
 
-from app.listener.config import ListenerConfig, TlsSettings
+from app.listener.config import ALL_STORAGE, SELECTED_IMAGES, ListenerConfig, TlsSettings
 from app.listener.file_format import dicom_file
 from app.listener.instance_uids import STATUS_CANNOT_UNDERSTAND, instance_uids, mismatch
 from app.listener.spool import Spool
@@ -80,10 +81,19 @@ IMAGE_STORAGE_BY_MODALITY: dict[str, tuple[str, ...]] = {
 }
 
 
-def accepted_storage_sop_classes(series_selection_rules: str) -> tuple[str, ...]:
+def storage_sop_classes(setting: str | tuple[str, ...], series_selection_rules: str) -> tuple[str, ...]:
+    """The Storage SOP Classes the SCP accepts, per the ``storage_sop_classes`` setting; presentation
+    contexts of other SOP classes are rejected (abstract syntax not supported, PS3.8 §9.3.3.2)."""
+    if setting == ALL_STORAGE:
+        return tuple(context.abstract_syntax for context in AllStoragePresentationContexts if context.abstract_syntax)
+    if setting == SELECTED_IMAGES:
+        return selected_image_sop_classes(series_selection_rules)
+    return tuple(setting)
+
+
+def selected_image_sop_classes(series_selection_rules: str) -> tuple[str, ...]:
     """The Image Storage SOP Classes of the modalities that the app's series selection accepts
-    (``app/config/series_selection.json``, the one definition): the listener takes what the app would use.
-    Other SOP classes get their presentation context rejected (abstract syntax not supported)."""
+    (``app/config/series_selection.json``, the one definition): what the app would use."""
     patterns = [rule.get("conditions", {}).get("Modality") for rule in json.loads(series_selection_rules)["selections"]]
     accepted: dict[str, None] = {}  # ordered, without repeats
     for modality, sop_classes in IMAGE_STORAGE_BY_MODALITY.items():
@@ -147,7 +157,7 @@ class StorageSCP:
         self.ae.require_called_aet = True
         self.ae.network_timeout = self.ae.acse_timeout = self.ae.dimse_timeout = config.network_timeout_s
         self.ae.add_supported_context(VERIFICATION_SOP_CLASS)
-        for sop_class in accepted_storage_sop_classes(AppSettings.load().series_selection_rules):
+        for sop_class in storage_sop_classes(config.storage_sop_classes, AppSettings.load().series_selection_rules):
             self.ae.add_supported_context(sop_class, ACCEPTED_TRANSFER_SYNTAXES)
         self.server: ThreadedAssociationServer | None = None
 

@@ -26,6 +26,7 @@ from tests.support.listener_peers import (
     echo,
     listener_config,
     make_ct_studies,
+    make_non_image_instances,
     storescu,
     storescu_popen,
     wait_for,
@@ -269,6 +270,19 @@ def test_refused_association_is_rejected_and_nothing_is_spooled(ns, started, sam
     assert not any((tmp_path / "spool" / "arrivals").iterdir())
     assert _journal(tmp_path / "spool") == []
     assert "rejected" in listener.log.read_text()
+
+
+def test_a_whole_study_push_with_non_image_instances_is_accepted_and_spooled(ns, started, sample_study: Path, tmp_path: Path) -> None:
+    images = sorted(p for p in sample_study.rglob("*") if p.is_file())
+    make_non_image_instances(sample_study / "others", like=images[0])
+    config = listener_config(tmp_path, tmp_path / "no-model-needed", quiet_period_s=600)
+    started(ListenerProcess(ns, config, tmp_path / "listener.log").start())
+
+    result = storescu(ns, sample_study)  # storescu +sd +r: one presentation context per SOP class found
+
+    assert result.returncode == 0 and "No presentation context" not in result.stderr, result.stderr
+    sent = {f"{ds.SOPInstanceUID}.dcm" for ds in _headers(sorted(p for p in sample_study.rglob("*") if p.is_file()))}
+    assert {p.name for p in (tmp_path / "spool" / "arrivals").glob("*/*.dcm")} == sent, "the whole study is in one arrival"
 
 
 HOLD_ASSOCIATION = """

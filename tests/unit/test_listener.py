@@ -19,13 +19,17 @@ from pydicom.uid import (
     UID,
     BasicTextSRStorage,
     CTImageStorage,
+    EncapsulatedPDFStorage,
     EnhancedCTImageStorage,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
+    GrayscaleSoftcopyPresentationStateStorage,
     ImplicitVRLittleEndian,
+    KeyObjectSelectionDocumentStorage,
     MRImageStorage,
     SecondaryCaptureImageStorage,
     UltrasoundImageStorage,
+    XRayRadiationDoseSRStorage,
     generate_uid,
 )
 from pynetdicom import AE, evt
@@ -46,7 +50,7 @@ from app.listener.instance_uids import (
     top_level_values,
 )
 from app.listener.journal import COMPLETE, PROCESSED, Arrival, Journal
-from app.listener.scp import IMAGE_STORAGE_BY_MODALITY, accepted_storage_sop_classes
+from app.listener.scp import IMAGE_STORAGE_BY_MODALITY, selected_image_sop_classes, storage_sop_classes
 from app.listener.service import Listener
 from app.listener.spool import Spool
 from app.listener.tcp import DUL_POLL_INTERVAL_S, LOW_LATENCY_HANDLER
@@ -70,6 +74,8 @@ def test_the_example_config_loads_and_flags_override_it() -> None:
         ({"allowed_calling_ae_titles": []}, "allowed_calling_ae_titles: at least one"),
         ({"ae_title": "A\\B"}, "ae_title: 'A\\\\B' is not a valid AE title"),
         ({"quiet_period": 5}, "unknown setting(s): quiet_period"),
+        ({"storage_sop_classes": "images-only"}, "storage_sop_classes: expected 'all', 'images' or a non-empty list"),
+        ({"storage_sop_classes": ["1.2.840.10008.5.1.4.1.1.2", "CT"]}, "storage_sop_classes: expected"),
         ({"allowed_source_addresses": ["10.0.0.300"]}, "allowed_source_addresses:"),
         ({"destination_tls": {"certificate": "listener.pem", "private_key": "listener.key"}}, "destination_tls: ca_certificates is required"),
         ({"destination_tls": {"ca_certificates": "ca.pem", "certificate": "listener.pem"}}, "destination_tls: certificate and private_key go together"),
@@ -268,16 +274,26 @@ def test_both_ends_of_an_association_get_nodelay_and_the_short_dul_poll_interval
     assert seen["acceptor"] == seen["requestor"] == (DUL_POLL_INTERVAL_S, 1)
 
 
+def test_the_scp_accepts_every_storage_class_of_a_study_or_what_the_setting_says() -> None:
+    rules = (ROOT / "app" / "config" / "series_selection.json").read_text()
+    every = set(storage_sop_classes(load(parser().parse_args(["--config", str(EXAMPLE)])).storage_sop_classes, rules))
+    assert set(selected_image_sop_classes(rules)) < every
+    assert {BasicTextSRStorage, KeyObjectSelectionDocumentStorage, GrayscaleSoftcopyPresentationStateStorage,
+            EncapsulatedPDFStorage, XRayRadiationDoseSRStorage} <= every
+    assert storage_sop_classes("images", rules) == selected_image_sop_classes(rules)
+    assert storage_sop_classes((CTImageStorage,), rules) == (CTImageStorage,)
+
+
 def test_the_scp_accepts_the_image_storage_classes_of_the_modalities_the_series_selection_takes() -> None:
     rules = (ROOT / "app" / "config" / "series_selection.json").read_text()
-    accepted = set(accepted_storage_sop_classes(rules))
+    accepted = set(selected_image_sop_classes(rules))
     assert {CTImageStorage, EnhancedCTImageStorage, MRImageStorage, SecondaryCaptureImageStorage, UltrasoundImageStorage} <= accepted
     assert len(accepted) == 24  # every class of IMAGE_STORAGE_BY_MODALITY: the default selection takes all its modalities
     assert BasicTextSRStorage not in accepted
     only_ct = json.dumps({"selections": [{"name": "CT only", "conditions": {"Modality": "(?i)^CT$"}}]})
-    assert set(accepted_storage_sop_classes(only_ct)) == set(IMAGE_STORAGE_BY_MODALITY["CT"])
+    assert set(selected_image_sop_classes(only_ct)) == set(IMAGE_STORAGE_BY_MODALITY["CT"])
     no_modality_rule = json.dumps({"selections": [{"name": "any", "conditions": {"SeriesDescription": "(?i)chest"}}]})
-    assert set(accepted_storage_sop_classes(no_modality_rule)) == accepted
+    assert set(selected_image_sop_classes(no_modality_rule)) == accepted
 
 
 def test_recovery_moves_spooled_files_it_cannot_read_aside_and_starts(tmp_path: Path) -> None:
