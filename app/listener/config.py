@@ -89,7 +89,15 @@ class ListenerConfig:
     #: A whole study is accepted (prior SRs, Key Object Selections, Presentation States, PDFs…): the
     #: app skips what it does not use, with its reason, instead of the sender's push failing.
     storage_sop_classes: str | tuple[str, ...] = ALL_STORAGE
+    #: Established associations at once; connections that have not (yet) requested one do not count.
     max_associations: int = 8
+    #: TCP connections at once, in all and per source address (before any A-ASSOCIATE check).
+    max_connections: int = 32
+    max_connections_per_address: int = 8
+    #: Seconds a new connection has to send its A-ASSOCIATE-RQ (the ARTIM timer, PS3.8 §9.1.5).
+    association_request_timeout_s: float = 10.0
+    #: The longest PDU received (PS3.8 §9.3.1), also announced as Maximum Length Received (D.3.3.1).
+    max_pdu_bytes: int = 1 << 20
     quiet_period_s: float = 10.0
     #: New associations are refused (and C-STOREs answered "out of resources") when the spool holds
     #: this much, or its file system has less than ``min_free_bytes`` free.
@@ -107,12 +115,15 @@ class ListenerConfig:
     def __post_init__(self) -> None:
         if not self.allowed_calling_ae_titles:
             raise ConfigError("allowed_calling_ae_titles: at least one calling AE title must be allowed")
-        for name in ("quiet_period_s", "network_timeout_s", "job_timeout_s", "delivery_initial_backoff_s", "delivery_max_backoff_s"):
+        for name in ("quiet_period_s", "network_timeout_s", "association_request_timeout_s", "job_timeout_s",
+                     "delivery_initial_backoff_s", "delivery_max_backoff_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be > 0")
-        for name in ("max_associations", "max_concurrent_jobs", "job_max_attempts"):
+        for name in ("max_associations", "max_connections", "max_connections_per_address", "max_concurrent_jobs", "job_max_attempts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1")
+        if self.max_pdu_bytes < 4096:
+            raise ConfigError("max_pdu_bytes: must be >= 4096")
         if not 0 <= self.port < 65536:
             raise ConfigError(f"port: {self.port} is out of range")
 

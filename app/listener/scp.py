@@ -2,17 +2,17 @@
 
 Association admission (PS3.8 §9.3.4 A-ASSOCIATE-RJ) happens before any data set is received:
 an unknown calling AE title or source address is rejected permanently; a nearly full spool is
-rejected transiently (local limit exceeded), so the sender retries later. Too many simultaneous
-associations are rejected by pynetdicom (``maximum_associations``), also transiently.
+rejected transiently (local limit exceeded), so the sender retries later, and so are associations
+beyond ``max_associations`` established ones. Connection limits: ``app/listener/connections.py``.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import re
 import ssl
+import threading
 from io import BytesIO
 from typing import cast
 
@@ -50,11 +50,11 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.events import Event
+from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.transport import ThreadedAssociationServer
 
 from app.listener.config import ALL_STORAGE, SELECTED_IMAGES, ListenerConfig, TlsSettings
+from app.listener.connections import GuardedAssociationServer, bound_pdu_length, peer_address
 from app.listener.file_format import dicom_file
 from app.listener.instance_uids import STATUS_CANNOT_UNDERSTAND, instance_uids, mismatch
 from app.listener.spool import Spool
@@ -109,17 +109,12 @@ ACCEPTED_TRANSFER_SYNTAXES = [
     *UncompressedTransferSyntaxes, *JPEGTransferSyntaxes, *JPEGLSTransferSyntaxes, *JPEG2000TransferSyntaxes, *RLETransferSyntaxes,
 ]
 
-#: Maximum Length Received (PS3.8 D.3.3.1) announced to senders; pynetdicom's default, 16382, splits a
-#: 39 KB CT into three P-DATA-TF PDUs, each decoded and reassembled in Python (0.1-0.3 ms more CPU time
-#: per instance, measured with dcmtk storescu). Bounded, since a PDU is read into memory whole.
-MAXIMUM_PDU_BYTES = 1 << 20
-
 VERIFICATION_SOP_CLASS = UID("1.2.840.10008.1.1")  # PS3.4 A.4
 
 # A-ASSOCIATE-RJ (result, source, reason/diag.), PS3.8 Table 9-21.
 REJECT_CALLING_AE_TITLE = (0x01, 0x01, 0x03)  # rejected-permanent, service-user, calling-AE-title-not-recognized
 REJECT_SOURCE_ADDRESS = (0x01, 0x01, 0x01)  # rejected-permanent, service-user, no-reason-given
-REJECT_SPOOL_FULL = (0x02, 0x03, 0x02)  # rejected-transient, service-provider (presentation), local-limit-exceeded
+REJECT_LIMIT_EXCEEDED = (0x02, 0x03, 0x02)  # rejected-transient, service-provider (presentation), local-limit-exceeded
 
 # C-STORE response statuses, PS3.4 Annex B.2.3.
 STATUS_SUCCESS = 0x0000
@@ -152,24 +147,32 @@ class StorageSCP:
         self.config = config
         self.spool = spool
         self.ae = AE(ae_title=config.ae_title)
-        self.ae.maximum_associations = config.max_associations
-        self.ae.maximum_pdu_size = MAXIMUM_PDU_BYTES
+        # pynetdicom's own limit counts every connection; ours (_admit) only established associations.
+        self.ae.maximum_associations = config.max_connections
+        # Maximum Length Received: pynetdicom's default, 16382, splits a 39 KB CT into three P-DATA-TF
+        # PDUs, each decoded in Python (0.1-0.3 ms more CPU time per instance, measured with storescu).
+        self.ae.maximum_pdu_size = config.max_pdu_bytes
         self.ae.require_called_aet = True
-        self.ae.network_timeout = self.ae.acse_timeout = self.ae.dimse_timeout = config.network_timeout_s
+        self.ae.network_timeout = self.ae.dimse_timeout = config.network_timeout_s
+        self.ae.acse_timeout = config.association_request_timeout_s  # the ARTIM timer
         self.ae.add_supported_context(VERIFICATION_SOP_CLASS)
         for sop_class in storage_sop_classes(config.storage_sop_classes, AppSettings.load().series_selection_rules):
             self.ae.add_supported_context(sop_class, ACCEPTED_TRANSFER_SYNTAXES)
-        self.server: ThreadedAssociationServer | None = None
+        self.server: GuardedAssociationServer | None = None
 
     def start(self) -> int:
         """Listen (non-blocking); returns the bound port."""
-        server = self.ae.start_server(
-            (self.config.bind_host, self.config.port),
-            block=False,
-            ssl_context=server_tls_context(self.config.tls) if self.config.tls else None,
-            evt_handlers=[LOW_LATENCY_HANDLER, (evt.EVT_REQUESTED, self._admit), (evt.EVT_C_STORE, self._store)],
-        )
-        assert server is not None  # block=False returns the server
+        handlers: list[EventHandlerType] = [LOW_LATENCY_HANDLER, (evt.EVT_CONN_OPEN, bound_pdu_length(self.config.max_pdu_bytes)),
+                    (evt.EVT_REQUESTED, self._admit), (evt.EVT_C_STORE, self._store)]
+        # AE.start_server(block=False), with the guarded server class
+        server = cast(GuardedAssociationServer, self.ae.make_server((self.config.bind_host, self.config.port), evt_handlers=handlers,
+                                     ssl_context=server_tls_context(self.config.tls) if self.config.tls else None,
+                                     server_class=GuardedAssociationServer))
+        server.max_connections = self.config.max_connections
+        server.max_connections_per_address = self.config.max_connections_per_address
+        server.read_timeout_s = self.config.network_timeout_s
+        threading.Thread(target=server.serve_forever, name="listener-acceptor", daemon=True).start()
+        self.ae._servers.append(server)  # pynetdicom's shutdown() removes it from there
         self.server = server
         return int(server.server_address[1])
 
@@ -183,11 +186,14 @@ class StorageSCP:
         if calling_ae_title.strip() not in self.config.allowed_calling_ae_titles:
             return REJECT_CALLING_AE_TITLE, "calling AE title not allowed"
         networks = self.config.allowed_source_addresses
-        if networks and not any(ipaddress.ip_address(address) in n for n in networks):
+        if networks and not any(peer_address(address) in n for n in networks):
             return REJECT_SOURCE_ADDRESS, "source address not allowed"
+        established = sum(1 for a in self.ae.active_associations if a.is_acceptor and a.is_established)
+        if established >= self.config.max_associations:
+            return REJECT_LIMIT_EXCEEDED, f"max_associations ({self.config.max_associations}) reached"
         spool_refusal = self.spool.refusal()
         if spool_refusal:
-            return REJECT_SPOOL_FULL, spool_refusal
+            return REJECT_LIMIT_EXCEEDED, spool_refusal
         return None
 
     def _admit(self, event: Event) -> None:

@@ -5,6 +5,8 @@ instance it sent was acknowledged and is in the spool. The SCP runs in this proc
 
 from __future__ import annotations
 
+import socket
+import struct
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -137,3 +139,61 @@ def test_item8_a_data_set_whose_uids_disagree_with_the_request_or_the_uid_syntax
     assert statuses == [0xC000, 0xC000, 0xC000, 0xA900], "cannot understand; data set does not match SOP class (PS3.4 B.2.3)"
     good.assert_lost_nothing(scp)
     assert len(scp.spooled()) == len(good_files), "nothing of the forged instances was spooled"
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the listener closes ``sock`` within ``seconds`` (anything it sent first is discarded)."""
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
+def _connect(port: int, source: str) -> socket.socket:
+    """A TCP connection to the listener from ``source``, another loopback address."""
+    return socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
+
+
+def test_item4_connections_without_an_association_take_no_slot_and_are_closed_by_the_artim_timer(
+        start_scp, good_files: list[Path], caplog: pytest.LogCaptureFixture) -> None:
+    scp = start_scp(max_associations=1, max_connections_per_address=4, association_request_timeout_s=1.0)
+    silent = [_connect(scp.port, "127.0.0.2") for _ in range(6)]
+    good = WellBehavedSender(scp.port, good_files).start()
+    for _ in range(20):  # tcpSocket probes: connect and close
+        _connect(scp.port, "127.0.0.3").close()
+
+    good.assert_lost_nothing(scp)
+    assert all(_closed_within(s, 5) for s in silent), "over the per-address limit at once, the others by the ARTIM timer"
+    assert "Connection from 127.0.0.2 closed: max_connections_per_address (4) reached" in caplog.text
+    for s in silent:
+        s.close()
+
+
+def test_item5_a_peer_that_stalls_inside_a_pdu_is_closed_after_the_network_timeout(start_scp, good_files: list[Path]) -> None:
+    scp = start_scp(network_timeout_s=2.0)
+    stalled = _connect(scp.port, "127.0.0.2")
+    stalled.sendall(struct.pack(">BBL", 0x01, 0, 1000) + b"\x00\x01" + b"\x00" * 8)  # an A-ASSOCIATE-RQ cut short
+    good = WellBehavedSender(scp.port, good_files).start()
+
+    assert _closed_within(stalled, 10)
+    good.assert_lost_nothing(scp)
+    stalled.close()
+
+
+def test_item6_a_pdu_longer_than_max_pdu_bytes_is_refused_before_it_is_read(
+        start_scp, good_files: list[Path], caplog: pytest.LogCaptureFixture) -> None:
+    scp = start_scp()
+    huge = _connect(scp.port, "127.0.0.2")
+    huge.sendall(struct.pack(">BBL", 0x01, 0, 256 * 2**20) + b"\x00\x01" + b"\x00" * 1000)  # announces a 256 MiB A-ASSOCIATE-RQ
+    good = WellBehavedSender(scp.port, good_files).start()
+
+    assert _closed_within(huge, 5), "closed at once, not after reading (or waiting for) 256 MiB"
+    good.assert_lost_nothing(scp)
+    assert f"a PDU of {256 * 2**20} bytes exceeds max_pdu_bytes ({2**20})" in caplog.text
+    huge.close()
+

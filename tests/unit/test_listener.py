@@ -4,6 +4,7 @@ a crash would hit."""
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 import socket
 from pathlib import Path
@@ -50,7 +51,7 @@ from app.listener.instance_uids import (
     top_level_values,
 )
 from app.listener.journal import COMPLETE, PROCESSED, Arrival, Journal
-from app.listener.scp import IMAGE_STORAGE_BY_MODALITY, selected_image_sop_classes, storage_sop_classes
+from app.listener.scp import IMAGE_STORAGE_BY_MODALITY, StorageSCP, selected_image_sop_classes, storage_sop_classes
 from app.listener.service import Listener
 from app.listener.spool import Spool
 from app.listener.tcp import DUL_POLL_INTERVAL_S, LOW_LATENCY_HANDLER
@@ -320,3 +321,17 @@ def test_recovery_moves_spooled_files_it_cannot_read_aside_and_starts(tmp_path: 
     assert not listener.spool.folder(only_corrupt).exists(), "nothing readable: discarded"
     (completed,) = listener.spool.complete_quiet_arrivals()
     assert (completed.id, completed.instances) == (mixed, 1)
+
+
+@pytest.mark.parametrize(("address", "admitted"), [("127.0.0.1", True), ("::ffff:127.0.0.1", True), ("::ffff:127.0.0.2", False),
+                                                    ("::1", False)])
+def test_an_ipv4_peer_of_a_dual_stack_bind_is_matched_as_its_ipv4_address(tmp_path: Path, address: str, admitted: bool) -> None:
+    """With a ``::`` bind, IPv4 peers arrive as IPv4-mapped IPv6 addresses (RFC 4291 §2.5.5.2); binding
+    ``::`` in a test would listen on every interface, so the admission decision is checked directly."""
+    config = ListenerConfig(spool_dir=tmp_path / "spool", output_dir=tmp_path / "output", model_dir=tmp_path / "models",
+                            allowed_calling_ae_titles=("STORESCU",), destination=Destination.parse("PACS@127.0.0.1:11113"),
+                            allowed_source_addresses=(ipaddress.ip_network("127.0.0.1/32"),), min_free_bytes=0)
+    journal = Journal(config.spool_dir / "journal.jsonl")
+    scp = StorageSCP(config, Spool(config.spool_dir, journal, 1.0, config.max_spool_bytes, 0))
+    refused = scp.refusal("STORESCU", address)
+    assert (refused is None) is admitted, refused

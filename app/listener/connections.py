@@ -1,0 +1,95 @@
+"""Connection admission, before any DICOM is read (issue 13 items 4-6, 11): pynetdicom's threaded
+server, with limits that a peer which never sends an A-ASSOCIATE-RQ cannot exhaust.
+
+- TCP connections, in all and per source address, are limited here (``max_connections``,
+  ``max_connections_per_address``); one over a limit is closed at once, with a log line naming it.
+  ``max_associations`` counts established associations only (``StorageSCP._admit``).
+- Every accepted socket gets ``network_timeout_s`` as its read time-out: pynetdicom leaves accepted
+  sockets blocking, so a peer that stops in the middle of a PDU would hold its thread for ever.
+- A PDU longer than ``max_pdu_bytes`` (PS3.8 §9.3.1: the PDU length field) is refused before it is
+  read: pynetdicom reads each PDU into memory whole.
+- Peer addresses are normalised: with an IPv6 bind, IPv4 peers arrive as ``::ffff:a.b.c.d``
+  (RFC 4291 §2.5.5.2) and are matched as the IPv4 address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import threading
+from collections import Counter
+from typing import Any
+
+from pynetdicom.events import Event
+from pynetdicom.transport import ThreadedAssociationServer
+
+logger = logging.getLogger(__name__)
+
+
+def peer_address(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The peer's IP address, an IPv4-mapped IPv6 address as the IPv4 address."""
+    parsed = ipaddress.ip_address(address.split("%")[0])
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        return parsed.ipv4_mapped
+    return parsed
+
+
+class GuardedAssociationServer(ThreadedAssociationServer):
+    """``ThreadedAssociationServer`` with connection limits and read time-outs (see the module)."""
+
+    max_connections = 32
+    max_connections_per_address = 8
+    read_timeout_s = 60.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._open: dict[socket.socket, str] = {}
+        self._open_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Called for each accepted connection before any byte of it is read; False closes it."""
+        host = str(peer_address(client_address[0]))
+        with self._open_lock:
+            self._open = {s: h for s, h in self._open.items() if s.fileno() != -1}  # closed on any path
+            per_address = Counter(self._open.values())
+            if len(self._open) >= self.max_connections:
+                refused = f"max_connections ({self.max_connections}) reached"
+            elif per_address[host] >= self.max_connections_per_address:
+                refused = f"max_connections_per_address ({self.max_connections_per_address}) reached"
+            else:
+                refused = ""
+                self._open[request] = host
+        if refused:
+            logger.warning("Connection from %s closed: %s", host, refused)
+            return False
+        request.settimeout(self.read_timeout_s)
+        return True
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.pop(request, None)
+        super().shutdown_request(request)
+
+
+def bound_pdu_length(max_pdu_bytes: int) -> Any:
+    """EVT_CONN_OPEN handler: the association's socket refuses to read a PDU longer than
+    ``max_pdu_bytes``; pynetdicom then closes the connection (Evt17)."""
+
+    def handler(event: Event) -> None:
+        association_socket = event.assoc.dul.socket
+        if association_socket is None:
+            return
+        recv = association_socket.recv
+        address = event.assoc.requestor.address
+
+        def bounded_recv(nr_bytes: int) -> bytearray:
+            if nr_bytes > max_pdu_bytes:
+                logger.warning("Connection from %s closed: a PDU of %d bytes exceeds max_pdu_bytes (%d)",
+                               peer_address(address), nr_bytes, max_pdu_bytes)
+                raise ConnectionAbortedError("PDU longer than max_pdu_bytes")
+            return recv(nr_bytes)
+
+        association_socket.recv = bounded_recv  # type: ignore[method-assign]
+
+    return handler
