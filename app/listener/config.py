@@ -98,6 +98,11 @@ class ListenerConfig:
     association_request_timeout_s: float = 10.0
     #: The longest PDU received (PS3.8 §9.3.1), also announced as Maximum Length Received (D.3.3.1).
     max_pdu_bytes: int = 1 << 20
+    #: The largest data set received; a larger one aborts the association (it is held in memory whole).
+    max_instance_bytes: int = 2 << 30
+    #: How much of a deflated data set is inflated to find its UIDs (PS3.5 §A.5: a small deflated
+    #: data set can inflate to gigabytes).
+    max_header_bytes: int = 1 << 20
     quiet_period_s: float = 10.0
     #: New associations are refused (and C-STOREs answered "out of resources") when the spool holds
     #: this much, or its file system has less than ``min_free_bytes`` free.
@@ -119,7 +124,8 @@ class ListenerConfig:
                      "delivery_initial_backoff_s", "delivery_max_backoff_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be > 0")
-        for name in ("max_associations", "max_connections", "max_connections_per_address", "max_concurrent_jobs", "job_max_attempts"):
+        for name in ("max_instance_bytes", "max_header_bytes", "max_associations", "max_connections", "max_connections_per_address",
+                     "max_concurrent_jobs", "job_max_attempts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1")
         if self.max_pdu_bytes < 4096:

@@ -8,6 +8,9 @@ server, with limits that a peer which never sends an A-ASSOCIATE-RQ cannot exhau
   sockets blocking, so a peer that stops in the middle of a PDU would hold its thread for ever.
 - A PDU longer than ``max_pdu_bytes`` (PS3.8 §9.3.1: the PDU length field) is refused before it is
   read: pynetdicom reads each PDU into memory whole.
+- A data set growing past ``max_instance_bytes`` aborts the association as its fragments arrive
+  (PS3.8 Annex E: the message control header's last-fragment bit): pynetdicom assembles each data set in
+  memory before the C-STORE handler sees it.
 - Peer addresses are normalised: with an IPv6 bind, IPv4 peers arrive as ``::ffff:a.b.c.d``
   (RFC 4291 §2.5.5.2) and are matched as the IPv4 address.
 """
@@ -18,6 +21,7 @@ import ipaddress
 import logging
 import socket
 import threading
+import weakref
 from collections import Counter
 from typing import Any
 
@@ -91,5 +95,32 @@ def bound_pdu_length(max_pdu_bytes: int) -> Any:
             return recv(nr_bytes)
 
         association_socket.recv = bounded_recv  # type: ignore[method-assign]
+
+    return handler
+
+
+#: PS3.8 Annex E.2 message control header: bit 0 set for a command fragment, bit 1 for the last one.
+COMMAND_FRAGMENT, LAST_FRAGMENT = 0x01, 0x02
+
+
+def bound_instance_size(max_instance_bytes: int) -> Any:
+    """EVT_PDU_RECV handler: an association whose data set grows past ``max_instance_bytes`` is aborted."""
+    received: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+    def handler(event: Event) -> None:
+        for item in getattr(event.pdu, "presentation_data_value_items", ()):  # P-DATA-TF only
+            value = item.presentation_data_value or b"\x00"
+            if value[0] & COMMAND_FRAGMENT:
+                continue
+            size = received.get(event.assoc, 0) + len(value) - 1
+            if value[0] & LAST_FRAGMENT:
+                size = 0
+            elif size > max_instance_bytes:
+                logger.warning("Association from %s aborted: a data set exceeds max_instance_bytes (%d)",
+                               peer_address(event.assoc.requestor.address), max_instance_bytes)
+                received.pop(event.assoc, None)
+                event.assoc.abort()
+                return
+            received[event.assoc] = size
 
     return handler

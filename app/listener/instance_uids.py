@@ -76,10 +76,17 @@ class InstanceUIDs:
     series: str
 
 
-def instance_uids(received: bytes, transfer_syntax: UID) -> InstanceUIDs:
-    """Raises (ValueError, or whatever pydicom raises) for a data set that cannot be read."""
-    if transfer_syntax.is_deflated:  # PS3.5 §A.5: Explicit VR Little Endian, then deflated
-        received = zlib.decompress(received, -zlib.MAX_WBITS)
+class HeaderTooLong(ValueError):
+    """The UIDs are not within the first ``max_header_bytes`` of an inflated data set."""
+
+
+def instance_uids(received: bytes, transfer_syntax: UID, max_header_bytes: int) -> InstanceUIDs:
+    """Raises (HeaderTooLong, ValueError, or whatever pydicom raises) for a data set that cannot be read."""
+    if transfer_syntax.is_deflated:  # PS3.5 §A.5: Explicit VR Little Endian, then deflated; only the start is needed
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        received = inflater.decompress(received, max_header_bytes)
+        if inflater.unconsumed_tail and top_level_values(received, IDENTIFYING_TAGS, False, True) is None:
+            raise HeaderTooLong(f"the UIDs are not within max_header_bytes ({max_header_bytes}) of the inflated data set")
     implicit_vr, little_endian = transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian
     walked = top_level_values(received, IDENTIFYING_TAGS, implicit_vr, little_endian)
     if walked is None:

@@ -54,9 +54,9 @@ from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.presentation import AllStoragePresentationContexts
 
 from app.listener.config import ALL_STORAGE, SELECTED_IMAGES, ListenerConfig, TlsSettings
-from app.listener.connections import GuardedAssociationServer, bound_pdu_length, peer_address
+from app.listener.connections import GuardedAssociationServer, bound_instance_size, bound_pdu_length, peer_address
 from app.listener.file_format import dicom_file
-from app.listener.instance_uids import STATUS_CANNOT_UNDERSTAND, instance_uids, mismatch
+from app.listener.instance_uids import STATUS_CANNOT_UNDERSTAND, HeaderTooLong, instance_uids, mismatch
 from app.listener.spool import Spool
 from app.listener.tcp import LOW_LATENCY_HANDLER
 from app.settings import AppSettings
@@ -163,6 +163,7 @@ class StorageSCP:
     def start(self) -> int:
         """Listen (non-blocking); returns the bound port."""
         handlers: list[EventHandlerType] = [LOW_LATENCY_HANDLER, (evt.EVT_CONN_OPEN, bound_pdu_length(self.config.max_pdu_bytes)),
+                    (evt.EVT_PDU_RECV, bound_instance_size(self.config.max_instance_bytes)),
                     (evt.EVT_REQUESTED, self._admit), (evt.EVT_C_STORE, self._store)]
         # AE.start_server(block=False), with the guarded server class
         server = cast(GuardedAssociationServer, self.ae.make_server((self.config.bind_host, self.config.port), evt_handlers=handlers,
@@ -213,7 +214,10 @@ class StorageSCP:
         try:
             request = cast(C_STORE, event.request)
             received = cast(BytesIO, request.DataSet).getvalue()  # the data set's bytes as the sender encoded them
-            uids = instance_uids(received, event.context.transfer_syntax)
+            uids = instance_uids(received, event.context.transfer_syntax, self.config.max_header_bytes)
+        except HeaderTooLong as exc:
+            logger.warning("C-STORE refused: %s", exc)
+            return STATUS_OUT_OF_RESOURCES
         except Exception as exc:  # a malformed data set raises many kinds; none may escape into pynetdicom's log
             logger.warning("C-STORE refused: the data set cannot be read (%s)", type(exc).__name__)
             return STATUS_CANNOT_UNDERSTAND

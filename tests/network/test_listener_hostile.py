@@ -22,7 +22,7 @@ from app.listener.config import Destination, ListenerConfig
 from app.listener.journal import Journal
 from app.listener.scp import StorageSCP
 from app.listener.spool import Spool
-from tests.support.listener_peers import LISTENER_AE, SENDER_AE, make_ct_studies
+from tests.support.listener_peers import LISTENER_AE, SENDER_AE, make_ct_studies, wait_for
 
 TIMEOUT_S = 30
 
@@ -197,3 +197,27 @@ def test_item6_a_pdu_longer_than_max_pdu_bytes_is_refused_before_it_is_read(
     assert f"a PDU of {256 * 2**20} bytes exceeds max_pdu_bytes ({2**20})" in caplog.text
     huge.close()
 
+
+
+def test_item6_a_data_set_larger_than_max_instance_bytes_aborts_its_association_as_it_arrives(
+        start_scp, good_files: list[Path], caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    scp = start_scp(max_instance_bytes=256 * 2**10, max_pdu_bytes=16 * 2**10)
+    big = pydicom.dcmread(good_files[0])
+    big.SOPInstanceUID = big.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    big.Rows = big.Columns = 512  # 512 KiB of pixel data
+    big.PixelData = bytes(512 * 512 * 2)
+    big.save_as(tmp_path / "big.dcm")
+    good = WellBehavedSender(scp.port, good_files).start()
+
+    ae = AE(SENDER_AE)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT_S
+    ae.add_requested_context(CTImageStorage, big.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title=LISTENER_AE)
+    assert assoc.is_established
+    status = assoc.send_c_store(tmp_path / "big.dcm")
+
+    assert "Status" not in status, "no response: the association was aborted"
+    wait_for(lambda: assoc.is_aborted, 5, "the A-ABORT at the sender")
+    good.assert_lost_nothing(scp)
+    assert big.SOPInstanceUID not in scp.spooled()
+    assert "a data set exceeds max_instance_bytes (262144)" in caplog.text

@@ -7,6 +7,9 @@ import io
 import ipaddress
 import json
 import socket
+import struct
+import tracemalloc
+import zlib
 from pathlib import Path
 
 import pydicom
@@ -20,6 +23,7 @@ from pydicom.uid import (
     UID,
     BasicTextSRStorage,
     CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
     EncapsulatedPDFStorage,
     EnhancedCTImageStorage,
     ExplicitVRBigEndian,
@@ -44,6 +48,7 @@ from app.listener.instance_uids import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_DOES_NOT_MATCH_SOP_CLASS,
     STUDY_INSTANCE_UID,
+    HeaderTooLong,
     InstanceUIDs,
     instance_uids,
     mismatch,
@@ -225,7 +230,7 @@ def _as_received(name: str) -> tuple[UID, bytes]:
 def test_the_identifying_uids_are_read_from_the_bytes_as_received(name: str) -> None:
     syntax, received = _as_received(name)
     ds = pydicom.dcmread(get_testdata_file(name))
-    assert instance_uids(received, syntax) == InstanceUIDs(ds.SOPClassUID, ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID)
+    assert instance_uids(received, syntax, 2**20) == InstanceUIDs(ds.SOPClassUID, ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID)
 
 
 def test_the_header_walk_finds_the_uid_of_a_ct_and_gives_up_on_a_truncated_one() -> None:
@@ -247,7 +252,7 @@ def test_a_study_instance_uid_nested_in_an_earlier_sequence_is_not_taken_for_the
     ds["RelatedSeriesSequence"].is_undefined_length = undefined_length
     received, syntax = _encoded(ds, syntax), UID(syntax)
 
-    assert instance_uids(received, syntax).study == ds.StudyInstanceUID
+    assert instance_uids(received, syntax, 2**20).study == ds.StudyInstanceUID
     walked = top_level_values(received, IDENTIFYING_TAGS, syntax.is_implicit_VR, syntax.is_little_endian)
     assert (walked is None) is undefined_length, "a sequence of defined length is stepped over; else pydicom parses it"
 
@@ -335,3 +340,22 @@ def test_an_ipv4_peer_of_a_dual_stack_bind_is_matched_as_its_ipv4_address(tmp_pa
     scp = StorageSCP(config, Spool(config.spool_dir, journal, 1.0, config.max_spool_bytes, 0))
     refused = scp.refusal("STORESCU", address)
     assert (refused is None) is admitted, refused
+
+
+def test_a_deflated_data_set_is_inflated_only_as_far_as_max_header_bytes() -> None:
+    """A 256 MiB private element before the UIDs deflates to ~250 KB; finding the UIDs must not inflate it."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    header = struct.pack("<HH2sxxI", 0x0007, 0x1000, b"OB", 256 * 2**20)  # (0007,1000): a private element, before (0008,0016)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    bomb = deflater.compress(header) + b"".join(deflater.compress(bytes(2**20)) for _ in range(256))
+    bomb += deflater.compress(_encoded(ds, ExplicitVRLittleEndian)) + deflater.flush()
+    assert len(bomb) < 2**20
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(HeaderTooLong, match=r"max_header_bytes \(1048576\)"):
+            instance_uids(bomb, UID(DeflatedExplicitVRLittleEndian), 2**20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20
