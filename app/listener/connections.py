@@ -21,11 +21,14 @@ import ipaddress
 import logging
 import socket
 import threading
+import time
 import weakref
 from collections import Counter
 from typing import Any
 
-from pynetdicom.events import Event
+from pydicom.uid import UID
+from pynetdicom import evt
+from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
 logger = logging.getLogger(__name__)
@@ -124,3 +127,27 @@ def bound_instance_size(max_instance_bytes: int) -> Any:
             received[event.assoc] = size
 
     return handler
+
+
+def describe_uid(uid: str) -> str:
+    """A SOP class for a log line: its name in PS3.6 Annex A, else the UID (a SOP class UID names a kind
+    of object, no patient) with control characters escaped."""
+    name = UID(uid).name
+    return name if name != uid else repr(uid)
+
+
+def log_silent_connections(association_request_timeout_s: float) -> list[EventHandlerType]:
+    """EVT_CONN_OPEN/CLOSE handlers: one line when a connection is closed because it sent no
+    A-ASSOCIATE-RQ within the ARTIM timer (not for one its peer closed at once, such as a TCP probe)."""
+    opened: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+    def on_open(event: Event) -> None:
+        opened[event.assoc] = time.monotonic()
+
+    def on_close(event: Event) -> None:
+        lasted = time.monotonic() - opened.pop(event.assoc, time.monotonic())
+        if event.assoc.requestor.primitive is None and lasted >= association_request_timeout_s:
+            logger.warning("Connection from %s closed: no A-ASSOCIATE-RQ within association_request_timeout_s (%g s)",
+                           peer_address(event.assoc.requestor.address), association_request_timeout_s)
+
+    return [(evt.EVT_CONN_OPEN, on_open), (evt.EVT_CONN_CLOSE, on_close)]

@@ -54,7 +54,14 @@ from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.presentation import AllStoragePresentationContexts
 
 from app.listener.config import ALL_STORAGE, SELECTED_IMAGES, ListenerConfig, TlsSettings
-from app.listener.connections import GuardedAssociationServer, bound_instance_size, bound_pdu_length, peer_address
+from app.listener.connections import (
+    GuardedAssociationServer,
+    bound_instance_size,
+    bound_pdu_length,
+    describe_uid,
+    log_silent_connections,
+    peer_address,
+)
 from app.listener.file_format import dicom_file
 from app.listener.instance_uids import STATUS_CANNOT_UNDERSTAND, HeaderTooLong, instance_uids, mismatch
 from app.listener.spool import Spool
@@ -113,6 +120,7 @@ VERIFICATION_SOP_CLASS = UID("1.2.840.10008.1.1")  # PS3.4 A.4
 
 # A-ASSOCIATE-RJ (result, source, reason/diag.), PS3.8 Table 9-21.
 REJECT_CALLING_AE_TITLE = (0x01, 0x01, 0x03)  # rejected-permanent, service-user, calling-AE-title-not-recognized
+REJECT_CALLED_AE_TITLE = (0x01, 0x01, 0x07)  # rejected-permanent, service-user, called-AE-title-not-recognized
 REJECT_SOURCE_ADDRESS = (0x01, 0x01, 0x01)  # rejected-permanent, service-user, no-reason-given
 REJECT_LIMIT_EXCEEDED = (0x02, 0x03, 0x02)  # rejected-transient, service-provider (presentation), local-limit-exceeded
 
@@ -164,7 +172,8 @@ class StorageSCP:
         """Listen (non-blocking); returns the bound port."""
         handlers: list[EventHandlerType] = [LOW_LATENCY_HANDLER, (evt.EVT_CONN_OPEN, bound_pdu_length(self.config.max_pdu_bytes)),
                     (evt.EVT_PDU_RECV, bound_instance_size(self.config.max_instance_bytes)),
-                    (evt.EVT_REQUESTED, self._admit), (evt.EVT_C_STORE, self._store)]
+                    (evt.EVT_REQUESTED, self._admit), (evt.EVT_ACCEPTED, self._accepted), (evt.EVT_C_STORE, self._store),
+                    *log_silent_connections(self.config.association_request_timeout_s)]
         # AE.start_server(block=False), with the guarded server class
         server = cast(GuardedAssociationServer, self.ae.make_server((self.config.bind_host, self.config.port), evt_handlers=handlers,
                                      ssl_context=server_tls_context(self.config.tls) if self.config.tls else None,
@@ -182,8 +191,10 @@ class StorageSCP:
             self.server.shutdown()
             self.server = None
 
-    def refusal(self, calling_ae_title: str, address: str) -> tuple[tuple[int, int, int], str] | None:
+    def refusal(self, calling_ae_title: str, address: str, called_ae_title: str | None = None) -> tuple[tuple[int, int, int], str] | None:
         """Why an association request must be rejected (A-ASSOCIATE-RJ parameters and a reason), or None."""
+        if called_ae_title is not None and called_ae_title.strip() != self.config.ae_title:
+            return REJECT_CALLED_AE_TITLE, f"called AE title {called_ae_title.strip()!r} is not {self.config.ae_title!r}"
         if calling_ae_title.strip() not in self.config.allowed_calling_ae_titles:
             return REJECT_CALLING_AE_TITLE, "calling AE title not allowed"
         networks = self.config.allowed_source_addresses
@@ -201,13 +212,21 @@ class StorageSCP:
         """EVT_REQUESTED: send an A-ASSOCIATE-RJ here, before pynetdicom negotiates the association."""
         request = event.assoc.requestor.primitive
         calling = request.calling_ae_title if request is not None else ""
+        called = request.called_ae_title if request is not None else ""
         address = event.assoc.requestor.address
-        refused = self.refusal(calling, address)
+        refused = self.refusal(calling, address, called)
         if refused:
             (result, source, reason), why = refused
-            logger.warning("Association from %s (calling AE %r) rejected: %s", address, calling, why)
+            logger.warning("Association from %s (calling AE %r) rejected: %s", peer_address(address), calling.strip(), why)
             event.assoc.acse.send_reject(result, source, reason)
             event.assoc.kill()  # as pynetdicom's own rejections do: waits until the A-ASSOCIATE-RJ is sent
+
+    def _accepted(self, event: Event) -> None:
+        """EVT_ACCEPTED: one line per SOP class whose presentation context was rejected (PS3.8 §9.3.3.2)."""
+        refused = sorted({str(c.abstract_syntax) for c in event.assoc.rejected_contexts if c.abstract_syntax})
+        for sop_class in refused:
+            logger.warning("Association from %s: presentation context for %s rejected: not in storage_sop_classes "
+                           "or no accepted transfer syntax", peer_address(event.assoc.requestor.address), describe_uid(sop_class))
 
     def _store(self, event: Event) -> int:
         """EVT_C_STORE: acknowledge only once the instance is durably in the spool."""

@@ -221,3 +221,28 @@ def test_item6_a_data_set_larger_than_max_instance_bytes_aborts_its_association_
     good.assert_lost_nothing(scp)
     assert big.SOPInstanceUID not in scp.spooled()
     assert "a data set exceeds max_instance_bytes (262144)" in caplog.text
+
+
+def test_item12_a_wrong_called_ae_title_a_refused_sop_class_and_a_silent_connection_each_get_one_clear_line(
+        start_scp, good_files: list[Path], caplog: pytest.LogCaptureFixture) -> None:
+    scp = start_scp(storage_sop_classes=(CTImageStorage,), association_request_timeout_s=1.0)
+    silent = _connect(scp.port, "127.0.0.2")
+    good = WellBehavedSender(scp.port, good_files).start()
+
+    wrong_called = AE(SENDER_AE)
+    wrong_called.add_requested_context(CTImageStorage)
+    assert wrong_called.associate("127.0.0.1", scp.port, ae_title="NOT-THE-SCP").is_rejected
+    mixed = AE(SENDER_AE)
+    mixed.add_requested_context(CTImageStorage)
+    mixed.add_requested_context(MRImageStorage)
+    assoc = mixed.associate("127.0.0.1", scp.port, ae_title=LISTENER_AE)
+    assert assoc.is_established and [c.abstract_syntax for c in assoc.accepted_contexts] == [CTImageStorage]
+    assoc.release()
+    assert _closed_within(silent, 5)
+
+    good.assert_lost_nothing(scp)
+    log = caplog.text
+    assert "Association from 127.0.0.1 (calling AE 'STORESCU') rejected: called AE title 'NOT-THE-SCP' is not 'BIOMEDCLIP'" in log
+    assert "Association from 127.0.0.1: presentation context for MR Image Storage rejected" in log
+    assert "Connection from 127.0.0.2 closed: no A-ASSOCIATE-RQ within association_request_timeout_s (1 s)" in log
+    silent.close()

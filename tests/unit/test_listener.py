@@ -42,6 +42,7 @@ from pynetdicom.dsutils import create_file_meta, encode_file_meta
 from pynetdicom.sop_class import Verification
 
 from app.listener.config import ConfigError, Destination, ListenerConfig, load, parser
+from app.listener.delivery import DeliveryError, store_sr
 from app.listener.file_format import dicom_file
 from app.listener.instance_uids import (
     IDENTIFYING_TAGS,
@@ -359,3 +360,12 @@ def test_a_deflated_data_set_is_inflated_only_as_far_as_max_header_bytes() -> No
     finally:
         tracemalloc.stop()
     assert peak < 8 * 2**20
+
+
+def test_a_pacs_that_is_down_is_reported_as_no_connection_not_as_an_aborted_association() -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # a loopback port nothing listens on
+    port = closed.getsockname()[1]
+    closed.close()
+    with pytest.raises(DeliveryError, match=rf"^no connection to PACS@127.0.0.1:{port} \(down or unreachable\)$"):
+        store_sr(Path(get_testdata_file("CT_small.dcm")), Destination("PACS", "127.0.0.1", port), "BIOMEDCLIP", 5.0)
