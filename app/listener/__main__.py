@@ -5,21 +5,14 @@ Exit codes: 0 after a signal; 2 for a configuration error (one-line reason on st
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 import threading
 
+from app import logging_policy
 from app.listener.config import ConfigError, load, parser
 from app.listener.service import Listener
 from operators.atomic import write_atomically
-
-
-def configure_logging() -> None:
-    """INFO for the listener. pynetdicom stays at WARNING: its DEBUG output dumps data sets and its
-    INFO output adds a line per message; the listener logs arrivals by random ids only."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    configure_logging()
+    logging_policy.install_for_listener()
     stopped = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())

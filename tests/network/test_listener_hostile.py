@@ -5,6 +5,8 @@ instance it sent was acknowledged and is in the spool. The SCP runs in this proc
 
 from __future__ import annotations
 
+import io
+import logging
 import socket
 import struct
 import threading
@@ -18,6 +20,7 @@ import pytest
 from pydicom.uid import CTImageStorage, MRImageStorage, generate_uid
 from pynetdicom import AE, _config
 
+from app import logging_policy
 from app.listener.config import Destination, ListenerConfig
 from app.listener.journal import Journal
 from app.listener.scp import StorageSCP
@@ -246,3 +249,32 @@ def test_item12_a_wrong_called_ae_title_a_refused_sop_class_and_a_silent_connect
     assert "Association from 127.0.0.1: presentation context for MR Image Storage rejected" in log
     assert "Connection from 127.0.0.2 closed: no A-ASSOCIATE-RQ within association_request_timeout_s (1 s)" in log
     silent.close()
+
+
+@pytest.fixture()
+def listener_log() -> Iterator[io.StringIO]:
+    """The listener's own logging (``python -m app.listener`` installs it), into a buffer."""
+    stream = io.StringIO()
+    handler = logging_policy.install_for_listener(stream)
+    yield stream
+    logging.getLogger().removeHandler(handler)
+    logging.captureWarnings(False)
+
+
+def test_item9_library_messages_about_non_conformant_uids_keep_the_uids_out_of_the_log(
+        start_scp, good_files: list[Path], listener_log: io.StringIO, tmp_path: Path) -> None:
+    scp = start_scp()
+    ds = pydicom.dcmread(good_files[0])
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.0123"  # a leading zero: tolerated, but pynetdicom warns quoting it
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.0456"
+    ds.save_as(tmp_path / "leading-zero.dcm")
+    good = WellBehavedSender(scp.port, good_files).start()
+
+    assert _send_raw(scp.port, [tmp_path / "leading-zero.dcm"]) == [0x0000]
+    logging.getLogger("app.listener.scp").warning("forged? %s", "a\n2026-11-29 INFO app.listener: forged line")
+
+    good.assert_lost_nothing(scp)
+    log = listener_log.getvalue()
+    assert "message withheld" in log, "pynetdicom did warn"
+    assert "0123" not in log and "0456" not in log
+    assert "forged? a\\x0a2026-11-29 INFO" in log and "\n2026-11-29 INFO app.listener: forged" not in log
