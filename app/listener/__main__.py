@@ -5,6 +5,7 @@ Exit codes: 0 after a signal; 2 for a configuration error (one-line reason on st
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -12,10 +13,15 @@ import threading
 from app import logging_policy
 from app.listener.config import ConfigError, load, parser
 from app.listener.service import Listener
-from operators.atomic import write_atomically
+from operators.atomic import file_mode, write_atomically
+
+#: What the listener and its jobs create is for its user only: instances, SRs and run reports hold PHI.
+UMASK = 0o077
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.umask(UMASK)
+    file_mode()  # read the umask now, before any thread writes
     args = parser().parse_args(argv)
     try:
         config = load(args)

@@ -116,12 +116,15 @@ class ListenerConfig:
     job_timeout_s: float = 3600.0
     delivery_initial_backoff_s: float = 2.0
     delivery_max_backoff_s: float = 300.0
+    #: Quarantined studies (SPOOL/failed) and results (OUTPUT/<id>) are removed this many days after
+    #: their last change; an SR still waiting for delivery is kept.
+    retention_days: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.allowed_calling_ae_titles:
             raise ConfigError("allowed_calling_ae_titles: at least one calling AE title must be allowed")
         for name in ("quiet_period_s", "network_timeout_s", "association_request_timeout_s", "job_timeout_s",
-                     "delivery_initial_backoff_s", "delivery_max_backoff_s"):
+                     "delivery_initial_backoff_s", "delivery_max_backoff_s", "retention_days"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be > 0")
         for name in ("max_instance_bytes", "max_header_bytes", "max_associations", "max_connections", "max_connections_per_address",

@@ -95,6 +95,11 @@ class DeliveryQueue:
             heapq.heappush(self._heap, PendingDelivery(time.monotonic() + delay_s, next(self._order), arrival, sr, failures))
             self._ready.notify()
 
+    def arrival_ids(self) -> set[str]:
+        """The arrivals with an SR waiting (their output folders are in use)."""
+        with self._ready:
+            return {pending.arrival.id for pending in self._heap}
+
     def take_due(self, stop: threading.Event, poll_s: float = 0.5) -> PendingDelivery | None:
         """The next delivery whose time has come; None once ``stop`` is set."""
         with self._ready:

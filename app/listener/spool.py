@@ -19,6 +19,7 @@ from pathlib import Path
 from pydicom import dcmread
 
 from app.listener.journal import Arrival, Journal, new_arrival_id
+from app.listener.retention import folder_bytes, purge_older_than
 from operators.atomic import write_atomically
 
 logger = logging.getLogger(__name__)
@@ -37,10 +38,6 @@ class _Receiving:
     #: SOP Instance UID -> bytes on disk, so a store needs no stat (a lookup that waits for the
     #: folder's lock while other writers create files) and completion no listing.
     instance_bytes: dict[str, int] = field(default_factory=dict)
-
-
-def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 class Spool:
@@ -159,6 +156,12 @@ class Spool:
         target.parent.mkdir(parents=True, exist_ok=True)
         path.rename(target)
         return target
+
+    def purge_quarantined(self, max_age_s: float) -> None:
+        """Remove quarantined arrivals older than ``max_age_s`` (``app/listener/retention.py``)."""
+        _, freed = purge_older_than(self.failed_dir, max_age_s)
+        with self._lock:
+            self._used_bytes -= freed
 
     def quarantine(self, arrival_id: str) -> Path:
         """Move the instances of an arrival whose job failed for good to ``SPOOL/failed/<id>`` for

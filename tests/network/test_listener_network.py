@@ -166,6 +166,9 @@ def test_a_study_with_a_refused_file_still_gets_its_sr_and_the_refusal_is_record
     assert (finished["exit_code"], finished["refused"]) == (3, 1)
     log = (tmp_path / "listener.log").read_text()
     assert "1 file(s) refused" in log and "job attempt 2" not in log and not list((tmp_path / "spool").glob("failed/*"))
+    results = [p for p in (tmp_path / "output").rglob("*") if p.is_file()]
+    assert results and {p.stat().st_mode & 0o777 for p in results} == {0o600}, "SR, run report and log for the listener's user only"
+    assert {p.parent.stat().st_mode & 0o777 for p in results} == {0o700}
 
 
 def test_four_concurrent_associations_of_200_instances_are_all_spooled_and_grouped_by_study(ns, started, model_package: Path, tmp_path: Path) -> None:
@@ -282,7 +285,10 @@ def test_a_whole_study_push_with_non_image_instances_is_accepted_and_spooled(ns,
 
     assert result.returncode == 0 and "No presentation context" not in result.stderr, result.stderr
     sent = {f"{ds.SOPInstanceUID}.dcm" for ds in _headers(sorted(p for p in sample_study.rglob("*") if p.is_file()))}
-    assert {p.name for p in (tmp_path / "spool" / "arrivals").glob("*/*.dcm")} == sent, "the whole study is in one arrival"
+    spooled = list((tmp_path / "spool" / "arrivals").glob("*/*.dcm"))
+    assert {p.name for p in spooled} == sent, "the whole study is in one arrival"
+    assert {p.stat().st_mode & 0o777 for p in spooled} == {0o600} and {p.parent.stat().st_mode & 0o777 for p in spooled} == {0o700}
+    assert (tmp_path / "output").stat().st_mode & 0o777 == 0o700
 
 
 HOLD_ASSOCIATION = """

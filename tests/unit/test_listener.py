@@ -6,8 +6,10 @@ from __future__ import annotations
 import io
 import ipaddress
 import json
+import os
 import socket
 import struct
+import time
 import tracemalloc
 import zlib
 from pathlib import Path
@@ -369,3 +371,35 @@ def test_a_pacs_that_is_down_is_reported_as_no_connection_not_as_an_aborted_asso
     closed.close()
     with pytest.raises(DeliveryError, match=rf"^no connection to PACS@127.0.0.1:{port} \(down or unreachable\)$"):
         store_sr(Path(get_testdata_file("CT_small.dcm")), Destination("PACS", "127.0.0.1", port), "BIOMEDCLIP", 5.0)
+
+
+def _age(folder: Path, days: float) -> None:
+    when = time.time() - days * 86400
+    for path in [folder, *folder.rglob("*")]:
+        os.utime(path, (when, when))
+
+
+def test_retention_removes_quarantined_studies_and_results_older_than_retention_days_but_not_work_in_progress(tmp_path: Path) -> None:
+    root, output = tmp_path / "spool", tmp_path / "output"
+    journal = Journal(root / "journal.jsonl")
+    waiting = Arrival("20261001T000000-00000001")  # its SR was never delivered
+    journal.append(waiting, "opened")
+    journal.append(waiting, "completed", instances=1)
+    journal.append(waiting, "job_started", attempt=1)
+    journal.append(waiting, "job_finished", srs=["sr.dcm"])
+    journal.close()
+    folders = {name: parent / name for parent, name in [(root / "failed", "old-failed"), (root / "failed", "new-failed"),
+                                                         (output, "old-result"), (output, "new-result"), (output, waiting.id)]}
+    for name, folder in folders.items():
+        folder.mkdir(parents=True)
+        (folder / ("sr.dcm" if name == waiting.id else "x.dcm")).write_bytes(b"x" * 100)
+        _age(folder, 1 if name.startswith("new") else 40)
+
+    config = ListenerConfig(spool_dir=root, output_dir=output, model_dir=tmp_path / "models", allowed_calling_ae_titles=("STORESCU",),
+                            destination=Destination.parse("PACS@127.0.0.1:11113"), retention_days=30)
+    listener = Listener(config)
+    before = _bytes_used(listener.spool)
+    listener.recover()
+
+    assert {name for name, folder in folders.items() if folder.exists()} == {"new-failed", "new-result", waiting.id}
+    assert _bytes_used(listener.spool) == before - 100, "the quarantined bytes no longer count against the spool limit"
