@@ -9,7 +9,7 @@ import argparse
 import ipaddress
 import json
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,8 @@ class ListenerConfig:
     #: data set can inflate to gigabytes).
     max_header_bytes: int = 1 << 20
     quiet_period_s: float = 10.0
+    #: Calling AE title -> its own quiet period (a modality that pauses between series, say).
+    quiet_period_by_calling_ae: dict[str, float] = field(default_factory=dict)
     #: New associations are refused (and C-STOREs answered "out of resources") when the spool holds
     #: this much, or its file system has less than ``min_free_bytes`` free.
     max_spool_bytes: int = 50 * 2**30
@@ -120,6 +122,9 @@ class ListenerConfig:
     #: their last change; an SR still waiting for delivery is kept.
     retention_days: float = 30.0
 
+    def quiet_period_for(self, calling_ae_title: str) -> float:
+        return self.quiet_period_by_calling_ae.get(calling_ae_title.strip(), self.quiet_period_s)
+
     def __post_init__(self) -> None:
         if not self.allowed_calling_ae_titles:
             raise ConfigError("allowed_calling_ae_titles: at least one calling AE title must be allowed")
@@ -133,6 +138,8 @@ class ListenerConfig:
                 raise ConfigError(f"{name}: must be >= 1")
         if self.max_pdu_bytes < 4096:
             raise ConfigError("max_pdu_bytes: must be >= 4096")
+        if any(not isinstance(v, (int, float)) or v <= 0 for v in self.quiet_period_by_calling_ae.values()):
+            raise ConfigError("quiet_period_by_calling_ae: every quiet period must be a number > 0")
         if not 0 <= self.port < 65536:
             raise ConfigError(f"port: {self.port} is out of range")
 
@@ -147,6 +154,10 @@ def _typed(key: str, value: Any) -> Any:
         return ae_title(value, key)
     if key == "allowed_calling_ae_titles":
         return tuple(ae_title(t, key) for t in value)
+    if key == "quiet_period_by_calling_ae":
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected an object of calling AE title -> seconds")
+        return {ae_title(k, key): v for k, v in value.items()}
     if key == "storage_sop_classes":
         if value in (ALL_STORAGE, SELECTED_IMAGES):
             return value

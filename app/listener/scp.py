@@ -252,7 +252,7 @@ class StorageSCP:
             logger.warning("C-STORE refused: %s", refusal)
             return STATUS_OUT_OF_RESOURCES
         try:
-            self.spool.store(uids.study, uids.sop_instance, encoded)
+            self.spool.store(uids.study, uids.sop_instance, encoded, self.config.quiet_period_for(event.assoc.requestor.ae_title))
         except OSError as exc:  # strerror only: the exception's text holds the file name, a UID
             logger.error("C-STORE failed: cannot write to the spool (%s)", exc.strerror)
             return STATUS_OUT_OF_RESOURCES

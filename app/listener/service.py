@@ -97,7 +97,7 @@ class Listener:
         self.journal.close()
 
     def _completion_loop(self) -> None:
-        tick = min(0.25, self.config.quiet_period_s / 4)
+        tick = min(0.25, self.config.quiet_period_s / 4, *(q / 4 for q in self.config.quiet_period_by_calling_ae.values()))
         purged = time.monotonic()
         while not self._stop.wait(tick):
             if time.monotonic() - purged > RETENTION_CHECK_INTERVAL_S:

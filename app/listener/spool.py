@@ -34,6 +34,7 @@ class _Receiving:
     arrival: Arrival
     folder: Path
     last_instance: float  # time.monotonic() of the last stored instance
+    quiet_period_s: float  # that of the calling AE title of the last stored instance
     writes_in_flight: int = 0
     #: SOP Instance UID -> bytes on disk, so a store needs no stat (a lookup that waits for the
     #: folder's lock while other writers create files) and completion no listing.
@@ -74,12 +75,14 @@ class Spool:
             return f"disk nearly full ({free} bytes free, {self.min_free_bytes} required)"
         return None
 
-    def store(self, study_uid: str, sop_instance_uid: str, encoded: bytes) -> str:
+    def store(self, study_uid: str, sop_instance_uid: str, encoded: bytes, quiet_period_s: float | None = None) -> str:
         """Write one instance (DICOM File Format bytes) durably under its study's open arrival; returns
-        the arrival id. The caller has checked that both UIDs are valid (they name files)."""
+        the arrival id. The caller has checked that both UIDs are valid (they name files).
+        ``quiet_period_s``: the sender's, if not the spool's."""
         with self._lock:
             receiving = self._receiving.get(study_uid) or self._open(study_uid)
             receiving.writes_in_flight += 1
+            receiving.quiet_period_s = self.quiet_period_s if quiet_period_s is None else quiet_period_s
         stored = 0
         try:
             write_atomically(receiving.folder / (sop_instance_uid + INSTANCE_SUFFIX), lambda f: f.write(encoded))
@@ -96,7 +99,7 @@ class Spool:
     def _open(self, study_uid: str) -> _Receiving:
         arrival = Arrival(new_arrival_id())
         self.journal.append(arrival, "opened")
-        receiving = _Receiving(arrival, self.folder(arrival.id), time.monotonic())
+        receiving = _Receiving(arrival, self.folder(arrival.id), time.monotonic(), self.quiet_period_s)
         receiving.folder.mkdir()
         self._receiving[study_uid] = receiving
         logger.info("Arrival %s opened", arrival.id)
@@ -124,7 +127,7 @@ class Spool:
             return False
         sizes = {p.name.removesuffix(INSTANCE_SUFFIX): p.stat().st_size for p in files}
         with self._lock:
-            self._receiving[study_uid] = _Receiving(arrival, folder, time.monotonic(), instance_bytes=sizes)
+            self._receiving[study_uid] = _Receiving(arrival, folder, time.monotonic(), self.quiet_period_s, instance_bytes=sizes)
         return True
 
     def complete_quiet_arrivals(self) -> list[Arrival]:
@@ -133,12 +136,12 @@ class Spool:
         now = time.monotonic()
         with self._lock:
             quiet = [(uid, r) for uid, r in self._receiving.items()
-                     if r.writes_in_flight == 0 and now - r.last_instance >= self.quiet_period_s]
+                     if r.writes_in_flight == 0 and now - r.last_instance >= r.quiet_period_s]
             for uid, receiving in quiet:
                 del self._receiving[uid]
                 count = len(receiving.instance_bytes)
                 self.journal.append(receiving.arrival, "completed", instances=count)
-                logger.info("Arrival %s complete: %d instance(s), quiet for %.1f s", receiving.arrival.id, count, self.quiet_period_s)
+                logger.info("Arrival %s complete: %d instance(s), quiet for %.1f s", receiving.arrival.id, count, receiving.quiet_period_s)
         return [r.arrival for _, r in quiet]
 
     def remove(self, arrival_id: str) -> None:

@@ -83,6 +83,7 @@ def test_the_example_config_loads_and_flags_override_it() -> None:
         ({"allowed_calling_ae_titles": []}, "allowed_calling_ae_titles: at least one"),
         ({"ae_title": "A\\B"}, "ae_title: 'A\\\\B' is not a valid AE title"),
         ({"quiet_period": 5}, "unknown setting(s): quiet_period"),
+        ({"quiet_period_by_calling_ae": {"MODALITY": 0}}, "quiet_period_by_calling_ae: every quiet period must be a number > 0"),
         ({"storage_sop_classes": "images-only"}, "storage_sop_classes: expected 'all', 'images' or a non-empty list"),
         ({"storage_sop_classes": ["1.2.840.10008.5.1.4.1.1.2", "CT"]}, "storage_sop_classes: expected"),
         ({"allowed_source_addresses": ["10.0.0.300"]}, "allowed_source_addresses:"),
@@ -404,3 +405,31 @@ def test_retention_removes_quarantined_studies_and_results_older_than_retention_
 
     assert {name for name, folder in folders.items() if folder.exists()} == {"new-failed", "new-result", waiting.id}
     assert _bytes_used(listener.spool) == before - 100, "the quarantined bytes no longer count against the spool limit"
+
+
+def test_a_calling_ae_title_can_have_its_own_quiet_period(tmp_path: Path) -> None:
+    config = ListenerConfig(spool_dir=tmp_path / "spool", output_dir=tmp_path / "output", model_dir=tmp_path / "models",
+                            allowed_calling_ae_titles=("STORESCU", "MODALITY"), destination=Destination.parse("PACS@127.0.0.1:11113"),
+                            port=0, quiet_period_s=600, quiet_period_by_calling_ae={"MODALITY": 0.2}, min_free_bytes=0)
+    journal = Journal(config.spool_dir / "journal.jsonl")
+    spool = Spool(config.spool_dir, journal, config.quiet_period_s, config.max_spool_bytes, 0)
+    scp = StorageSCP(config, spool)
+    port = scp.start()
+    try:
+        studies = {}
+        for calling in ("STORESCU", "MODALITY"):
+            ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+            ds.StudyInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid()
+            sender = AE(calling)
+            sender.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+            assoc = sender.associate("127.0.0.1", port, ae_title=config.ae_title)
+            assert assoc.send_c_store(ds).Status == 0x0000
+            assoc.release()
+            studies[calling] = ds.StudyInstanceUID
+        time.sleep(0.5)
+        (completed,) = spool.complete_quiet_arrivals()
+    finally:
+        scp.stop()
+        journal.close()
+    assert [p.parent.name for p in config.spool_dir.glob("arrivals/*/*.dcm")].count(completed.id) == 1
+    assert pydicom.dcmread(next(spool.folder(completed.id).glob("*.dcm"))).StudyInstanceUID == studies["MODALITY"]
