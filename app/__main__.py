@@ -20,8 +20,6 @@ from app.exit_codes import ExitCode  # noqa: E402
 if TYPE_CHECKING:
     from operators.run_report import RunReport
 
-REPORT_NAME = "run_report.json"
-
 
 def main() -> int:
     try:
@@ -33,6 +31,7 @@ def main() -> int:
     from app.settings import AppSettings, SettingsError
     from operators.inference.backends.base import BackendUnavailable
     from operators.inference.model_package import ModelPackage, ModelPackageError
+    from operators.run_report import REPORT_NAME
 
     try:
         settings = AppSettings.load()

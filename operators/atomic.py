@@ -4,6 +4,7 @@ folder are fsync'd, so both its content and its name are on disk)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Callable
@@ -20,6 +21,15 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+@functools.cache
+def file_mode() -> int:
+    """0666 less the process's umask, as ``open`` would create the file (read once: the umask can only be
+    read by setting it). The listener sets umask 077, so what it and its jobs write is 0600."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     """Write through ``write`` to a temporary file beside ``path``, fsync it, rename it into place,
     then fsync the folder."""
@@ -32,7 +42,7 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, file_mode())  # mkstemp makes it 0600 whatever the umask
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

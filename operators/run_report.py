@@ -30,6 +30,8 @@ USED = "used"
 SKIPPED = "skipped"
 NOT_USED = "not used"
 REFUSED = "refused"
+#: The report's file name in the output folder (the listener reads its summary too).
+REPORT_NAME = "run_report.json"
 
 #: Run statuses (the top-level ``status``): every study with a usable image got its SR and no file was
 #: refused; SRs written but some files refused; no SR, or the run stopped on an error (``error`` says why).

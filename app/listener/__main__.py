@@ -5,24 +5,23 @@ Exit codes: 0 after a signal; 2 for a configuration error (one-line reason on st
 
 from __future__ import annotations
 
-import logging
+import os
 import signal
 import sys
 import threading
 
+from app import logging_policy
 from app.listener.config import ConfigError, load, parser
 from app.listener.service import Listener
-from operators.atomic import write_atomically
+from operators.atomic import file_mode, write_atomically
 
-
-def configure_logging() -> None:
-    """INFO for the listener. pynetdicom stays at WARNING: its DEBUG output dumps data sets and its
-    INFO output adds a line per message; the listener logs arrivals by random ids only."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+#: What the listener and its jobs create is for its user only: instances, SRs and run reports hold PHI.
+UMASK = 0o077
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.umask(UMASK)
+    file_mode()  # read the umask now, before any thread writes
     args = parser().parse_args(argv)
     try:
         config = load(args)
@@ -30,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    configure_logging()
+    logging_policy.install_for_listener()
     stopped = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())

@@ -9,14 +9,19 @@ import argparse
 import ipaddress
 import json
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from app.listener.instance_uids import names_a_file
 
 DEFAULT_PORT = 11112
 #: PS3.5 §6.2 (AE VR): 1-16 characters of the default repertoire, no backslash, no control characters.
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: ``storage_sop_classes``: every Storage SOP Class pynetdicom knows (PS3.4 Annex B.5), or only the image
+#: classes of the modalities the app's series selection takes; or else a list of SOP Class UIDs.
+ALL_STORAGE, SELECTED_IMAGES = "all", "images"
 
 
 class ConfigError(ValueError):
@@ -81,8 +86,26 @@ class ListenerConfig:
     port: int = DEFAULT_PORT
     #: Empty: any source address (the calling AE title list still applies).
     allowed_source_addresses: tuple[IPNetwork, ...] = ()
+    #: A whole study is accepted (prior SRs, Key Object Selections, Presentation States, PDFs…): the
+    #: app skips what it does not use, with its reason, instead of the sender's push failing.
+    storage_sop_classes: str | tuple[str, ...] = ALL_STORAGE
+    #: Established associations at once; connections that have not (yet) requested one do not count.
     max_associations: int = 8
+    #: TCP connections at once, in all and per source address (before any A-ASSOCIATE check).
+    max_connections: int = 32
+    max_connections_per_address: int = 8
+    #: Seconds a new connection has to send its A-ASSOCIATE-RQ (the ARTIM timer, PS3.8 §9.1.5).
+    association_request_timeout_s: float = 10.0
+    #: The longest PDU received (PS3.8 §9.3.1), also announced as Maximum Length Received (D.3.3.1).
+    max_pdu_bytes: int = 1 << 20
+    #: The largest data set received; a larger one aborts the association (it is held in memory whole).
+    max_instance_bytes: int = 2 << 30
+    #: How much of a deflated data set is inflated to find its UIDs (PS3.5 §A.5: a small deflated
+    #: data set can inflate to gigabytes).
+    max_header_bytes: int = 1 << 20
     quiet_period_s: float = 10.0
+    #: Calling AE title -> its own quiet period (a modality that pauses between series, say).
+    quiet_period_by_calling_ae: dict[str, float] = field(default_factory=dict)
     #: New associations are refused (and C-STOREs answered "out of resources") when the spool holds
     #: this much, or its file system has less than ``min_free_bytes`` free.
     max_spool_bytes: int = 50 * 2**30
@@ -95,16 +118,28 @@ class ListenerConfig:
     job_timeout_s: float = 3600.0
     delivery_initial_backoff_s: float = 2.0
     delivery_max_backoff_s: float = 300.0
+    #: Quarantined studies (SPOOL/failed) and results (OUTPUT/<id>) are removed this many days after
+    #: their last change; an SR still waiting for delivery is kept.
+    retention_days: float = 30.0
+
+    def quiet_period_for(self, calling_ae_title: str) -> float:
+        return self.quiet_period_by_calling_ae.get(calling_ae_title.strip(), self.quiet_period_s)
 
     def __post_init__(self) -> None:
         if not self.allowed_calling_ae_titles:
             raise ConfigError("allowed_calling_ae_titles: at least one calling AE title must be allowed")
-        for name in ("quiet_period_s", "network_timeout_s", "job_timeout_s", "delivery_initial_backoff_s", "delivery_max_backoff_s"):
+        for name in ("quiet_period_s", "network_timeout_s", "association_request_timeout_s", "job_timeout_s",
+                     "delivery_initial_backoff_s", "delivery_max_backoff_s", "retention_days"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be > 0")
-        for name in ("max_associations", "max_concurrent_jobs", "job_max_attempts"):
+        for name in ("max_instance_bytes", "max_header_bytes", "max_associations", "max_connections", "max_connections_per_address",
+                     "max_concurrent_jobs", "job_max_attempts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1")
+        if self.max_pdu_bytes < 4096:
+            raise ConfigError("max_pdu_bytes: must be >= 4096")
+        if any(not isinstance(v, (int, float)) or v <= 0 for v in self.quiet_period_by_calling_ae.values()):
+            raise ConfigError("quiet_period_by_calling_ae: every quiet period must be a number > 0")
         if not 0 <= self.port < 65536:
             raise ConfigError(f"port: {self.port} is out of range")
 
@@ -119,6 +154,16 @@ def _typed(key: str, value: Any) -> Any:
         return ae_title(value, key)
     if key == "allowed_calling_ae_titles":
         return tuple(ae_title(t, key) for t in value)
+    if key == "quiet_period_by_calling_ae":
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected an object of calling AE title -> seconds")
+        return {ae_title(k, key): v for k, v in value.items()}
+    if key == "storage_sop_classes":
+        if value in (ALL_STORAGE, SELECTED_IMAGES):
+            return value
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and names_a_file(v) for v in value):
+            raise ConfigError(f"{key}: expected {ALL_STORAGE!r}, {SELECTED_IMAGES!r} or a non-empty list of SOP Class UIDs")
+        return tuple(value)
     if key == "allowed_source_addresses":
         try:
             return tuple(ipaddress.ip_network(v, strict=False) for v in value)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom import dcmread
-from pynetdicom import AE
+from pynetdicom import AE, evt
 
 from app.listener.config import Destination, DestinationTlsSettings
 from app.listener.journal import Arrival
@@ -42,10 +42,14 @@ def store_sr(path: Path, destination: Destination, calling_ae_title: str, timeou
     ae = AE(ae_title=calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, evt_handlers=[LOW_LATENCY_HANDLER],
+    connected: list[bool] = []  # pynetdicom reports a refused TCP connection as an aborted association
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
+                         evt_handlers=[LOW_LATENCY_HANDLER, (evt.EVT_CONN_OPEN, lambda _: connected.append(True))],
                          tls_args=(tls, destination.host) if tls else None)
     if not assoc.is_established:
-        what = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established (no connection)"
+        if not connected:
+            raise DeliveryError(f"no connection to {destination} (down or unreachable)")
+        what = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
         raise DeliveryError(f"association with {destination} {what}")
     try:
         if not assoc.accepted_contexts:
@@ -90,6 +94,11 @@ class DeliveryQueue:
         with self._ready:
             heapq.heappush(self._heap, PendingDelivery(time.monotonic() + delay_s, next(self._order), arrival, sr, failures))
             self._ready.notify()
+
+    def arrival_ids(self) -> set[str]:
+        """The arrivals with an SR waiting (their output folders are in use)."""
+        with self._ready:
+            return {pending.arrival.id for pending in self._heap}
 
     def take_due(self, stop: threading.Event, poll_s: float = 0.5) -> PendingDelivery | None:
         """The next delivery whose time has come; None once ``stop`` is set."""

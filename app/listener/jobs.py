@@ -9,6 +9,7 @@ that could race the re-run.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -17,9 +18,13 @@ from pathlib import Path
 
 from app.exit_codes import ExitCode
 from operators.atomic import fsync_folder
+from operators.run_report import REPORT_NAME
 
 APP_DIR = Path(__file__).resolve().parent.parent
 APP_LOG = "app.log"
+#: Exit codes after which the SRs written are delivered: some files refused (3) still leaves the
+#: SRs of every study with a usable image, each with what was refused in its run report.
+SR_WRITTEN = frozenset({ExitCode.NONE_FAILED, ExitCode.SOME_FAILED})
 
 
 @dataclass(frozen=True)
@@ -27,10 +32,12 @@ class JobOutcome:
     exit_code: int | None  # None: killed at the time limit
     output: Path
     srs: tuple[str, ...]
+    #: Input files the application refused (its run report's summary); 0 unless the exit code is 3.
+    refused: int = 0
 
     @property
     def succeeded(self) -> bool:
-        return self.exit_code == ExitCode.NONE_FAILED and bool(self.srs)
+        return self.exit_code in SR_WRITTEN and bool(self.srs)
 
     @property
     def retryable(self) -> bool:
@@ -67,5 +74,14 @@ class MapJob:
                 exit_code = None
         staging.rename(final)
         fsync_folder(self.output_dir)  # the rename is durable before the journal says the job finished
-        srs = tuple(sorted(p.name for p in final.glob("*.dcm"))) if exit_code == ExitCode.NONE_FAILED else ()
-        return JobOutcome(exit_code, final, srs)
+        if exit_code not in SR_WRITTEN:
+            return JobOutcome(exit_code, final, ())
+        return JobOutcome(exit_code, final, tuple(sorted(p.name for p in final.glob("*.dcm"))), refused_files(final))
+
+
+def refused_files(output: Path) -> int:
+    """How many input files the run report lists as refused (0 if it cannot be read)."""
+    try:
+        return int(json.loads((output / REPORT_NAME).read_text())["summary"]["refused"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0

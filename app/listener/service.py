@@ -8,6 +8,7 @@ processed once: only the SRs of the job run the journal records as finished are 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -16,12 +17,15 @@ from app.listener.config import ListenerConfig
 from app.listener.delivery import Backoff, DeliveryError, DeliveryQueue, client_tls_context, store_sr
 from app.listener.jobs import MapJob
 from app.listener.journal import COMPLETE, FAILED, PROCESSED, RECEIVING, Arrival, Journal
+from app.listener.retention import purge_older_than
 from app.listener.scp import StorageSCP
 from app.listener.spool import Spool
+from operators.run_report import REPORT_NAME
 
 logger = logging.getLogger(__name__)
 
 JOURNAL_NAME = "journal.jsonl"
+RETENTION_CHECK_INTERVAL_S = 3600.0
 
 
 class Listener:
@@ -58,10 +62,22 @@ class Listener:
                 unfinished.append(arrival)
                 logger.info("Recovered arrival %s (%s)", arrival.id, arrival.state)
         self.journal.rewrite(unfinished)
+        self._purge(keep={a.id for a in unfinished})
+
+    def _purge(self, keep: set[str]) -> None:
+        """Retention (``app/listener/retention.py``): quarantined studies and results older than
+        ``retention_days``, except the arrivals in ``keep`` (work left, or an SR waiting)."""
+        max_age_s = self.config.retention_days * 86400
+        try:
+            self.spool.purge_quarantined(max_age_s)
+            purge_older_than(self.config.output_dir, max_age_s, keep)
+        except OSError as exc:
+            logger.error("Retention: cannot remove old folders (%s)", exc.strerror)
 
     def start(self) -> int:
         """Recover, then listen; returns the bound port."""
         self.config.output_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.config.output_dir, 0o700)  # SRs and run reports hold PHI: only the listener's user may enter
         self.recover()
         workers = [self._completion_loop, self._delivery_loop] + [self._job_loop] * self.config.max_concurrent_jobs
         for number, target in enumerate(workers):
@@ -81,8 +97,12 @@ class Listener:
         self.journal.close()
 
     def _completion_loop(self) -> None:
-        tick = min(0.25, self.config.quiet_period_s / 4)
+        tick = min(0.25, self.config.quiet_period_s / 4, *(q / 4 for q in self.config.quiet_period_by_calling_ae.values()))
+        purged = time.monotonic()
         while not self._stop.wait(tick):
+            if time.monotonic() - purged > RETENTION_CHECK_INTERVAL_S:
+                purged = time.monotonic()
+                self._purge(keep=self.deliveries.arrival_ids())
             try:
                 completed = self.spool.complete_quiet_arrivals()
             except OSError as exc:  # e.g. the journal's disk is full: try again at the next tick
@@ -112,8 +132,10 @@ class Listener:
         outcome = self.job.run(arrival.id, self.spool.folder(arrival.id))
         took = time.monotonic() - started
         if outcome.succeeded:
-            self.journal.append(arrival, "job_finished", srs=list(outcome.srs), seconds=round(took, 3))
-            logger.info("Arrival %s: %d SR(s) written in %.1f s to %s", arrival.id, len(outcome.srs), took, outcome.output)
+            self.journal.append(arrival, "job_finished", srs=list(outcome.srs), seconds=round(took, 3),
+                                exit_code=outcome.exit_code, refused=outcome.refused)
+            refused = f"; {outcome.refused} file(s) refused, reasons in {REPORT_NAME}" if outcome.refused else ""
+            logger.info("Arrival %s: %d SR(s) written in %.1f s to %s%s", arrival.id, len(outcome.srs), took, outcome.output, refused)
             self.spool.remove(arrival.id)
             for sr in outcome.srs:
                 self.deliveries.put(arrival, outcome.output / sr)

@@ -19,6 +19,7 @@ from pathlib import Path
 from pydicom import dcmread
 
 from app.listener.journal import Arrival, Journal, new_arrival_id
+from app.listener.retention import folder_bytes, purge_older_than
 from operators.atomic import write_atomically
 
 logger = logging.getLogger(__name__)
@@ -33,14 +34,11 @@ class _Receiving:
     arrival: Arrival
     folder: Path
     last_instance: float  # time.monotonic() of the last stored instance
+    quiet_period_s: float  # that of the calling AE title of the last stored instance
     writes_in_flight: int = 0
     #: SOP Instance UID -> bytes on disk, so a store needs no stat (a lookup that waits for the
     #: folder's lock while other writers create files) and completion no listing.
     instance_bytes: dict[str, int] = field(default_factory=dict)
-
-
-def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 class Spool:
@@ -77,12 +75,14 @@ class Spool:
             return f"disk nearly full ({free} bytes free, {self.min_free_bytes} required)"
         return None
 
-    def store(self, study_uid: str, sop_instance_uid: str, encoded: bytes) -> str:
+    def store(self, study_uid: str, sop_instance_uid: str, encoded: bytes, quiet_period_s: float | None = None) -> str:
         """Write one instance (DICOM File Format bytes) durably under its study's open arrival; returns
-        the arrival id. The caller has checked that both UIDs are valid (they name files)."""
+        the arrival id. The caller has checked that both UIDs are valid (they name files).
+        ``quiet_period_s``: the sender's, if not the spool's."""
         with self._lock:
             receiving = self._receiving.get(study_uid) or self._open(study_uid)
             receiving.writes_in_flight += 1
+            receiving.quiet_period_s = self.quiet_period_s if quiet_period_s is None else quiet_period_s
         stored = 0
         try:
             write_atomically(receiving.folder / (sop_instance_uid + INSTANCE_SUFFIX), lambda f: f.write(encoded))
@@ -99,7 +99,7 @@ class Spool:
     def _open(self, study_uid: str) -> _Receiving:
         arrival = Arrival(new_arrival_id())
         self.journal.append(arrival, "opened")
-        receiving = _Receiving(arrival, self.folder(arrival.id), time.monotonic())
+        receiving = _Receiving(arrival, self.folder(arrival.id), time.monotonic(), self.quiet_period_s)
         receiving.folder.mkdir()
         self._receiving[study_uid] = receiving
         logger.info("Arrival %s opened", arrival.id)
@@ -107,17 +107,27 @@ class Spool:
 
     def resume(self, arrival: Arrival) -> bool:
         """After a restart: take back an arrival that was still receiving; its quiet period starts
-        again now, so a sender that retries joins it. False if nothing of it reached the disk."""
+        again now, so a sender that retries joins it. False if nothing readable of it reached the disk.
+        A file that cannot be read is moved to ``SPOOL/failed/<id>/``: whatever the spool holds, the
+        listener starts."""
         folder = self.folder(arrival.id)
         for leftover in folder.glob(".*"):  # temporary files of writes a crash interrupted (never acknowledged)
             leftover.unlink()
+        study_uid = None
+        for path in self.instances(arrival.id):
+            try:
+                study_uid = str(dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).StudyInstanceUID)
+                break
+            except Exception as exc:  # pydicom raises many kinds for a corrupt file; one must not stop the start
+                kept = self._quarantine_file(arrival.id, path)
+                logger.warning("Arrival %s: a spooled instance cannot be read (%s); moved to %s",
+                               arrival.id, type(exc).__name__, kept.parent)
         files = self.instances(arrival.id)
-        if not files:
+        if study_uid is None or not files:
             return False
-        study_uid = str(dcmread(files[0], stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).StudyInstanceUID)
         sizes = {p.name.removesuffix(INSTANCE_SUFFIX): p.stat().st_size for p in files}
         with self._lock:
-            self._receiving[study_uid] = _Receiving(arrival, folder, time.monotonic(), instance_bytes=sizes)
+            self._receiving[study_uid] = _Receiving(arrival, folder, time.monotonic(), self.quiet_period_s, instance_bytes=sizes)
         return True
 
     def complete_quiet_arrivals(self) -> list[Arrival]:
@@ -126,12 +136,12 @@ class Spool:
         now = time.monotonic()
         with self._lock:
             quiet = [(uid, r) for uid, r in self._receiving.items()
-                     if r.writes_in_flight == 0 and now - r.last_instance >= self.quiet_period_s]
+                     if r.writes_in_flight == 0 and now - r.last_instance >= r.quiet_period_s]
             for uid, receiving in quiet:
                 del self._receiving[uid]
                 count = len(receiving.instance_bytes)
                 self.journal.append(receiving.arrival, "completed", instances=count)
-                logger.info("Arrival %s complete: %d instance(s), quiet for %.1f s", receiving.arrival.id, count, self.quiet_period_s)
+                logger.info("Arrival %s complete: %d instance(s), quiet for %.1f s", receiving.arrival.id, count, receiving.quiet_period_s)
         return [r.arrival for _, r in quiet]
 
     def remove(self, arrival_id: str) -> None:
@@ -143,11 +153,31 @@ class Spool:
             with self._lock:
                 self._used_bytes -= size
 
+    def _quarantine_file(self, arrival_id: str, path: Path) -> Path:
+        """Move one spooled file out of its arrival to ``SPOOL/failed/<id>/`` (kept for inspection)."""
+        target = self.failed_dir / arrival_id / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        path.rename(target)
+        return target
+
+    def purge_quarantined(self, max_age_s: float) -> None:
+        """Remove quarantined arrivals older than ``max_age_s`` (``app/listener/retention.py``)."""
+        _, freed = purge_older_than(self.failed_dir, max_age_s)
+        with self._lock:
+            self._used_bytes -= freed
+
     def quarantine(self, arrival_id: str) -> Path:
         """Move the instances of an arrival whose job failed for good to ``SPOOL/failed/<id>`` for
         inspection (they still count against the spool limit). Idempotent."""
         target = self.failed_dir / arrival_id
-        if self.folder(arrival_id).exists():
+        folder = self.folder(arrival_id)
+        if not folder.exists():
+            return target
+        if target.exists():  # holds files recovery could not read: join them
+            for path in folder.iterdir():
+                self._quarantine_file(arrival_id, path)
+            folder.rmdir()
+        else:
             self.failed_dir.mkdir(exist_ok=True)
-            self.folder(arrival_id).rename(target)
+            folder.rename(target)
         return target

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import Comprehensive3DSRStorage
+from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage, generate_uid
 
 from tests.support.listener_peers import (
     PACS_AE,
@@ -26,6 +26,7 @@ from tests.support.listener_peers import (
     echo,
     listener_config,
     make_ct_studies,
+    make_non_image_instances,
     storescu,
     storescu_popen,
     wait_for,
@@ -134,6 +135,42 @@ def test_orthanc_as_the_pacs_stores_the_sr(ns, started, model_package: Path, sam
     assert orthanc.get("/statistics")["CountInstances"] == 1
 
 
+def _secondary_capture_of(image: Path, folder: Path) -> Path:
+    """A secondary capture (a dose-report screenshot, say) in the same study as ``image``, in its own
+    series: the default burned-in-annotation policy refuses it, so the app exits 3 (SR written, a file refused)."""
+    ds = pydicom.dcmread(image)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID, ds.Modality, ds.SeriesNumber = generate_uid(), "OT", 999
+    path = folder / "dose-report.dcm"
+    folder.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_a_study_with_a_refused_file_still_gets_its_sr_and_the_refusal_is_recorded(ns, started, model_package: Path, sample_study: Path, tmp_path: Path) -> None:
+    images = sorted(p for p in sample_study.rglob("*") if p.is_file())
+    dose_report = _secondary_capture_of(images[0], tmp_path / "extra")
+    pacs = started(DcmtkPacs(ns, tmp_path / "pacs"))
+    started(ListenerProcess(ns, listener_config(tmp_path, model_package, quiet_period_s=2), tmp_path / "listener.log").start())
+
+    assert storescu(ns, [*images, dose_report]).returncode == 0
+
+    received = wait_for(pacs.received, JOB_TIMEOUT_S, "the SR at the PACS")
+    time.sleep(3)
+    assert len(pacs.received()) == 1, "delivered once, not retried as a failure"
+    _assert_valid_sr_of(received[0], _headers(images))
+    (report,) = _run_reports(tmp_path / "output")
+    assert report["files"][f"{pydicom.dcmread(dose_report).SOPInstanceUID}.dcm"]["status"] == "refused"
+    (finished,) = [r for r in _journal(tmp_path / "spool") if r["event"] == "job_finished"]
+    assert (finished["exit_code"], finished["refused"]) == (3, 1)
+    log = (tmp_path / "listener.log").read_text()
+    assert "1 file(s) refused" in log and "job attempt 2" not in log and not list((tmp_path / "spool").glob("failed/*"))
+    results = [p for p in (tmp_path / "output").rglob("*") if p.is_file()]
+    assert results and {p.stat().st_mode & 0o777 for p in results} == {0o600}, "SR, run report and log for the listener's user only"
+    assert {p.parent.stat().st_mode & 0o777 for p in results} == {0o700}
+
+
 def test_four_concurrent_associations_of_200_instances_are_all_spooled_and_grouped_by_study(ns, started, model_package: Path, tmp_path: Path) -> None:
     studies = make_ct_studies(tmp_path / "sent", studies=2, series_per_study=2, instances_per_series=200)
     files = sorted(p for paths in studies.values() for p in paths)
@@ -236,6 +273,22 @@ def test_refused_association_is_rejected_and_nothing_is_spooled(ns, started, sam
     assert not any((tmp_path / "spool" / "arrivals").iterdir())
     assert _journal(tmp_path / "spool") == []
     assert "rejected" in listener.log.read_text()
+
+
+def test_a_whole_study_push_with_non_image_instances_is_accepted_and_spooled(ns, started, sample_study: Path, tmp_path: Path) -> None:
+    images = sorted(p for p in sample_study.rglob("*") if p.is_file())
+    make_non_image_instances(sample_study / "others", like=images[0])
+    config = listener_config(tmp_path, tmp_path / "no-model-needed", quiet_period_s=600)
+    started(ListenerProcess(ns, config, tmp_path / "listener.log").start())
+
+    result = storescu(ns, sample_study)  # storescu +sd +r: one presentation context per SOP class found
+
+    assert result.returncode == 0 and "No presentation context" not in result.stderr, result.stderr
+    sent = {f"{ds.SOPInstanceUID}.dcm" for ds in _headers(sorted(p for p in sample_study.rglob("*") if p.is_file()))}
+    spooled = list((tmp_path / "spool" / "arrivals").glob("*/*.dcm"))
+    assert {p.name for p in spooled} == sent, "the whole study is in one arrival"
+    assert {p.stat().st_mode & 0o777 for p in spooled} == {0o600} and {p.parent.stat().st_mode & 0o777 for p in spooled} == {0o700}
+    assert (tmp_path / "output").stat().st_mode & 0o777 == 0o700
 
 
 HOLD_ASSOCIATION = """

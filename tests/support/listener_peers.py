@@ -215,3 +215,37 @@ def make_ct_studies(folder: Path, studies: int, series_per_study: int, instances
                 ds.save_as(path, enforce_file_format=True)
                 made.setdefault(study_uid, []).append(path)
     return made
+
+
+#: Non-image instances a whole-study push carries (PS3.4 Annex B.5): prior report, key images,
+#: display state, a scanned requisition.
+NON_IMAGE_STORAGE = {
+    "prior-report": ("1.2.840.10008.5.1.4.1.1.88.11", "SR"),  # Basic Text SR Storage
+    "key-images": ("1.2.840.10008.5.1.4.1.1.88.59", "KO"),  # Key Object Selection Document Storage
+    "presentation-state": ("1.2.840.10008.5.1.4.1.1.11.1", "PR"),  # Grayscale Softcopy Presentation State Storage
+    "requisition": ("1.2.840.10008.5.1.4.1.1.104.1", "DOC"),  # Encapsulated PDF Storage
+}
+
+
+def make_non_image_instances(folder: Path, like: Path) -> list[Path]:
+    """One instance of each ``NON_IMAGE_STORAGE`` class in the study (and patient) of ``like``, each in
+    its own series; only the attributes that name them, which is all a Storage SCP looks at."""
+    image = pydicom.dcmread(like, stop_before_pixels=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    made = []
+    for name, (sop_class, modality) in NON_IMAGE_STORAGE.items():
+        ds = pydicom.Dataset()
+        for keyword in ("PatientName", "PatientID", "StudyInstanceUID", "StudyDate", "AccessionNumber"):
+            if keyword in image:
+                setattr(ds, keyword, image.data_element(keyword).value)
+        ds.SOPClassUID, ds.SOPInstanceUID = sop_class, generate_uid()
+        ds.SeriesInstanceUID, ds.Modality, ds.SeriesNumber, ds.InstanceNumber = generate_uid(), modality, 900, 1
+        if name == "requisition":
+            ds.MIMETypeOfEncapsulatedDocument, ds.EncapsulatedDocument = "application/pdf", b"%PDF-1.4\n%%EOF\n"
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = sop_class, ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+        path = folder / f"{name}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        made.append(path)
+    return made

@@ -4,8 +4,14 @@ a crash would hit."""
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
+import os
 import socket
+import struct
+import time
+import tracemalloc
+import zlib
 from pathlib import Path
 
 import pydicom
@@ -19,25 +25,43 @@ from pydicom.uid import (
     UID,
     BasicTextSRStorage,
     CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    EncapsulatedPDFStorage,
     EnhancedCTImageStorage,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
+    GrayscaleSoftcopyPresentationStateStorage,
     ImplicitVRLittleEndian,
+    KeyObjectSelectionDocumentStorage,
     MRImageStorage,
     SecondaryCaptureImageStorage,
     UltrasoundImageStorage,
+    XRayRadiationDoseSRStorage,
     generate_uid,
 )
 from pynetdicom import AE, evt
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
 from pynetdicom.sop_class import Verification
 
-from app.listener.config import ConfigError, Destination, load, parser
+from app.listener.config import ConfigError, Destination, ListenerConfig, load, parser
+from app.listener.delivery import DeliveryError, store_sr
 from app.listener.file_format import dicom_file
+from app.listener.instance_uids import (
+    IDENTIFYING_TAGS,
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_DOES_NOT_MATCH_SOP_CLASS,
+    STUDY_INSTANCE_UID,
+    HeaderTooLong,
+    InstanceUIDs,
+    instance_uids,
+    mismatch,
+    names_a_file,
+    top_level_values,
+)
 from app.listener.journal import COMPLETE, PROCESSED, Arrival, Journal
-from app.listener.scp import IMAGE_STORAGE_BY_MODALITY, accepted_storage_sop_classes, names_a_file
+from app.listener.scp import IMAGE_STORAGE_BY_MODALITY, StorageSCP, selected_image_sop_classes, storage_sop_classes
+from app.listener.service import Listener
 from app.listener.spool import Spool
-from app.listener.study_uid import STUDY_INSTANCE_UID, study_instance_uid, top_level_value
 from app.listener.tcp import DUL_POLL_INTERVAL_S, LOW_LATENCY_HANDLER
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,6 +83,9 @@ def test_the_example_config_loads_and_flags_override_it() -> None:
         ({"allowed_calling_ae_titles": []}, "allowed_calling_ae_titles: at least one"),
         ({"ae_title": "A\\B"}, "ae_title: 'A\\\\B' is not a valid AE title"),
         ({"quiet_period": 5}, "unknown setting(s): quiet_period"),
+        ({"quiet_period_by_calling_ae": {"MODALITY": 0}}, "quiet_period_by_calling_ae: every quiet period must be a number > 0"),
+        ({"storage_sop_classes": "images-only"}, "storage_sop_classes: expected 'all', 'images' or a non-empty list"),
+        ({"storage_sop_classes": ["1.2.840.10008.5.1.4.1.1.2", "CT"]}, "storage_sop_classes: expected"),
         ({"allowed_source_addresses": ["10.0.0.300"]}, "allowed_source_addresses:"),
         ({"destination_tls": {"certificate": "listener.pem", "private_key": "listener.key"}}, "destination_tls: ca_certificates is required"),
         ({"destination_tls": {"ca_certificates": "ca.pem", "certificate": "listener.pem"}}, "destination_tls: certificate and private_key go together"),
@@ -111,6 +138,28 @@ def test_journal_records_hold_no_dicom_identifiers(tmp_path: Path) -> None:
 )
 def test_only_uids_that_are_safe_file_names_are_spooled(uid: str, spooled: bool) -> None:
     assert names_a_file(uid) is spooled
+
+
+_CT = InstanceUIDs(CTImageStorage, "1.2.3.4", "1.2.3", "1.2.3.5")
+
+
+@pytest.mark.parametrize(
+    ("uids", "affected_class", "affected_instance", "expected"),
+    [
+        (_CT, CTImageStorage, "1.2.3.4", None),
+        (InstanceUIDs(CTImageStorage, "../../1.2", "1.2.3", "1.2.3.5"), CTImageStorage, "1.2.3.4", STATUS_CANNOT_UNDERSTAND),
+        (InstanceUIDs(CTImageStorage, "1.2.3.4", "1.2.3", "1.2.3\n5"), CTImageStorage, "1.2.3.4", STATUS_CANNOT_UNDERSTAND),
+        (InstanceUIDs(CTImageStorage, "1.2.3.4", "", "1.2.3.5"), CTImageStorage, "1.2.3.4", STATUS_CANNOT_UNDERSTAND),
+        (_CT, CTImageStorage, "1.2.3.9", STATUS_CANNOT_UNDERSTAND),
+        (InstanceUIDs(MRImageStorage, "1.2.3.4", "1.2.3", "1.2.3.5"), CTImageStorage, "1.2.3.4", STATUS_DOES_NOT_MATCH_SOP_CLASS),
+        (_CT, MRImageStorage, "1.2.3.4", STATUS_DOES_NOT_MATCH_SOP_CLASS),
+    ],
+    ids=["consistent", "path-as-sop-instance", "newline-in-series", "no-study", "instance-differs", "data-set-class", "request-class"],
+)
+def test_the_data_sets_uids_must_match_the_request_and_the_presentation_context(uids, affected_class, affected_instance, expected) -> None:
+    refused = mismatch(uids, affected_class, affected_instance, abstract_syntax=CTImageStorage)
+    assert (refused[0] if refused else None) == expected
+    assert refused is None or not any(uid in refused[1] for uid in ("1.2.3", "../")), "the reason names no UID"
 
 
 def _encoded(ds: pydicom.Dataset, syntax: str) -> bytes:
@@ -182,16 +231,17 @@ def _as_received(name: str) -> tuple[UID, bytes]:
 
 @pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm", "JPEG2000.dcm",
                                   "SC_rgb_rle.dcm", "emri_small_jpeg_2k_lossless.dcm", "693_UNCR.dcm"])
-def test_the_study_instance_uid_is_read_from_the_bytes_as_received(name: str) -> None:
+def test_the_identifying_uids_are_read_from_the_bytes_as_received(name: str) -> None:
     syntax, received = _as_received(name)
-    assert study_instance_uid(received, syntax) == pydicom.dcmread(get_testdata_file(name)).StudyInstanceUID
+    ds = pydicom.dcmread(get_testdata_file(name))
+    assert instance_uids(received, syntax, 2**20) == InstanceUIDs(ds.SOPClassUID, ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID)
 
 
 def test_the_header_walk_finds_the_uid_of_a_ct_and_gives_up_on_a_truncated_one() -> None:
     syntax, received = _as_received("CT_small.dcm")
-    assert top_level_value(received, STUDY_INSTANCE_UID, syntax.is_implicit_VR, syntax.is_little_endian).rstrip(b"\0") == \
-        pydicom.dcmread(get_testdata_file("CT_small.dcm")).StudyInstanceUID.encode()
-    assert top_level_value(received[:500], STUDY_INSTANCE_UID, False, True) is None, "cut short before the element"
+    walked = top_level_values(received, IDENTIFYING_TAGS, syntax.is_implicit_VR, syntax.is_little_endian)
+    assert walked[STUDY_INSTANCE_UID].rstrip(b"\0") == pydicom.dcmread(get_testdata_file("CT_small.dcm")).StudyInstanceUID.encode()
+    assert top_level_values(received[:500], IDENTIFYING_TAGS, False, True) is None, "cut short before the element"
 
 
 @pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian])
@@ -206,8 +256,8 @@ def test_a_study_instance_uid_nested_in_an_earlier_sequence_is_not_taken_for_the
     ds["RelatedSeriesSequence"].is_undefined_length = undefined_length
     received, syntax = _encoded(ds, syntax), UID(syntax)
 
-    assert study_instance_uid(received, syntax) == ds.StudyInstanceUID
-    walked = top_level_value(received, STUDY_INSTANCE_UID, syntax.is_implicit_VR, syntax.is_little_endian)
+    assert instance_uids(received, syntax, 2**20).study == ds.StudyInstanceUID
+    walked = top_level_values(received, IDENTIFYING_TAGS, syntax.is_implicit_VR, syntax.is_little_endian)
     assert (walked is None) is undefined_length, "a sequence of defined length is stepped over; else pydicom parses it"
 
 
@@ -234,13 +284,152 @@ def test_both_ends_of_an_association_get_nodelay_and_the_short_dul_poll_interval
     assert seen["acceptor"] == seen["requestor"] == (DUL_POLL_INTERVAL_S, 1)
 
 
+def test_the_scp_accepts_every_storage_class_of_a_study_or_what_the_setting_says() -> None:
+    rules = (ROOT / "app" / "config" / "series_selection.json").read_text()
+    every = set(storage_sop_classes(load(parser().parse_args(["--config", str(EXAMPLE)])).storage_sop_classes, rules))
+    assert set(selected_image_sop_classes(rules)) < every
+    assert {BasicTextSRStorage, KeyObjectSelectionDocumentStorage, GrayscaleSoftcopyPresentationStateStorage,
+            EncapsulatedPDFStorage, XRayRadiationDoseSRStorage} <= every
+    assert storage_sop_classes("images", rules) == selected_image_sop_classes(rules)
+    assert storage_sop_classes((CTImageStorage,), rules) == (CTImageStorage,)
+
+
 def test_the_scp_accepts_the_image_storage_classes_of_the_modalities_the_series_selection_takes() -> None:
     rules = (ROOT / "app" / "config" / "series_selection.json").read_text()
-    accepted = set(accepted_storage_sop_classes(rules))
+    accepted = set(selected_image_sop_classes(rules))
     assert {CTImageStorage, EnhancedCTImageStorage, MRImageStorage, SecondaryCaptureImageStorage, UltrasoundImageStorage} <= accepted
     assert len(accepted) == 24  # every class of IMAGE_STORAGE_BY_MODALITY: the default selection takes all its modalities
     assert BasicTextSRStorage not in accepted
     only_ct = json.dumps({"selections": [{"name": "CT only", "conditions": {"Modality": "(?i)^CT$"}}]})
-    assert set(accepted_storage_sop_classes(only_ct)) == set(IMAGE_STORAGE_BY_MODALITY["CT"])
+    assert set(selected_image_sop_classes(only_ct)) == set(IMAGE_STORAGE_BY_MODALITY["CT"])
     no_modality_rule = json.dumps({"selections": [{"name": "any", "conditions": {"SeriesDescription": "(?i)chest"}}]})
-    assert set(accepted_storage_sop_classes(no_modality_rule)) == accepted
+    assert set(selected_image_sop_classes(no_modality_rule)) == accepted
+
+
+def test_recovery_moves_spooled_files_it_cannot_read_aside_and_starts(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    good = dicom_file(ds.SOPClassUID, ds.SOPInstanceUID, ImplicitVRLittleEndian, _encoded(ds, ImplicitVRLittleEndian))
+    corrupt = good[:200]  # accepted once (its header walk succeeded), cut short on disk
+    root = tmp_path / "spool"
+    journal = Journal(root / "journal.jsonl")
+    spool = Spool(root, journal, quiet_period_s=0.0, max_bytes=10**9, min_free_bytes=0)
+    mixed = spool.store(ds.StudyInstanceUID, "1.1", corrupt)  # read first: sorts before the good instance
+    spool.store(ds.StudyInstanceUID, ds.SOPInstanceUID, good)
+    only_corrupt = spool.store(generate_uid(), "1.1", corrupt)
+    journal.close()
+
+    config = ListenerConfig(spool_dir=root, output_dir=tmp_path / "output", model_dir=tmp_path / "models",
+                            allowed_calling_ae_titles=("STORESCU",), destination=Destination.parse("PACS@127.0.0.1:11113"),
+                            quiet_period_s=0.01)
+    listener = Listener(config)
+    listener.recover()
+
+    assert [p.name for p in listener.spool.instances(mixed)] == [f"{ds.SOPInstanceUID}.dcm"]
+    assert (root / "failed" / mixed / "1.1.dcm").read_bytes() == corrupt
+    assert (root / "failed" / only_corrupt / "1.1.dcm").read_bytes() == corrupt
+    assert not listener.spool.folder(only_corrupt).exists(), "nothing readable: discarded"
+    time.sleep(0.05)  # the resumed arrival's quiet period (0.01 s) starts again at recovery
+    (completed,) = listener.spool.complete_quiet_arrivals()
+    assert (completed.id, completed.instances) == (mixed, 1)
+
+
+@pytest.mark.parametrize(("address", "admitted"), [("127.0.0.1", True), ("::ffff:127.0.0.1", True), ("::ffff:127.0.0.2", False),
+                                                    ("::1", False)])
+def test_an_ipv4_peer_of_a_dual_stack_bind_is_matched_as_its_ipv4_address(tmp_path: Path, address: str, admitted: bool) -> None:
+    """With a ``::`` bind, IPv4 peers arrive as IPv4-mapped IPv6 addresses (RFC 4291 §2.5.5.2); binding
+    ``::`` in a test would listen on every interface, so the admission decision is checked directly."""
+    config = ListenerConfig(spool_dir=tmp_path / "spool", output_dir=tmp_path / "output", model_dir=tmp_path / "models",
+                            allowed_calling_ae_titles=("STORESCU",), destination=Destination.parse("PACS@127.0.0.1:11113"),
+                            allowed_source_addresses=(ipaddress.ip_network("127.0.0.1/32"),), min_free_bytes=0)
+    journal = Journal(config.spool_dir / "journal.jsonl")
+    scp = StorageSCP(config, Spool(config.spool_dir, journal, 1.0, config.max_spool_bytes, 0))
+    refused = scp.refusal("STORESCU", address)
+    assert (refused is None) is admitted, refused
+
+
+def test_a_deflated_data_set_is_inflated_only_as_far_as_max_header_bytes() -> None:
+    """A 256 MiB private element before the UIDs deflates to ~250 KB; finding the UIDs must not inflate it."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    header = struct.pack("<HH2sxxI", 0x0007, 0x1000, b"OB", 256 * 2**20)  # (0007,1000): a private element, before (0008,0016)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    bomb = deflater.compress(header) + b"".join(deflater.compress(bytes(2**20)) for _ in range(256))
+    bomb += deflater.compress(_encoded(ds, ExplicitVRLittleEndian)) + deflater.flush()
+    assert len(bomb) < 2**20
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(HeaderTooLong, match=r"max_header_bytes \(1048576\)"):
+            instance_uids(bomb, UID(DeflatedExplicitVRLittleEndian), 2**20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20
+
+
+def test_a_pacs_that_is_down_is_reported_as_no_connection_not_as_an_aborted_association() -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # a loopback port nothing listens on
+    port = closed.getsockname()[1]
+    closed.close()
+    with pytest.raises(DeliveryError, match=rf"^no connection to PACS@127.0.0.1:{port} \(down or unreachable\)$"):
+        store_sr(Path(get_testdata_file("CT_small.dcm")), Destination("PACS", "127.0.0.1", port), "BIOMEDCLIP", 5.0)
+
+
+def _age(folder: Path, days: float) -> None:
+    when = time.time() - days * 86400
+    for path in [folder, *folder.rglob("*")]:
+        os.utime(path, (when, when))
+
+
+def test_retention_removes_quarantined_studies_and_results_older_than_retention_days_but_not_work_in_progress(tmp_path: Path) -> None:
+    root, output = tmp_path / "spool", tmp_path / "output"
+    journal = Journal(root / "journal.jsonl")
+    waiting = Arrival("20261001T000000-00000001")  # its SR was never delivered
+    journal.append(waiting, "opened")
+    journal.append(waiting, "completed", instances=1)
+    journal.append(waiting, "job_started", attempt=1)
+    journal.append(waiting, "job_finished", srs=["sr.dcm"])
+    journal.close()
+    folders = {name: parent / name for parent, name in [(root / "failed", "old-failed"), (root / "failed", "new-failed"),
+                                                         (output, "old-result"), (output, "new-result"), (output, waiting.id)]}
+    for name, folder in folders.items():
+        folder.mkdir(parents=True)
+        (folder / ("sr.dcm" if name == waiting.id else "x.dcm")).write_bytes(b"x" * 100)
+        _age(folder, 1 if name.startswith("new") else 40)
+
+    config = ListenerConfig(spool_dir=root, output_dir=output, model_dir=tmp_path / "models", allowed_calling_ae_titles=("STORESCU",),
+                            destination=Destination.parse("PACS@127.0.0.1:11113"), retention_days=30)
+    listener = Listener(config)
+    before = _bytes_used(listener.spool)
+    listener.recover()
+
+    assert {name for name, folder in folders.items() if folder.exists()} == {"new-failed", "new-result", waiting.id}
+    assert _bytes_used(listener.spool) == before - 100, "the quarantined bytes no longer count against the spool limit"
+
+
+def test_a_calling_ae_title_can_have_its_own_quiet_period(tmp_path: Path) -> None:
+    config = ListenerConfig(spool_dir=tmp_path / "spool", output_dir=tmp_path / "output", model_dir=tmp_path / "models",
+                            allowed_calling_ae_titles=("STORESCU", "MODALITY"), destination=Destination.parse("PACS@127.0.0.1:11113"),
+                            port=0, quiet_period_s=600, quiet_period_by_calling_ae={"MODALITY": 0.2}, min_free_bytes=0)
+    journal = Journal(config.spool_dir / "journal.jsonl")
+    spool = Spool(config.spool_dir, journal, config.quiet_period_s, config.max_spool_bytes, 0)
+    scp = StorageSCP(config, spool)
+    port = scp.start()
+    try:
+        studies = {}
+        for calling in ("STORESCU", "MODALITY"):
+            ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+            ds.StudyInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid()
+            sender = AE(calling)
+            sender.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+            assoc = sender.associate("127.0.0.1", port, ae_title=config.ae_title)
+            assert assoc.send_c_store(ds).Status == 0x0000
+            assoc.release()
+            studies[calling] = ds.StudyInstanceUID
+        time.sleep(0.5)
+        (completed,) = spool.complete_quiet_arrivals()
+    finally:
+        scp.stop()
+        journal.close()
+    assert [p.parent.name for p in config.spool_dir.glob("arrivals/*/*.dcm")].count(completed.id) == 1
+    assert pydicom.dcmread(next(spool.folder(completed.id).glob("*.dcm"))).StudyInstanceUID == studies["MODALITY"]
