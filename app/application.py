@@ -19,7 +19,7 @@ from operators.imaging.sampling import SamplingPolicy
 from operators.inference.model_package import ModelPackage
 from operators.inference_operator import ZeroShotInferenceOperator
 from operators.preprocessing_operator import PreprocessingOperator
-from operators.run_report import REPORT_NAME, RunReport
+from operators.run_report import RunReport
 from operators.series_selector_operator import SeriesSelectorOperator
 from operators.sr.structured_report import Algorithm
 from operators.sr_writer_operator import StructuredReportWriterOperator
