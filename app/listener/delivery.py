@@ -83,10 +83,11 @@ class PendingDelivery:
 
 
 class DeliveryQueue:
-    """SRs waiting to be sent, earliest due first."""
+    """SRs waiting to be sent, earliest due first, and those being sent (taken, not yet ``settled``)."""
 
     def __init__(self) -> None:
         self._heap: list[PendingDelivery] = []
+        self._in_flight: dict[int, PendingDelivery] = {}
         self._ready = threading.Condition()
         self._order = itertools.count()
 
@@ -96,9 +97,14 @@ class DeliveryQueue:
             self._ready.notify()
 
     def arrival_ids(self) -> set[str]:
-        """The arrivals with an SR waiting (their output folders are in use)."""
+        """The arrivals with an SR waiting or being sent (their output folders are in use)."""
         with self._ready:
-            return {pending.arrival.id for pending in self._heap}
+            return {pending.arrival.id for pending in (*self._heap, *self._in_flight.values())}
+
+    def settle(self, pending: PendingDelivery) -> None:
+        """``pending`` was delivered, or put back for a retry: it is no longer in flight."""
+        with self._ready:
+            self._in_flight.pop(pending.order, None)
 
     def take_due(self, stop: threading.Event, poll_s: float = 0.5) -> PendingDelivery | None:
         """The next delivery whose time has come; None once ``stop`` is set."""
@@ -106,6 +112,8 @@ class DeliveryQueue:
             while not stop.is_set():
                 wait = self._heap[0].due - time.monotonic() if self._heap else poll_s
                 if wait <= 0:
-                    return heapq.heappop(self._heap)
+                    pending = heapq.heappop(self._heap)
+                    self._in_flight[pending.order] = pending
+                    return pending
                 self._ready.wait(min(wait, poll_s))
         return None

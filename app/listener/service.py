@@ -14,7 +14,7 @@ import threading
 import time
 
 from app.listener.config import ListenerConfig
-from app.listener.delivery import Backoff, DeliveryError, DeliveryQueue, client_tls_context, store_sr
+from app.listener.delivery import Backoff, DeliveryError, DeliveryQueue, PendingDelivery, client_tls_context, store_sr
 from app.listener.jobs import MapJob
 from app.listener.journal import COMPLETE, FAILED, PROCESSED, RECEIVING, Arrival, Journal
 from app.listener.retention import purge_older_than
@@ -156,16 +156,22 @@ class Listener:
             pending = self.deliveries.take_due(self._stop)
             if pending is None:
                 return
-            arrival = pending.arrival
             try:
-                store_sr(pending.sr, self.destination, self.config.ae_title, self.config.network_timeout_s, self.destination_tls)
-            except Exception as exc:  # whatever failed, the SR stays queued: it is never dropped
-                failures = pending.failures + 1
-                delay = self.backoff.delay(failures)
-                # Only our own messages are shown: an OSError's or pydicom's text may hold a file name (a UID).
-                why = str(exc) if isinstance(exc, DeliveryError) else exc.strerror if isinstance(exc, OSError) else type(exc).__name__
-                logger.warning("Arrival %s: SR delivery failed (%s); attempt %d, retrying in %.0f s", arrival.id, why, failures, delay)
-                self.deliveries.put(arrival, pending.sr, delay, failures)
-                continue
-            self.journal.append(arrival, "delivered", sr=pending.sr.name, destination=str(self.destination))
-            logger.info("Arrival %s: SR delivered to %s", arrival.id, self.destination)
+                self._deliver(pending)
+            finally:  # only now may retention remove its output folder (unless it was put back for a retry)
+                self.deliveries.settle(pending)
+
+    def _deliver(self, pending: PendingDelivery) -> None:
+        arrival = pending.arrival
+        try:
+            store_sr(pending.sr, self.destination, self.config.ae_title, self.config.network_timeout_s, self.destination_tls)
+        except Exception as exc:  # whatever failed, the SR stays queued: it is never dropped
+            failures = pending.failures + 1
+            delay = self.backoff.delay(failures)
+            # Only our own messages are shown: an OSError's or pydicom's text may hold a file name (a UID).
+            why = str(exc) if isinstance(exc, DeliveryError) else exc.strerror if isinstance(exc, OSError) else type(exc).__name__
+            logger.warning("Arrival %s: SR delivery failed (%s); attempt %d, retrying in %.0f s", arrival.id, why, failures, delay)
+            self.deliveries.put(arrival, pending.sr, delay, failures)
+            return
+        self.journal.append(arrival, "delivered", sr=pending.sr.name, destination=str(self.destination))
+        logger.info("Arrival %s: SR delivered to %s", arrival.id, self.destination)

@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import struct
+import threading
 import time
 import tracemalloc
 import zlib
@@ -44,7 +45,7 @@ from pynetdicom.dsutils import create_file_meta, encode_file_meta
 from pynetdicom.sop_class import Verification
 
 from app.listener.config import ConfigError, Destination, ListenerConfig, load, parser
-from app.listener.delivery import DeliveryError, store_sr
+from app.listener.delivery import DeliveryError, DeliveryQueue, store_sr
 from app.listener.file_format import dicom_file
 from app.listener.instance_uids import (
     IDENTIFYING_TAGS,
@@ -433,3 +434,22 @@ def test_a_calling_ae_title_can_have_its_own_quiet_period(tmp_path: Path) -> Non
         journal.close()
     assert [p.parent.name for p in config.spool_dir.glob("arrivals/*/*.dcm")].count(completed.id) == 1
     assert pydicom.dcmread(next(spool.folder(completed.id).glob("*.dcm"))).StudyInstanceUID == studies["MODALITY"]
+
+
+def test_an_sr_being_sent_keeps_its_output_folder_from_retention() -> None:
+    """Retention keeps the arrivals ``DeliveryQueue.arrival_ids`` names: an SR taken for sending stays named
+    until it is settled, so a purge during a slow or failing attempt cannot remove the file being sent."""
+    queue, stop = DeliveryQueue(), threading.Event()
+    queue.put(Arrival("20261001T000000-00000001"), Path("sr.dcm"))
+    pending = queue.take_due(stop)
+    assert pending is not None
+    assert queue.arrival_ids() == {"20261001T000000-00000001"}  # in flight: not in the heap, still in use
+    queue.put(pending.arrival, pending.sr, delay_s=60, failures=1)  # the attempt failed: put back for a retry
+    queue.settle(pending)
+    assert queue.arrival_ids() == {"20261001T000000-00000001"}
+    delivered = DeliveryQueue()
+    delivered.put(Arrival("20261001T000000-00000002"), Path("sr.dcm"))
+    sent = delivered.take_due(stop)
+    assert sent is not None
+    delivered.settle(sent)  # delivered: nothing keeps its folder any more
+    assert delivered.arrival_ids() == set()
