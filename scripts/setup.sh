@@ -30,6 +30,12 @@ if { ! command -v dciodvfy || ! command -v storescp || ! command -v Orthanc; } >
   [ -z "$no_services" ] || rm -f /usr/sbin/policy-rc.d
 fi
 
+# chromium: the headless browser that tests the web demo (playwright drives the system browser; no browser download).
+if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "setup.sh: running as root: apt-get installing chromium (the headless browser for the web demo test)." >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
 # jq: the MAP's entrypoint script (holoscan-cli's `tools`) reads app.json with it; a packaging test runs it.
 if ! command -v jq >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "setup.sh: running as root: apt-get installing jq (the MAP entrypoint's JSON reader, for the packaging test)." >&2
