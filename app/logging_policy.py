@@ -21,16 +21,6 @@ class DropSdkIdentifierLogs(logging.Filter):
         return record.module not in _SILENCED_MODULES
 
 
-def install() -> None:
-    """Attach the filter to every root handler (call after the SDK has configured logging)."""
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=logging.INFO)
-    for handler in root.handlers:
-        if not any(isinstance(f, DropSdkIdentifierLogs) for f in handler.filters):
-            handler.addFilter(DropSdkIdentifierLogs())
-
-
 #: Libraries whose log messages may quote a data set or a UID: pynetdicom warns of non-conformant UIDs
 #: with the UID, pydicom's warnings quote invalid values (``warnings`` reach logging as py.warnings).
 LIBRARY_LOGGERS = ("pynetdicom", "pydicom", "py.warnings")
@@ -54,6 +44,20 @@ class EscapingFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = _CONTROL_CHARACTERS.sub(lambda m: f"\\x{ord(m.group()):02x}", record.message)
         return super().formatMessage(record)
+
+
+def install() -> None:
+    """The app's logging (call after the SDK has configured it): on every root handler, the SDK's identifier
+    logs dropped and library messages withheld; Python warnings (pydicom quotes invalid values in them) are
+    routed through logging so that the same filter sees them."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO)
+    for handler in root.handlers:
+        for policy in (DropSdkIdentifierLogs, WithholdLibraryMessages):
+            if not any(isinstance(f, policy) for f in handler.filters):
+                handler.addFilter(policy())
+    logging.captureWarnings(True)
 
 
 def install_for_listener(stream: TextIO | None = None) -> logging.Handler:
