@@ -33,14 +33,18 @@ class OnnxRuntimeBackend:
             providers = ["CPUExecutionProvider"]
             if "CUDAExecutionProvider" in ort.get_available_providers():
                 providers.insert(0, ("CUDAExecutionProvider", {"enable_cuda_graph": "1" if cuda_graphs else "0"}))
+        errors = ort.capi.onnxruntime_pybind11_state
         try:
             self.session = ort.InferenceSession(onnx_path, options, providers=providers)
-        except ort.capi.onnxruntime_pybind11_state.Fail as exc:
+        except errors.Fail as exc:
             if not cuda_graphs:
-                raise
+                raise BackendUnavailable(f"{onnx_path}: ONNX Runtime cannot load it ({_first_line(exc)})") from exc
             # e.g. the plain exports: their shape arithmetic runs on the CPU, which graph capture refuses
             raise BackendUnavailable(f"{onnx_path}: ONNX Runtime cannot capture it in CUDA graphs ({exc}); "
                                      "use the fp16-ort variant or cuda_graphs false") from exc
+        except (errors.InvalidProtobuf, errors.InvalidGraph, errors.InvalidArgument) as exc:
+            # a file that passed the manifest's checksum but is not a model ONNX Runtime can run
+            raise BackendUnavailable(f"{onnx_path}: ONNX Runtime cannot load it ({_first_line(exc)})") from exc
         self.onnx_path, self.input_name, self.output_name = onnx_path, input_name, output_name
         # the fp16 variant takes fp16 input (TensorRT strongly typed networks want the graph all fp16)
         self.input_dtype, self.output_dtype = (
@@ -98,3 +102,7 @@ class OnnxRuntimeBackend:
             torch.cuda.current_stream(x.device).synchronize()
         self.session.run_with_iobinding(binding, run_options)
         return y
+
+
+def _first_line(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
