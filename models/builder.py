@@ -80,6 +80,10 @@ def find_text_model(folder: Path, text_model: Path | None, hub_name: str) -> Pat
     )
 
 
+class UnusableWeights(ValueError):
+    """The weights were found but cannot be loaded (a damaged download, another model's checkpoint)."""
+
+
 def load_biomedclip(weights: str | None, seed: int | None, workdir: Path, text_model: Path | None = None) -> tuple[Any, Any, Weights]:
     """Return ``(open_clip model, tokenizer, Weights)``; ``weights=None`` means seeded random init.
 
@@ -134,7 +138,11 @@ def load_biomedclip(weights: str | None, seed: int | None, workdir: Path, text_m
             (local / path.name).symlink_to(path.resolve())
         config["model_cfg"]["text_cfg"]["hf_model_name"] = config["model_cfg"]["text_cfg"]["hf_tokenizer_name"] = str(local)
         (local / "open_clip_config.json").write_text(json.dumps(config))
-        model = open_clip.create_model(f"local-dir:{local}", pretrained_text=False)  # every weight is in the checkpoint
+        try:
+            model = open_clip.create_model(f"local-dir:{local}", pretrained_text=False)  # every weight is in the checkpoint
+        except Exception as exc:  # torch.load / load_state_dict raise many kinds for a damaged or foreign file
+            raise UnusableWeights(f"{checkpoints[0]}: not a BiomedCLIP checkpoint open_clip can load ({type(exc).__name__}; "
+                                  "compare its sha256 with the one recorded when it was downloaded, docs/models.md)") from exc
         tokenizer = open_clip.get_tokenizer(f"local-dir:{local}")
         info = Weights(str(folder), False, None, sha256_file(checkpoints[0]))
     model.eval()

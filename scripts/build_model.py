@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from models.builder import DEFAULT_CALIBRATION, DEFAULT_LABELS, HUB_ID, VARIANTS, build_package
+from models.builder import DEFAULT_CALIBRATION, DEFAULT_LABELS, HUB_ID, VARIANTS, UnusableWeights, build_package
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = build_package(None if args.random_init else args.weights, args.seed, args.labels, args.out,
                                  variants, args.calibration, args.calibration_images, args.text_model)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, UnusableWeights) as exc:
         print(f"build_model.py: {exc}", file=sys.stderr)
         return 2
     kind = "RANDOM weights, not for clinical use" if manifest.weights.random_init else manifest.weights.source

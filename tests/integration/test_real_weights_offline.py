@@ -118,3 +118,24 @@ def test_an_empty_hugging_face_cache_is_one_line_naming_the_repository(tmp_path:
     result = _build(tmp_path / "biomedclip", empty_cache, "--weights", HUB_ID)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(f"build_model.py: {HUB_ID}: not loadable")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "another model"])
+def test_a_damaged_checkpoint_is_one_line_naming_it(repositories: Repositories, tmp_path: Path, damage: str) -> None:
+    """A download cut short, or a checkpoint of another model under BiomedCLIP's file name."""
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    (folder / "open_clip_config.json").symlink_to(repositories.clip / "open_clip_config.json")
+    checkpoint = folder / "open_clip_pytorch_model.bin"
+    if damage == "truncated":
+        with open(repositories.clip / checkpoint.name, "rb") as whole:
+            checkpoint.write_bytes(whole.read(1 << 20))
+    else:
+        import torch
+
+        torch.save({"visual.proj": torch.zeros(3, 3)}, checkpoint)
+    result = _build(tmp_path / "biomedclip", tmp_path, "--weights", str(folder), "--text-model", str(repositories.text))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert result.stderr.startswith(f"build_model.py: {checkpoint.resolve()}: not a BiomedCLIP checkpoint")
+    assert not (tmp_path / "biomedclip").exists()
