@@ -149,11 +149,14 @@ class Deidentifier:
 
     def __init__(self, profile: DeidentificationProfile, secret: bytes | None = None) -> None:
         self.profile = profile
-        self._key = secret or secrets.token_bytes(32)
+        # keyed once: each hash copies it (the key's two padded blocks are not hashed again for every value)
+        self._keyed = hmac.new(secret or secrets.token_bytes(32), digestmod=hashlib.sha256)
         self.reidentification = ReidentificationMap()
 
     def keyed_hex(self, text: str) -> str:
-        return hmac.new(self._key, text.encode("utf-8", "replace"), hashlib.sha256).hexdigest()
+        keyed = self._keyed.copy()
+        keyed.update(text.encode("utf-8", "replace"))
+        return keyed.hexdigest()
 
     def replace_uid(self, uid: str) -> str:
         """``2.25.<first 128 bits of HMAC-SHA256(secret, uid)>``: the same UID always maps to the same replacement."""
@@ -173,8 +176,9 @@ class Deidentifier:
         for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
             if keyword in original:  # with Retain UIDs the "replacement" is the original itself
                 self.reidentification.uids.setdefault(str(quiet_value(ds, keyword)), str(quiet_value(original, keyword)))
-        if "StudyInstanceUID" in ds:
-            self.reidentification.studies.setdefault(str(quiet_value(ds, "StudyInstanceUID")), _study_attributes(original))
+        study = str(quiet_value(ds, "StudyInstanceUID")) if "StudyInstanceUID" in ds else None
+        if study is not None and study not in self.reidentification.studies:  # the first instance of each study
+            self.reidentification.studies[study] = _study_attributes(original)
         return ds
 
     def deidentify_all(self, datasets: Iterable[Dataset]) -> list[Dataset]:
