@@ -49,7 +49,7 @@ def write_file(fp: BinaryIO, ds: Dataset) -> None:
     write_file_meta_info(out, copy_dataset(ds.file_meta), enforce_standard=True)  # it adds the group length
     out.is_implicit_VR, out.is_little_endian = implicit, little
     encodings = ds.get("SpecificCharacterSet", default_encoding)
-    for tag in sorted(ds._dict):
+    for tag in sorted(ds._dict, key=int):  # int order is tag order (PS3.5 7.1); a BaseTag compares in Python
         if tag & 0xFFFF == 0 and tag >> 16 > 6:  # retired group lengths, as pydicom skips them (PS3.5 7.2)
             continue
         elem = ds._dict[tag]
