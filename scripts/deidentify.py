@@ -31,6 +31,7 @@ from app.settings import DeidentificationSettings, SettingsError, config_path
 from operators.atomic import write_atomically
 from operators.deid.admission import admit
 from operators.deid.deidentifier import DeidentificationProfile, Deidentifier
+from operators.deid.writer import write_file
 from operators.intake import inventory
 
 
@@ -70,7 +71,7 @@ def _deidentified(path: Path, deidentifier: Deidentifier, accept_burned_in_annot
 def _write(ds: Dataset, output_dir: Path) -> Path:
     """``OUTPUT/<study UID>/<series UID>/<SOP Instance UID>.dcm``: the inventory accepted only files with all three."""
     target = output_dir / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
-    return write_atomically(target, lambda f: ds.save_as(f, enforce_file_format=True))
+    return write_atomically(target, lambda f: write_file(f, ds))
 
 
 def main(argv: list[str] | None = None) -> int:

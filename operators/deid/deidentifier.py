@@ -27,12 +27,14 @@ from typing import Any
 
 from pydicom import Dataset
 from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from operators.deid.profile import Action, DeidentificationProfile, SafePrivateAttribute
+from operators.deid.raw import DEFAULT_ENCODING, fixed_value, raw_element, raw_uids, uid_strings, valid_uid
 from operators.deid.unvalidated import QUOTED_WHEN_READ, copy_dataset, element, raw_vr, unvalidated_element, vr_of
 from operators.imaging.sampling import SamplingPlan
 
@@ -147,11 +149,14 @@ class Deidentifier:
 
     def __init__(self, profile: DeidentificationProfile, secret: bytes | None = None) -> None:
         self.profile = profile
-        self._key = secret or secrets.token_bytes(32)
+        # keyed once: each hash copies it (the key's two padded blocks are not hashed again for every value)
+        self._keyed = hmac.new(secret or secrets.token_bytes(32), digestmod=hashlib.sha256)
         self.reidentification = ReidentificationMap()
 
     def keyed_hex(self, text: str) -> str:
-        return hmac.new(self._key, text.encode("utf-8", "replace"), hashlib.sha256).hexdigest()
+        keyed = self._keyed.copy()
+        keyed.update(text.encode("utf-8", "replace"))
+        return keyed.hexdigest()
 
     def replace_uid(self, uid: str) -> str:
         """``2.25.<first 128 bits of HMAC-SHA256(secret, uid)>``: the same UID always maps to the same replacement."""
@@ -171,8 +176,9 @@ class Deidentifier:
         for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
             if keyword in original:  # with Retain UIDs the "replacement" is the original itself
                 self.reidentification.uids.setdefault(str(quiet_value(ds, keyword)), str(quiet_value(original, keyword)))
-        if "StudyInstanceUID" in ds:
-            self.reidentification.studies.setdefault(str(quiet_value(ds, "StudyInstanceUID")), _study_attributes(original))
+        study = str(quiet_value(ds, "StudyInstanceUID")) if "StudyInstanceUID" in ds else None
+        if study is not None and study not in self.reidentification.studies:  # the first instance of each study
+            self.reidentification.studies[study] = _study_attributes(original)
         return ds
 
     def deidentify_all(self, datasets: Iterable[Dataset]) -> list[Dataset]:
@@ -182,30 +188,42 @@ class Deidentifier:
 
     def _deidentify_dataset(self, ds: Dataset, instance: _Instance) -> None:
         self._remove_private(ds)
-        for tag in list(ds.keys()):
-            if tag not in ds:  # removed with its overlay group
+        # pydicom's own tag -> element dict, read and changed directly: the Dataset methods convert and check
+        # the tag on every call, which on a heavy header costs more than applying the table
+        elements = ds._dict
+        for tag in list(elements):
+            if tag not in elements:  # removed with its overlay group
                 continue
             group, element = tag >> 16, tag & 0xFFFF
             if element == 0 or 0x5000 <= group <= 0x50FF:  # group lengths (now wrong); curves (E.1-1: X)
-                del ds[tag]
+                del elements[tag]
             elif 0x6000 <= group <= 0x60FF and element in (0x3000, 0x4000):
                 self._remove_overlay(ds, group, element)
             else:
                 self._apply(ds, tag, instance)
 
-    def _apply(self, ds: Dataset, tag: int, instance: _Instance) -> None:
-        action = self.profile.actions.get(tag)
+    def _apply(self, ds: Dataset, tag: BaseTag, instance: _Instance) -> None:
+        current = ds._dict[tag]
+        action = self.profile.actions.get(int(tag))  # an int key: a BaseTag compares in Python
         if action is Action.REMOVE:
-            del ds[tag]
+            del ds._dict[tag]
             return
-        if action in (None, Action.KEEP) and kept_as_read(ds, tag):
+        raw = current if isinstance(current, RawDataElement) and current.value is not None else None  # None: converted or deferred
+        vr = raw_vr(ds, raw) if raw is not None else vr_of(ds, tag)
+        if action in (None, Action.KEEP) and kept_as_read(current, vr):
             return
-        if action in (Action.ZERO, Action.DUMMY):
-            vr = vr_of(ds, tag)
-            if " or " not in vr and (action is Action.ZERO or vr in DUMMY_FREE_VRS):
-                # a new value that owes nothing to the original: the original is never converted
-                ds[tag] = unvalidated_element(tag, vr, fixed_dummy(vr) if action is Action.DUMMY else Sequence() if vr == "SQ" else None)
+        if action in (Action.ZERO, Action.DUMMY) and " or " not in vr:
+            # a new value that owes nothing to the original (Z, fixed D), or a keyed pseudonym of the text as
+            # pydicom reads it: written as bytes, the original element never converted
+            if action is Action.ZERO or vr in DUMMY_FREE_VRS:
+                ds._dict[tag] = raw_element(tag, vr, fixed_value(vr, fixed_dummy(vr)) if action is Action.DUMMY else b"")
                 return
+            if raw is not None and vr in TEXT_VRS:
+                value = convert_raw_data_element(raw, encoding=ds.original_character_set or ds._character_set, ds=ds).value
+                ds._dict[tag] = raw_element(tag, vr, self._pseudonym(tag, value).encode(DEFAULT_ENCODING))
+                return
+        if action is Action.UID and raw is not None and vr == "UI" and self._replace_raw_uids(ds, raw):
+            return
         elem = element(ds, tag)
         if action is None:
             self._outside_table(elem, instance)
@@ -248,9 +266,23 @@ class Deidentifier:
         if vr == "UI":
             self._replace_uids(elem)
         elif vr in TEXT_VRS:
-            elem.value = "ANON" + self.keyed_hex(f"dummy|{elem.tag}|{elem.value}")[:12].upper()
+            elem.value = self._pseudonym(elem.tag, elem.value)
         else:
             elem.value = fixed_dummy(vr)
+
+    def _pseudonym(self, tag: BaseTag, value: Any) -> str:
+        """D of text: a keyed hash of the value pydicom reads (so equal originals stay equal), 16 characters,
+        valid in every text VR (AE is the shortest: 16)."""
+        return "ANON" + self.keyed_hex(f"dummy|{tag}|{value}")[:12].upper()
+
+    def _replace_raw_uids(self, ds: Dataset, raw: RawDataElement) -> bool:
+        """U on a raw UI element, from and to its bytes; False (nothing done) where a kept value (a standard
+        UID) would not read back without a warning, which would quote it."""
+        values = uid_strings(raw)
+        if not all(valid_uid(v) for v in values if v.startswith(DICOM_UID_ROOT)):
+            return False
+        ds._dict[raw.tag] = raw_uids(raw.tag, [v if v.startswith(DICOM_UID_ROOT) else self.replace_uid(v) for v in values])
+        return True
 
     def _replace_uids(self, elem: DataElement) -> None:
         if elem.is_empty:
@@ -375,16 +407,12 @@ def fixed_dummy(vr: str) -> Any:
     return 0 if vr in BINARY_NUMBER_VRS else b"\x00\x00"  # OB, OW, UN…
 
 
-def kept_as_read(ds: Dataset, tag: int) -> bool:
-    """Whether a kept attribute can be written back byte for byte, its value never converted (the bulk of a
-    header, and most of the time saved): not where pydicom would fix its VR on conversion (UN, or a
-    VR-less implicit element, read as the data dictionary's VR: PS3.5 6.2.2), nor a kept attribute that
-    ``CONVERTED_WHEN_KEPT`` names."""
-    elem = ds.get_item(tag)
-    if not isinstance(elem, RawDataElement):
-        return elem.VR not in CONVERTED_WHEN_KEPT
-    vr = raw_vr(ds, elem)
-    return vr == elem.VR and vr not in CONVERTED_WHEN_KEPT
+def kept_as_read(elem: DataElement | RawDataElement, vr: str) -> bool:
+    """Whether a kept attribute of VR ``vr`` (as pydicom gives it) can be written back byte for byte, its value
+    never converted (the bulk of a header, and most of the time saved): not where pydicom would fix its VR
+    on conversion (UN, or a VR-less implicit element, read as the data dictionary's VR: PS3.5 6.2.2), nor
+    a kept attribute that ``CONVERTED_WHEN_KEPT`` names."""
+    return vr not in CONVERTED_WHEN_KEPT and (not isinstance(elem, RawDataElement) or vr == elem.VR)
 
 
 def quiet_value(ds: Dataset, keyword: str) -> Any:

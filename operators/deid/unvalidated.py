@@ -13,7 +13,7 @@ them) and is never changed here.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, TypeVar
 
 from pydicom import Dataset, config
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
@@ -25,11 +25,12 @@ from pydicom.tag import TagType
 #: VRs whose conversion from the file validates the value and quotes it when invalid. All use the
 #: default character repertoire (PS3.5 6.2), so their bytes decode without the Specific Character Set.
 QUOTED_WHEN_READ = frozenset({"DS", "IS", "UI"})
+AnyDataset = TypeVar("AnyDataset", bound=Dataset)
 #: pydicom's decoding of the default character repertoire (``pydicom.charset.default_encoding``).
 DEFAULT_ENCODING = "iso8859"
 
 
-def copy_dataset(ds: Dataset) -> Dataset:
+def copy_dataset(ds: AnyDataset) -> AnyDataset:
     """A copy of ``ds`` that the de-identifier may change without touching ``ds``, made without validating
     (or quoting) any value and without converting or copying what it need not.
 
@@ -113,6 +114,8 @@ def unvalidated_element(tag: TagType, vr: str, value: Any) -> DataElement:
 
 def raw_vr(ds: Dataset, raw: RawDataElement) -> str:
     """The VR pydicom gives ``raw`` (for implicit VR, the data dictionary's), by pydicom's own hook."""
+    if raw.VR is not None and raw.VR != "UN":  # an explicit VR, which the hook returns as it is
+        return str(raw.VR)
     data: dict[str, Any] = {}
     hooks.raw_element_vr(raw, data, encoding=None, ds=ds)
     return str(data["VR"])

@@ -1,0 +1,62 @@
+"""Replacement values as raw (still encoded) elements: what the de-identifier puts in place of an original
+value when the new value is known as bytes.
+
+A ``RawDataElement`` is an immutable tuple of the bytes of the value (PS3.5 7.1): pydicom writes it back as
+it is and converts it only when it is read, so a replacement made this way costs no ``DataElement`` on
+the way in nor a value encoder on the way out — on heavy headers most of the de-identification time.
+Its bytes are pydicom's own encoding of the value (``encoded_value``), so the written file is the same
+as with a converted element.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
+from pydicom.tag import BaseTag
+from pydicom.valuerep import VALIDATORS
+
+#: pydicom's decoding of the default character repertoire, the repertoire of UI (PS3.5 6.2).
+DEFAULT_ENCODING = "iso8859"
+#: Length of the header of an element in Implicit VR: tag and 32-bit length (PS3.5 7.1.3).
+IMPLICIT_HEADER_LENGTH = 8
+#: A public tag no data dictionary names: pydicom encodes its value by the VR given (a known tag of VR UN
+#: would be re-typed by the dictionary).
+UNNAMED_TAG = 0x00080002
+
+
+@cache
+def fixed_value(vr: str, value: Any) -> bytes:
+    """``value``, one of a few fixed values, as pydicom writes it for ``vr``: padded to even length (PS3.5
+    7.1.1). Only for values whose bytes are the same in both byte orders (text, zero)."""
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, True
+    write_data_element(fp, DataElement(UNNAMED_TAG, vr, value))
+    return fp.getvalue()[IMPLICIT_HEADER_LENGTH:]
+
+
+def raw_element(tag: BaseTag, vr: str, value: bytes) -> RawDataElement:
+    """A raw element holding ``value``, already encoded for ``vr`` in the byte order of its dataset (or valid
+    in both: text, zero)."""
+    return RawDataElement(tag, vr, len(value), value, 0, False, True)
+
+
+def uid_strings(raw: RawDataElement) -> list[str]:
+    """The values of a raw UI element as pydicom splits them, padding (NUL, or space as some writers use)
+    removed; ``[]`` for an empty value."""
+    text = (raw.value or b"").decode(DEFAULT_ENCODING).rstrip("\0 ")
+    return text.split("\\") if text else []
+
+
+def valid_uid(value: str) -> bool:
+    """Whether pydicom reads ``value`` as a UID without a warning (which would quote it): PS3.5 9.1."""
+    return VALIDATORS["UI"]("UI", value)[0]
+
+
+def raw_uids(tag: BaseTag, values: list[str]) -> RawDataElement:
+    """A raw UI element holding ``values``, padded with a NUL to even length (PS3.5 9.1)."""
+    encoded = "\\".join(values).encode(DEFAULT_ENCODING)
+    return raw_element(tag, "UI", encoded + b"\0" * (len(encoded) % 2))
