@@ -60,3 +60,22 @@ def test_the_kubernetes_wrapper_command_sets_the_stack_size_and_execs_the_app() 
     soft, parent = map(int, result.stdout.split())
     assert soft == STACK_BYTES
     assert parent == subprocess.os.getpid(), "exec: the app replaces the shell (its exit code is the container's)"
+
+
+def test_the_base_image_and_gpu_architectures_named_are_those_of_the_pins() -> None:
+    import json
+
+    import torch
+
+    base = json.loads((ROOT / "deploy" / "artifacts.json").read_text())["4.2.0"]["holoscan"]["base-images"]["dgpu"]
+    assert f"`FROM {base}`" in DOCUMENT
+    assert f"`{' '.join(torch.cuda.get_arch_list())}`" in DOCUMENT, "the architectures the installed torch wheel has kernels for"
+    assert f"`{torch.__version__}`" in DOCUMENT and f"`{torch.version.cuda}`" in DOCUMENT
+
+
+def test_the_image_size_figures_are_the_measured_ones() -> None:
+    import json
+
+    measured = json.loads((ROOT / "benchmarks" / "map_footprint.json").read_text())
+    assert f"{measured['python_packages']} pins) | **{measured['python_packages_gib']} GiB** installed" in DOCUMENT
+    assert f"| **{measured['model_package_gib']:.2f} GiB** |" in DOCUMENT
