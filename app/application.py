@@ -21,7 +21,7 @@ from operators.inference_operator import ZeroShotInferenceOperator
 from operators.preprocessing_operator import PreprocessingOperator
 from operators.run_report import RunReport
 from operators.series_selector_operator import SeriesSelectorOperator
-from operators.sr.structured_report import Algorithm
+from operators.sr.structured_report import ALGORITHM_NAME, Algorithm
 from operators.sr_writer_operator import StructuredReportWriterOperator
 from operators.study_loader_operator import StudyLoaderOperator
 
@@ -32,7 +32,7 @@ def algorithm_of(package: ModelPackage) -> Algorithm:
     manifest = package.manifest
     weights = "RANDOM-INIT (NOT FOR CLINICAL USE)" if package.is_random_init else manifest.weights.source
     return Algorithm(
-        name="BiomedCLIP",
+        name=ALGORITHM_NAME,
         version=package.identity,
         parameters=(f"weights={weights}", f"labels_sha256={manifest.labels_sha256[:16]}"),
         random_weights=package.is_random_init,

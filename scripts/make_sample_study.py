@@ -1,33 +1,16 @@
 #!/usr/bin/env python3
-"""Copy the embedded sample study out of pydicom's test files into a folder.
-
-Study 98892001 of pydicom's ``dicomdirtests`` (fictitious patient): two CT series of one study,
-CT2N (2 slices) and CT5N (5 slices). Files are copied byte for byte.
-"""
+"""Copy the embedded sample study (``app/sample_study.py``: two CT series of one study from pydicom's
+test files) into a folder, byte for byte."""
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
-import pydicom
+from app.sample_study import make_sample_study
 
-SOURCE = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests" / "98892001"
-
-
-def make_sample_study(out: Path) -> list[Path]:
-    files = sorted(p for p in SOURCE.rglob("*") if p.is_file())
-    if not files:
-        raise FileNotFoundError(f"{SOURCE}: pydicom's test files are missing")
-    copied = []
-    for src in files:
-        dst = out / src.relative_to(SOURCE)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst)
-        copied.append(dst)
-    return copied
+__all__ = ["make_sample_study"]
 
 
 def main() -> int:

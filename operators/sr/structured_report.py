@@ -39,6 +39,7 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from pydicom.uid import ExplicitVRLittleEndian
 
 from operators.atomic import write_atomically
 from operators.deid.deidentifier import ReidentificationMap
@@ -48,10 +49,19 @@ from operators.sr.codes import NO_CONFIDENT_FINDING, PROBABILITY_MARGIN, coding_
 from operators.sr.uids import UIDRoot
 
 MANUFACTURER = "BiomedCLIP MAP (research use only)"
+#: TID 4019 Algorithm Name of every measurement group (``python -m app.smoke_test`` looks for it).
+ALGORITHM_NAME = "BiomedCLIP"
 #: Named, so that one UID under the site's root identifies this application as the observing device
 #: across all its reports.
 DEVICE_OBSERVER_NAME = "BiomedCLIP zero-shot MONAI Deploy application"
 SR_SERIES_NUMBER = 9901
+#: The SR's transfer syntax, in its file and when the listener sends it (docs/conformance.md).
+SR_TRANSFER_SYNTAX = ExplicitVRLittleEndian
+#: Specific Character Set (0008,0005) of an SR with text outside the default repertoire (ISO-IR 6),
+#: i.e. a name copied from the original study: UTF-8 can hold what any source character set can.
+UTF8 = "ISO_IR 192"
+#: VRs whose values may hold characters of the Specific Character Set (PS3.5 §6.1.2.3).
+TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC", "PN"})
 NO_UNITS = codes.UCUM.NoUnits
 #: Probabilities and margins are written to 3 decimals: the model's calibration supports no more, and
 #: 14 digits hide the value from a reader.
@@ -187,8 +197,11 @@ def build_study_sr(
         is_final=False,
         is_verified=False,
         series_description=description,
+        transfer_syntax_uid=SR_TRANSFER_SYNTAX,
     )
     sr.CodingSchemeIdentificationSequence = [coding_scheme_identification()]
+    if not all(str(element.value).isascii() for element in sr.iterall() if element.VR in TEXT_VRS):
+        sr.SpecificCharacterSet = UTF8  # else written without it, a name like "Müller" would be undeclared bytes, "山田" "??"
     return sr
 
 

@@ -241,3 +241,24 @@ def _onnxruntime_config(tmp_path: Path) -> Path:
     settings["inference"].update(backend="onnxruntime", precision="fp32")
     (config / "app.json").write_text(json.dumps(settings))
     return config / "app.json"
+
+
+@pytest.mark.parametrize(("character_set", "name"), [("ISO_IR 100", "Müller^Jürgen"), ("ISO_IR 192", "山田^太郎")])
+def test_a_name_outside_ascii_reaches_the_sr_intact_with_its_character_set_declared(
+    sample_study: Path, model_package: Path, tmp_path: Path, character_set: str, name: str
+) -> None:
+    for path in sorted(sample_study.rglob("*")):
+        if path.is_file():
+            ds = pydicom.dcmread(path)
+            ds.SpecificCharacterSet, ds.PatientName = character_set, name
+            ds.save_as(path)
+
+    result = run_app(sample_study, tmp_path / "out", model_package)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    sr_path = _only_sr(tmp_path / "out")
+    sr = pydicom.dcmread(sr_path)
+    assert sr.SpecificCharacterSet == "ISO_IR 192"
+    assert str(sr.PatientName) == name
+    validator = subprocess.run(["dciodvfy", str(sr_path)], capture_output=True, text=True)
+    assert not [line for line in validator.stderr.splitlines() if line.startswith("Error")]
