@@ -16,7 +16,12 @@
    the SR stored at the PACS (dcmtk storescp), minus the quiet period; split into the MAP job
    (from the journal) and the rest (completion tick, job start, delivery).
 
-    .venv/bin/python -m benchmarks.listener   # writes benchmarks/listener.json and the BENCHMARKS.md section
+With ``--baseline-tree DIR`` (a checkout of another commit, e.g. ``git worktree add --detach DIR
+COMMIT``), the listener of that tree is measured too, in the same run: one more receiver in the
+rotation, and its own listener taking turns with this tree's for the latency; the section gives the
+ratio of the medians.
+
+    .venv/bin/python -m benchmarks.listener [--baseline-tree DIR]   # writes benchmarks/listener.json and the BENCHMARKS.md section
 """
 
 from __future__ import annotations
@@ -72,8 +77,10 @@ else:
     on_connection = (evt.EVT_CONN_OPEN, lambda event: event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1))
 ae.start_server(("127.0.0.1", {BARE_SCP_PORT}), evt_handlers=[on_connection, (evt.EVT_C_STORE, lambda event: 0)])
 """
+LISTENER, BASELINE = "listener", "listener, baseline tree"
 RECEIVERS = {  # name -> (called AE title, port)
-    "listener": ("BIOMEDCLIP", 11112),
+    LISTENER: ("BIOMEDCLIP", 11112),
+    BASELINE: ("BIOMEDCLIP", 11112),
     "dcmtk storescp": (PACS_AE, PACS_PORT),
     "bare pynetdicom SCP, listener's settings": ("BARE", BARE_SCP_PORT),
     "bare pynetdicom SCP, pynetdicom defaults": ("BARE", BARE_SCP_PORT),
@@ -112,10 +119,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_receiver(ns: LoopbackNamespace, receiver: str, run: Path):
+def start_receiver(ns: LoopbackNamespace, receiver: str, run: Path, baseline: Path | None):
     """The receiver, listening; returns it and the pid of the process that receives."""
-    if receiver == "listener":
-        listener = ListenerProcess(ns, listener_config(run, run / "unused-model", quiet_period_s=3600), run / "listener.log").start()
+    if receiver in (LISTENER, BASELINE):
+        tree = baseline if receiver == BASELINE and baseline else ROOT
+        listener = ListenerProcess(ns, listener_config(run, run / "unused-model", quiet_period_s=3600), run / "listener.log", tree).start()
         return listener, listener.pid
     if receiver == "dcmtk storescp":
         pacs = DcmtkPacs(ns, run / "pacs")
@@ -125,7 +133,7 @@ def start_receiver(ns: LoopbackNamespace, receiver: str, run: Path):
 
 
 def stored(receiver: str, run: Path, files: list[Path]) -> int:
-    if receiver == "listener":
+    if receiver in (LISTENER, BASELINE):
         return len(list((run / "spool" / "arrivals").glob("*/*.dcm")))
     if receiver == "dcmtk storescp":
         return len(list((run / "pacs").iterdir()))
@@ -158,11 +166,11 @@ def durable_writes(work: Path, writers: int, size: int = 39_266, count: int = 40
     return {"per_s": count / seconds, "cpu_ms_per_instance": 1000 * cpu / count}
 
 
-def receive(ns: LoopbackNamespace, work: Path, files: list[Path], receiver: str, associations: int) -> dict:
+def receive(ns: LoopbackNamespace, work: Path, files: list[Path], receiver: str, associations: int, baseline: Path | None) -> dict:
     """Instances/s and the receiving process's CPU time per instance for one run."""
     run = work / "receiving"
     run.mkdir()
-    peer, pid = start_receiver(ns, receiver, run)
+    peer, pid = start_receiver(ns, receiver, run, baseline)
     cpu_before = cpu_seconds(pid)
     seconds = send(ns, files, associations, *RECEIVERS[receiver])
     cpu = cpu_seconds(pid) - cpu_before
@@ -174,16 +182,16 @@ def receive(ns: LoopbackNamespace, work: Path, files: list[Path], receiver: str,
     return {"per_s": len(files) / seconds, "cpu_ms_per_instance": 1000 * cpu / len(files)}
 
 
-def reception(ns: LoopbackNamespace, work: Path, files: list[Path], repeats: int) -> dict:
+def reception(ns: LoopbackNamespace, work: Path, files: list[Path], repeats: int, baseline: Path | None) -> dict:
     """Each repeat: the durable-write rate (the disk's speed at the time), then every receiver."""
-    names = list(RECEIVERS)
+    names = [name for name in RECEIVERS if baseline or name != BASELINE]
     runs: dict[str, dict[int, list[dict]]] = {name: {1: [], 4: []} for name in [DURABLE_WRITES, *names]}
     for repeat in range(repeats):
         for writers in (1, 4):
             runs[DURABLE_WRITES][writers].append(durable_writes(work, writers))
         for receiver in names[repeat % len(names):] + names[:repeat % len(names)]:
             for associations in (1, 4):
-                runs[receiver][associations].append(receive(ns, work, files, receiver, associations))
+                runs[receiver][associations].append(receive(ns, work, files, receiver, associations, baseline))
         for name, by_count in runs.items():
             for count, results in by_count.items():
                 print(f"{name}, {count}: {results[-1]['per_s']:.0f}/s, {results[-1]['cpu_ms_per_instance']:.2f} ms CPU each", flush=True)
@@ -193,30 +201,40 @@ def reception(ns: LoopbackNamespace, work: Path, files: list[Path], repeats: int
             for name, by_count in runs.items()}
 
 
-def latency(ns: LoopbackNamespace, work: Path, model: Path, repeats: int, quiet_period_s: float) -> dict:
+def latency(ns: LoopbackNamespace, work: Path, model: Path, repeats: int, quiet_period_s: float, baseline: Path | None) -> dict:
+    """Each repeat sends the sample study to each tree's listener in turn (the order alternates); both
+    listen all along, on their own ports, and deliver to one PACS."""
     study = work / "sample"
     make_sample_study(study)
     files = sorted(p for p in study.rglob("*") if p.is_file())
+    trees = {LISTENER: (ROOT, 11112), **({BASELINE: (baseline, 11115)} if baseline else {})}
     pacs = DcmtkPacs(ns, work / "pacs")
-    (work / "lat").mkdir()
-    listener = ListenerProcess(ns, listener_config(work / "lat", model, quiet_period_s=quiet_period_s), work / "lat.log").start()
-    runs = []
+    listeners = []
+    runs: dict[str, list[dict]] = {name: [] for name in trees}
     try:
+        for tree, port in trees.values():
+            folder = work / "lat" / str(port)
+            folder.mkdir(parents=True)
+            config = listener_config(folder, model, quiet_period_s=quiet_period_s, port=port)
+            listeners.append(ListenerProcess(ns, config, folder / "listener.log", tree).start())
         for repeat in range(repeats):
-            before = len(pacs.received())
-            send(ns, files, 1, "BIOMEDCLIP", 11112)
-            last_instance = time.perf_counter()
-            wait_for(lambda before=before: len(pacs.received()) > before, 900, "the SR at the PACS", 0.01)
-            total = time.perf_counter() - last_instance
-            job = [json.loads(line) for line in (work / "lat" / "spool" / "journal.jsonl").read_text().splitlines()]
-            job_s = [r["seconds"] for r in job if r["event"] == "job_finished"][-1]
-            runs.append({"after_quiet_period_s": total - quiet_period_s, "job_s": job_s, "other_s": total - quiet_period_s - job_s})
-            print(f"latency run {repeat + 1}: {runs[-1]}", flush=True)
+            for name in list(trees)[repeat % 2:] + list(trees)[:repeat % 2]:
+                tree, port = trees[name]
+                before = len(pacs.received())
+                send(ns, files, 1, "BIOMEDCLIP", port)
+                last_instance = time.perf_counter()
+                wait_for(lambda before=before: len(pacs.received()) > before, 900, "the SR at the PACS", 0.01)
+                total = time.perf_counter() - last_instance
+                job = [json.loads(line) for line in (work / "lat" / str(port) / "spool" / "journal.jsonl").read_text().splitlines()]
+                job_s = [r["seconds"] for r in job if r["event"] == "job_finished"][-1]
+                runs[name].append({"after_quiet_period_s": total - quiet_period_s, "job_s": job_s, "other_s": total - quiet_period_s - job_s})
+                print(f"latency run {repeat + 1}, {name}: {runs[name][-1]}", flush=True)
     finally:
-        listener.stop()
+        for listener in listeners:
+            listener.stop()
         pacs.stop()
-    return {"quiet_period_s": quiet_period_s, "runs": runs,
-            "median": {k: statistics.median(r[k] for r in runs) for k in runs[0]}}
+    return {"quiet_period_s": quiet_period_s,
+            **{name: {"runs": r, "median": {k: statistics.median(x[k] for x in r) for k in r[0]}} for name, r in runs.items()}}
 
 
 def markdown(data: dict) -> str:
@@ -243,27 +261,38 @@ def markdown(data: dict) -> str:
         for associations, value in by_associations.items():
             runs = ", ".join(f"{r['per_s']:.0f}" for r in value["runs"])
             lines.append(f"| {receiver} | {associations} | {value['median_per_s']:.0f} | {runs} | {value['median_cpu_ms_per_instance']:.2f} |")
-    listener, ceiling = rec["listener"], rec["bare pynetdicom SCP, listener's settings"]
+    listener, ceiling = rec[LISTENER], rec["bare pynetdicom SCP, listener's settings"]
     lines.append("")
     for associations in ("1", "4"):
         rate = listener[associations]["median_per_s"]
         lines.append(f"Target ≥ {TARGET_PER_S} instances/s with {associations} association(s): {'met' if rate >= TARGET_PER_S else 'not met'} here "
                      f"(median {rate:.0f}/s, {rate / ceiling[associations]['median_per_s']:.0%} of the bare pynetdicom SCP's).")
+    if BASELINE in rec:
+        lines += ["", f"Against the baseline tree ({data['baseline']}), same run: this tree's median / the baseline's."]
+        for associations in ("1", "4"):
+            now, then = listener[associations], rec[BASELINE][associations]
+            lines.append(f"- {associations} association(s): {now['median_per_s']:.0f} vs {then['median_per_s']:.0f} instances/s = "
+                         f"{now['median_per_s'] / then['median_per_s']:.2f}; CPU per instance {now['median_cpu_ms_per_instance']:.2f} vs "
+                         f"{then['median_cpu_ms_per_instance']:.2f} ms = {now['median_cpu_ms_per_instance'] / then['median_cpu_ms_per_instance']:.2f}")
     lines += [
         "",
         "One association waits for each acknowledgement, so its rate is bounded by one durable write per instance;",
         "the listener's associations share one Python process, hence one core (the GIL). Disk speed on this VM drifts,",
         "even within one run of this script (docs/listener.md, Performance): compare rows of the same repeat.",
     ]
-    m = lat["median"]
     lines += [
         "",
         f"Result latency, sample study (2 CT series, 7 instances), quiet period {lat['quiet_period_s']:g} s: from the end of",
         "the transfer to the SR stored at the PACS (dcmtk `storescp`), minus the quiet period.",
         "",
-        "| latency after the quiet period (s) | of which the MAP job (s) | completion + delivery (s) |",
-        "|---:|---:|---:|",
-        f"| {m['after_quiet_period_s']:.2f} | {m['job_s']:.2f} | {m['other_s']:.2f} |",
+        "| listener | latency after the quiet period (s) | of which the MAP job (s) | completion + delivery (s) | runs (s), in order |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name in (LISTENER, BASELINE):
+        if name in lat:
+            m, runs = lat[name]["median"], ", ".join(f"{r['after_quiet_period_s']:.2f}" for r in lat[name]["runs"])
+            lines.append(f"| {name} | {m['after_quiet_period_s']:.2f} | {m['job_s']:.2f} | {m['other_s']:.2f} | {runs} |")
+    lines += [
         "",
         "The MAP job is a fresh `python app` process (imports, model load, inference on CPU) per study.",
         END,
@@ -277,19 +306,24 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quiet-period", type=float, default=2.0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks")
+    parser.add_argument("--baseline-tree", type=Path, help="a checkout of another commit whose listener is measured in the same run")
     args = parser.parse_args()
+    baseline = args.baseline_tree.resolve() if args.baseline_tree else None
     if not LoopbackNamespace.available():
         print("error: needs `unshare --net` (root) to confine the peers to loopback", file=sys.stderr)
         return 2
     data = {"machine": machine(), "load_before": " ".join(open("/proc/loadavg").read().split()[:3]), "repeats": args.repeats}
+    if baseline:
+        commit = subprocess.run(["git", "-C", str(baseline), "log", "-1", "--format=%h %s"], capture_output=True, text=True, check=True)
+        data["baseline"] = commit.stdout.strip()
     ns = LoopbackNamespace()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             studies = make_ct_studies(work / "ct", studies=2, series_per_study=2, instances_per_series=INSTANCES // 4)
             files = sorted(p for paths in studies.values() for p in paths)
-            data["reception"] = reception(ns, work, files, args.repeats)
-            data["latency"] = latency(ns, work, args.model.resolve(), args.repeats, args.quiet_period)
+            data["reception"] = reception(ns, work, files, args.repeats, baseline)
+            data["latency"] = latency(ns, work, args.model.resolve(), args.repeats, args.quiet_period, baseline)
     finally:
         ns.close()
     data["load_after"] = " ".join(open("/proc/loadavg").read().split()[:3])

@@ -64,8 +64,8 @@ class LoopbackNamespace:
     def run(self, argv: Sequence[str], **kwargs) -> subprocess.CompletedProcess:
         return subprocess.run(self.command(argv), capture_output=True, text=True, env=PEER_ENV, **kwargs)
 
-    def popen(self, argv: Sequence[str], **kwargs) -> subprocess.Popen:
-        return subprocess.Popen(self.command(argv), env=PEER_ENV, **kwargs)
+    def popen(self, argv: Sequence[str], env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
+        return subprocess.Popen(self.command(argv), env={**PEER_ENV, **(env or {})}, **kwargs)
 
     def close(self) -> None:
         self._holder.kill()
@@ -93,10 +93,11 @@ def listener_config(workdir: Path, model_dir: Path, quiet_period_s: float, **set
 
 
 class ListenerProcess:
-    """``python -m app.listener --config FILE`` inside the namespace, logging to ``log``."""
+    """``python -m app.listener --config FILE`` inside the namespace, logging to ``log``; the code of
+    the source tree ``tree`` (another checkout, to compare two versions)."""
 
-    def __init__(self, ns: LoopbackNamespace, config: Path, log: Path) -> None:
-        self.ns, self.config, self.log = ns, config, log
+    def __init__(self, ns: LoopbackNamespace, config: Path, log: Path, tree: Path = ROOT) -> None:
+        self.ns, self.config, self.log, self.tree = ns, config, log, tree
         self.process: subprocess.Popen | None = None
 
     def start(self) -> ListenerProcess:
@@ -105,7 +106,7 @@ class ListenerProcess:
         port_file.unlink(missing_ok=True)
         with open(self.log, "ab") as log:
             self.process = self.ns.popen([sys.executable, "-m", "app.listener", "--config", self.config, "--port-file", port_file],
-                                         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+                                         cwd=self.tree, env={"PYTHONPATH": str(self.tree)}, stdout=log, stderr=subprocess.STDOUT)
         wait_for(lambda: port_file.exists() or self.process.poll() is not None, 120, "the listener to listen", 0.1)
         if self.process.poll() is not None:
             raise RuntimeError(f"the listener exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
