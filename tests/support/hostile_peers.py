@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pydicom
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, DeflatedExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 
 TIMEOUT_S = 30
@@ -74,10 +74,12 @@ def _item(item_type: int, value: bytes) -> bytes:
 
 
 def associate_rq(scp: Scp, calling_ae: str, abstract_syntax: str, transfer_syntax: str, max_pdu: int = 16384) -> bytes:
-    """An A-ASSOCIATE-RQ PDU (PS3.8 §9.3.2) proposing one presentation context."""
+    """An A-ASSOCIATE-RQ PDU (PS3.8 §9.3.2) proposing one presentation context; user information: the
+    maximum length received and the implementation class UID (PS3.7 D.3.3.1, D.3.3.2)."""
     context = bytes([1, 0, 0, 0]) + _item(0x30, abstract_syntax.encode()) + _item(0x40, transfer_syntax.encode())
     body = (struct.pack(">HH", 1, 0) + scp.ae_title.encode().ljust(16) + calling_ae.encode().ljust(16) + bytes(32)
-            + _item(0x10, DICOM_APPLICATION_CONTEXT) + _item(0x20, context) + _item(0x50, _item(0x51, struct.pack(">L", max_pdu))))
+            + _item(0x10, DICOM_APPLICATION_CONTEXT) + _item(0x20, context)
+            + _item(0x50, _item(0x51, struct.pack(">L", max_pdu)) + _item(0x52, PYDICOM_IMPLEMENTATION_UID.encode())))
     return pdu_header(A_ASSOCIATE_RQ, len(body)) + body
 
 

@@ -8,6 +8,7 @@ peer (and the listener itself) runs inside a private network namespace whose onl
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pydicom
 from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
+from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 
 ROOT = Path(__file__).resolve().parents[2]
 LISTENER_AE, SENDER_AE, PACS_AE = "BIOMEDCLIP", "STORESCU", "PACS"
@@ -168,15 +169,17 @@ class DcmtkPacs:
 
 
 class OrthancPacs:
-    """Orthanc playing the PACS, its DICOM and HTTP ports inside the namespace only."""
+    """Orthanc playing the PACS, its DICOM and HTTP ports inside the namespace only; every other
+    setting is Orthanc's default. ``modalities`` (name -> [AE title, host, port]) are the peers it
+    can push to (``POST /modalities/{name}/store``)."""
 
-    def __init__(self, ns: LoopbackNamespace, workdir: Path) -> None:
+    def __init__(self, ns: LoopbackNamespace, workdir: Path, modalities: dict[str, list[object]] | None = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         config = {
             "Name": "listener-test", "DicomAet": PACS_AE, "DicomPort": PACS_PORT, "HttpPort": ORTHANC_HTTP_PORT,
             "StorageDirectory": str(workdir / "storage"), "IndexDirectory": str(workdir / "index"),
             "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": True,
-            "Plugins": [],
+            "Plugins": [], "DicomModalities": modalities or {},
         }
         (workdir / "orthanc.json").write_text(json.dumps(config))
         self.ns = ns
@@ -184,11 +187,19 @@ class OrthancPacs:
         wait_for(lambda: self.get("/system") is not None, 60, "Orthanc's REST API", 0.2)
 
     def get(self, path: str, raw: bool = False) -> object:
-        url = f"http://127.0.0.1:{ORTHANC_HTTP_PORT}{urllib.parse.quote(path)}"
+        url = f"http://127.0.0.1:{ORTHANC_HTTP_PORT}{urllib.parse.quote(path, safe='/?=&')}"
         result = subprocess.run(self.ns.command(["curl", "-sf", url]), capture_output=True)
         if result.returncode != 0:
             return None
         return result.stdout if raw else json.loads(result.stdout)
+
+    def post(self, path: str, body: bytes) -> dict:
+        """POST ``body`` to the REST API; its JSON answer (a failure raises, with Orthanc's message)."""
+        url = f"http://127.0.0.1:{ORTHANC_HTTP_PORT}{urllib.parse.quote(path)}"
+        result = subprocess.run(self.ns.command(["curl", "-s", "--fail-with-body", "--data-binary", "@-", url]), input=body, capture_output=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"POST {path}: {result.stdout.decode(errors='replace')[-2000:]}")
+        return json.loads(result.stdout)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -216,6 +227,35 @@ def make_ct_studies(folder: Path, studies: int, series_per_study: int, instances
                 ds.save_as(path, enforce_file_format=True)
                 made.setdefault(study_uid, []).append(path)
     return made
+
+
+def make_dose_report(like: Path, folder: Path) -> Path:
+    """A CT dose report as scanners file it: a screenshot stored as Secondary Capture Image Storage
+    (PS3.3 A.8.1) in its own series of the study of ``like``, Burned In Annotation YES. The default
+    burned-in-annotation policy refuses it, so the app exits 3 (SR written, a file refused)."""
+    ds = pydicom.dcmread(like)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID, ds.Modality, ds.SeriesNumber, ds.InstanceNumber = generate_uid(), "OT", 999, 1
+    ds.ImageType, ds.ConversionType, ds.BurnedInAnnotation = ["DERIVED", "SECONDARY", "OTHER"], "WSD", "YES"
+    ds.SeriesDescription = "Dose Report"
+    path = folder / "dose-report.dcm"
+    folder.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def make_truncated_copy(like: Path, folder: Path, keep: float = 0.6) -> Path:
+    """Another instance of the series of ``like`` (its own SOP Instance UID) whose file ends after
+    ``keep`` of its bytes, inside the pixel data: a transfer cut short."""
+    ds = pydicom.dcmread(like)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    path = folder / "truncated.dcm"
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer.getvalue()[: int(len(buffer.getvalue()) * keep)])
+    return path
 
 
 #: Non-image instances a whole-study push carries (PS3.4 Annex B.5): prior report, key images,
