@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import CTImageStorage, MRImageStorage, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pynetdicom import AE
 
 from app import logging_policy
@@ -23,15 +23,20 @@ from app.listener.journal import Journal
 from app.listener.scp import StorageSCP
 from app.listener.spool import Spool
 from tests.support.hostile_peers import (
+    A_ASSOCIATE_AC,
     A_ASSOCIATE_RQ,
+    P_DATA_TF,
     TIMEOUT_S,
     Scp,
     WellBehavedSender,
+    associate_rq,
     closed_within,
     connect,
     data_sets_sent_as_encoded,
     pdu_header,
+    read_pdu,
     send_as_encoded,
+    write_deflate_bomb,
 )
 from tests.support.listener_peers import LISTENER_AE, SENDER_AE, make_ct_studies, wait_for
 
@@ -152,6 +157,19 @@ def test_item5_a_peer_that_stalls_inside_a_pdu_is_closed_after_the_network_timeo
     stalled.close()
 
 
+def test_item5_a_peer_that_stalls_inside_a_p_data_pdu_of_an_accepted_association_is_closed(start_scp, good_files: list[Path]) -> None:
+    scp = start_scp(network_timeout_s=2.0)
+    stalled = connect(scp.address, "127.0.0.2")
+    stalled.sendall(associate_rq(scp.address, SENDER_AE, CTImageStorage, ExplicitVRLittleEndian))
+    assert read_pdu(stalled)[0] == A_ASSOCIATE_AC
+    stalled.sendall(pdu_header(P_DATA_TF, 1000) + bytes(10))  # a P-DATA-TF cut short
+    good = scp.sender(good_files)
+
+    assert closed_within(stalled, 10)
+    _assert_lost_nothing(good, scp)
+    stalled.close()
+
+
 def test_item6_a_pdu_longer_than_max_pdu_bytes_is_refused_before_it_is_read(
         start_scp, good_files: list[Path], caplog: pytest.LogCaptureFixture) -> None:
     scp = start_scp()
@@ -188,6 +206,19 @@ def test_item6_a_data_set_larger_than_max_instance_bytes_aborts_its_association_
     _assert_lost_nothing(good, scp)
     assert big.SOPInstanceUID not in scp.spooled()
     assert "a data set exceeds max_instance_bytes (262144)" in caplog.text
+
+
+def test_item6_a_deflate_bomb_is_refused_without_inflating_it(
+        start_scp, good_files: list[Path], caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    scp = start_scp()
+    bomb = write_deflate_bomb(tmp_path / "bomb.dcm", good_files[0], 256 * 2**20)  # ~270 KB on the wire
+    good = scp.sender(good_files)
+
+    assert send_as_encoded(scp.address, [bomb]) == [0xA700]
+
+    _assert_lost_nothing(good, scp)
+    assert len(scp.spooled()) == len(good_files)
+    assert "max_header_bytes (1048576)" in caplog.text
 
 
 def test_item12_a_wrong_called_ae_title_a_refused_sop_class_and_a_silent_connection_each_get_one_clear_line(
