@@ -263,7 +263,7 @@ class Server:
     def stored(self) -> list[str]:
         """SOP Instance UIDs of what it stored (Orthanc's index; the listener's spool files)."""
         if self.name == "Orthanc":
-            return [i["MainDicomTags"].get("SOPInstanceUID", "") for i in self.orthanc.get("/instances?expand")]  # type: ignore[union-attr]
+            return [i["MainDicomTags"].get("SOPInstanceUID", "") for i in self.orthanc.get("/instances?expand")]
         return [p.name.removesuffix(".dcm") for p in self.spool.glob("*/*.dcm")]
 
     def memory_kib(self, field: str) -> int:
