@@ -16,7 +16,12 @@
    the SR stored at the PACS (dcmtk storescp), minus the quiet period; split into the MAP job
    (from the journal) and the rest (completion tick, job start, delivery).
 
-    .venv/bin/python -m benchmarks.listener   # writes benchmarks/listener.json and the BENCHMARKS.md section
+With ``--baseline-tree DIR`` (a checkout of another commit, e.g. ``git worktree add --detach DIR
+COMMIT``), the listener of that tree is measured too, in the same run: one more receiver in the
+rotation, and its own listener taking turns with this tree's for the latency; the section gives the
+ratio of the medians.
+
+    .venv/bin/python -m benchmarks.listener [--baseline-tree DIR]   # writes benchmarks/listener.json and the BENCHMARKS.md section
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import threading
 import time
 from pathlib import Path
 
-from app.listener.scp import MAXIMUM_PDU_BYTES
+from app.listener.config import ListenerConfig
 from app.listener.tcp import DUL_POLL_INTERVAL_S
 from benchmarks.common import machine, write_section
 from operators.atomic import write_atomically
@@ -53,6 +58,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- listener:begin -->", "<!-- listener:end -->"
 INSTANCES = 800
 TARGET_PER_S = 300  # issue 6, for 38 KB CT instances on loopback with Nagle off
+MAX_LOSS = 0.10  # issue 13: against the tree before the hardening, in the same run
 BARE_SCP_PORT = 11114
 #: A pynetdicom Storage SCP doing nothing but answer Success: with the listener's connection settings
 #: (``listener``) or with pynetdicom's defaults plus TCP_NODELAY (``defaults``).
@@ -60,20 +66,22 @@ BARE_SCP = f"""
 import socket, sys
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, Verification
-from app.listener.scp import MAXIMUM_PDU_BYTES
+from app.listener.config import ListenerConfig
 from app.listener.tcp import LOW_LATENCY_HANDLER
 ae = AE("BARE")
 ae.add_supported_context(CTImageStorage)
 ae.add_supported_context(Verification)
 if sys.argv[1] == "listener":
-    ae.maximum_pdu_size = MAXIMUM_PDU_BYTES
+    ae.maximum_pdu_size = ListenerConfig.max_pdu_bytes
     on_connection = LOW_LATENCY_HANDLER
 else:
     on_connection = (evt.EVT_CONN_OPEN, lambda event: event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1))
 ae.start_server(("127.0.0.1", {BARE_SCP_PORT}), evt_handlers=[on_connection, (evt.EVT_C_STORE, lambda event: 0)])
 """
+LISTENER, BASELINE = "listener", "listener, baseline tree"
 RECEIVERS = {  # name -> (called AE title, port)
-    "listener": ("BIOMEDCLIP", 11112),
+    LISTENER: ("BIOMEDCLIP", 11112),
+    BASELINE: ("BIOMEDCLIP", 11112),
     "dcmtk storescp": (PACS_AE, PACS_PORT),
     "bare pynetdicom SCP, listener's settings": ("BARE", BARE_SCP_PORT),
     "bare pynetdicom SCP, pynetdicom defaults": ("BARE", BARE_SCP_PORT),
@@ -112,10 +120,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_receiver(ns: LoopbackNamespace, receiver: str, run: Path):
+def start_receiver(ns: LoopbackNamespace, receiver: str, run: Path, baseline: Path | None):
     """The receiver, listening; returns it and the pid of the process that receives."""
-    if receiver == "listener":
-        listener = ListenerProcess(ns, listener_config(run, run / "unused-model", quiet_period_s=3600), run / "listener.log").start()
+    if receiver in (LISTENER, BASELINE):
+        tree = baseline if receiver == BASELINE and baseline else ROOT
+        listener = ListenerProcess(ns, listener_config(run, run / "unused-model", quiet_period_s=3600), run / "listener.log", tree).start()
         return listener, listener.pid
     if receiver == "dcmtk storescp":
         pacs = DcmtkPacs(ns, run / "pacs")
@@ -125,7 +134,7 @@ def start_receiver(ns: LoopbackNamespace, receiver: str, run: Path):
 
 
 def stored(receiver: str, run: Path, files: list[Path]) -> int:
-    if receiver == "listener":
+    if receiver in (LISTENER, BASELINE):
         return len(list((run / "spool" / "arrivals").glob("*/*.dcm")))
     if receiver == "dcmtk storescp":
         return len(list((run / "pacs").iterdir()))
@@ -158,11 +167,11 @@ def durable_writes(work: Path, writers: int, size: int = 39_266, count: int = 40
     return {"per_s": count / seconds, "cpu_ms_per_instance": 1000 * cpu / count}
 
 
-def receive(ns: LoopbackNamespace, work: Path, files: list[Path], receiver: str, associations: int) -> dict:
+def receive(ns: LoopbackNamespace, work: Path, files: list[Path], receiver: str, associations: int, baseline: Path | None) -> dict:
     """Instances/s and the receiving process's CPU time per instance for one run."""
     run = work / "receiving"
     run.mkdir()
-    peer, pid = start_receiver(ns, receiver, run)
+    peer, pid = start_receiver(ns, receiver, run, baseline)
     cpu_before = cpu_seconds(pid)
     seconds = send(ns, files, associations, *RECEIVERS[receiver])
     cpu = cpu_seconds(pid) - cpu_before
@@ -174,16 +183,16 @@ def receive(ns: LoopbackNamespace, work: Path, files: list[Path], receiver: str,
     return {"per_s": len(files) / seconds, "cpu_ms_per_instance": 1000 * cpu / len(files)}
 
 
-def reception(ns: LoopbackNamespace, work: Path, files: list[Path], repeats: int) -> dict:
+def reception(ns: LoopbackNamespace, work: Path, files: list[Path], repeats: int, baseline: Path | None) -> dict:
     """Each repeat: the durable-write rate (the disk's speed at the time), then every receiver."""
-    names = list(RECEIVERS)
+    names = [name for name in RECEIVERS if baseline or name != BASELINE]
     runs: dict[str, dict[int, list[dict]]] = {name: {1: [], 4: []} for name in [DURABLE_WRITES, *names]}
     for repeat in range(repeats):
         for writers in (1, 4):
             runs[DURABLE_WRITES][writers].append(durable_writes(work, writers))
         for receiver in names[repeat % len(names):] + names[:repeat % len(names)]:
             for associations in (1, 4):
-                runs[receiver][associations].append(receive(ns, work, files, receiver, associations))
+                runs[receiver][associations].append(receive(ns, work, files, receiver, associations, baseline))
         for name, by_count in runs.items():
             for count, results in by_count.items():
                 print(f"{name}, {count}: {results[-1]['per_s']:.0f}/s, {results[-1]['cpu_ms_per_instance']:.2f} ms CPU each", flush=True)
@@ -193,30 +202,40 @@ def reception(ns: LoopbackNamespace, work: Path, files: list[Path], repeats: int
             for name, by_count in runs.items()}
 
 
-def latency(ns: LoopbackNamespace, work: Path, model: Path, repeats: int, quiet_period_s: float) -> dict:
+def latency(ns: LoopbackNamespace, work: Path, model: Path, repeats: int, quiet_period_s: float, baseline: Path | None) -> dict:
+    """Each repeat sends the sample study to each tree's listener in turn (the order alternates); both
+    listen all along, on their own ports, and deliver to one PACS."""
     study = work / "sample"
     make_sample_study(study)
     files = sorted(p for p in study.rglob("*") if p.is_file())
+    trees = {LISTENER: (ROOT, 11112), **({BASELINE: (baseline, 11115)} if baseline else {})}
     pacs = DcmtkPacs(ns, work / "pacs")
-    (work / "lat").mkdir()
-    listener = ListenerProcess(ns, listener_config(work / "lat", model, quiet_period_s=quiet_period_s), work / "lat.log").start()
-    runs = []
+    listeners = []
+    runs: dict[str, list[dict]] = {name: [] for name in trees}
     try:
+        for tree, port in trees.values():
+            folder = work / "lat" / str(port)
+            folder.mkdir(parents=True)
+            config = listener_config(folder, model, quiet_period_s=quiet_period_s, port=port)
+            listeners.append(ListenerProcess(ns, config, folder / "listener.log", tree).start())
         for repeat in range(repeats):
-            before = len(pacs.received())
-            send(ns, files, 1, "BIOMEDCLIP", 11112)
-            last_instance = time.perf_counter()
-            wait_for(lambda before=before: len(pacs.received()) > before, 900, "the SR at the PACS", 0.01)
-            total = time.perf_counter() - last_instance
-            job = [json.loads(line) for line in (work / "lat" / "spool" / "journal.jsonl").read_text().splitlines()]
-            job_s = [r["seconds"] for r in job if r["event"] == "job_finished"][-1]
-            runs.append({"after_quiet_period_s": total - quiet_period_s, "job_s": job_s, "other_s": total - quiet_period_s - job_s})
-            print(f"latency run {repeat + 1}: {runs[-1]}", flush=True)
+            for name in list(trees)[repeat % 2:] + list(trees)[:repeat % 2]:
+                tree, port = trees[name]
+                before = len(pacs.received())
+                send(ns, files, 1, "BIOMEDCLIP", port)
+                last_instance = time.perf_counter()
+                wait_for(lambda before=before: len(pacs.received()) > before, 900, "the SR at the PACS", 0.01)
+                total = time.perf_counter() - last_instance
+                job = [json.loads(line) for line in (work / "lat" / str(port) / "spool" / "journal.jsonl").read_text().splitlines()]
+                job_s = [r["seconds"] for r in job if r["event"] == "job_finished"][-1]
+                runs[name].append({"after_quiet_period_s": total - quiet_period_s, "job_s": job_s, "other_s": total - quiet_period_s - job_s})
+                print(f"latency run {repeat + 1}, {name}: {runs[name][-1]}", flush=True)
     finally:
-        listener.stop()
+        for listener in listeners:
+            listener.stop()
         pacs.stop()
-    return {"quiet_period_s": quiet_period_s, "runs": runs,
-            "median": {k: statistics.median(r[k] for r in runs) for k in runs[0]}}
+    return {"quiet_period_s": quiet_period_s,
+            **{name: {"runs": r, "median": {k: statistics.median(x[k] for x in r) for k in r[0]}} for name, r in runs.items()}}
 
 
 def markdown(data: dict) -> str:
@@ -231,7 +250,7 @@ def markdown(data: dict) -> str:
         f"Reception of {INSTANCES} CT instances (pydicom's `CT_small`, 39 KB each) from dcmtk `storescu` (`TCP_NODELAY=1`);",
         "the listener fsyncs every instance into the spool (file, then folder) before acknowledging it. References:",
         "dcmtk `storescp` (stores without fsync) and a bare pynetdicom SCP that discards the data sets, with the listener's",
-        f"connection settings (TCP_NODELAY, {DUL_POLL_INTERVAL_S * 1000:g} ms DUL poll interval, {MAXIMUM_PDU_BYTES / 2**20:g} MiB maximum PDU) and with pynetdicom's defaults",
+        f"connection settings (TCP_NODELAY, {DUL_POLL_INTERVAL_S * 1000:g} ms DUL poll interval, {ListenerConfig.max_pdu_bytes / 2**20:g} MiB maximum PDU) and with pynetdicom's defaults",
         "(TCP_NODELAY only). CPU: time the receiving process spent per instance (user + system). First in each repeat:",
         "durable 39 KB file writes alone (`operators/atomic.py`: temporary file, fsync, rename, fsync of the folder), the",
         "disk's speed at the time.",
@@ -243,27 +262,44 @@ def markdown(data: dict) -> str:
         for associations, value in by_associations.items():
             runs = ", ".join(f"{r['per_s']:.0f}" for r in value["runs"])
             lines.append(f"| {receiver} | {associations} | {value['median_per_s']:.0f} | {runs} | {value['median_cpu_ms_per_instance']:.2f} |")
-    listener, ceiling = rec["listener"], rec["bare pynetdicom SCP, listener's settings"]
+    listener, ceiling = rec[LISTENER], rec["bare pynetdicom SCP, listener's settings"]
     lines.append("")
     for associations in ("1", "4"):
         rate = listener[associations]["median_per_s"]
         lines.append(f"Target ≥ {TARGET_PER_S} instances/s with {associations} association(s): {'met' if rate >= TARGET_PER_S else 'not met'} here "
                      f"(median {rate:.0f}/s, {rate / ceiling[associations]['median_per_s']:.0%} of the bare pynetdicom SCP's).")
+    if BASELINE in rec:
+        lines += ["", f"Against the baseline tree ({data['baseline']}), same run: this tree's median / the baseline's "
+                  f"(issue 13: no loss of more than {MAX_LOSS:.0%})."]
+        for associations in ("1", "4"):
+            now, then = listener[associations], rec[BASELINE][associations]
+            ratio = now["median_per_s"] / then["median_per_s"]
+            lines.append(f"- {associations} association(s): {now['median_per_s']:.0f} vs {then['median_per_s']:.0f} instances/s = "
+                         f"{ratio:.2f} ({'within' if ratio >= 1 - MAX_LOSS else 'more than'} {MAX_LOSS:.0%} loss); CPU per instance "
+                         f"{now['median_cpu_ms_per_instance']:.2f} vs {then['median_cpu_ms_per_instance']:.2f} ms = "
+                         f"{now['median_cpu_ms_per_instance'] / then['median_cpu_ms_per_instance']:.2f}")
     lines += [
         "",
         "One association waits for each acknowledgement, so its rate is bounded by one durable write per instance;",
         "the listener's associations share one Python process, hence one core (the GIL). Disk speed on this VM drifts,",
         "even within one run of this script (docs/listener.md, Performance): compare rows of the same repeat.",
     ]
-    m = lat["median"]
     lines += [
         "",
         f"Result latency, sample study (2 CT series, 7 instances), quiet period {lat['quiet_period_s']:g} s: from the end of",
         "the transfer to the SR stored at the PACS (dcmtk `storescp`), minus the quiet period.",
         "",
-        "| latency after the quiet period (s) | of which the MAP job (s) | completion + delivery (s) |",
-        "|---:|---:|---:|",
-        f"| {m['after_quiet_period_s']:.2f} | {m['job_s']:.2f} | {m['other_s']:.2f} |",
+        "| listener | latency after the quiet period (s) | of which the MAP job (s) | completion + delivery (s) | runs (s), in order |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name in (LISTENER, BASELINE):
+        if name in lat:
+            m, runs = lat[name]["median"], ", ".join(f"{r['after_quiet_period_s']:.2f}" for r in lat[name]["runs"])
+            lines.append(f"| {name} | {m['after_quiet_period_s']:.2f} | {m['job_s']:.2f} | {m['other_s']:.2f} | {runs} |")
+    if BASELINE in lat:
+        now, then = lat[LISTENER]["median"]["other_s"], lat[BASELINE]["median"]["other_s"]
+        lines += ["", f"The listener's own share (completion + delivery): {now:.2f} s vs the baseline's {then:.2f} s; the rest is the MAP job."]
+    lines += [
         "",
         "The MAP job is a fresh `python app` process (imports, model load, inference on CPU) per study.",
         END,
@@ -277,19 +313,24 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quiet-period", type=float, default=2.0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks")
+    parser.add_argument("--baseline-tree", type=Path, help="a checkout of another commit whose listener is measured in the same run")
     args = parser.parse_args()
+    baseline = args.baseline_tree.resolve() if args.baseline_tree else None
     if not LoopbackNamespace.available():
         print("error: needs `unshare --net` (root) to confine the peers to loopback", file=sys.stderr)
         return 2
     data = {"machine": machine(), "load_before": " ".join(open("/proc/loadavg").read().split()[:3]), "repeats": args.repeats}
+    if baseline:
+        commit = subprocess.run(["git", "-C", str(baseline), "log", "-1", "--format=%h %s"], capture_output=True, text=True, check=True)
+        data["baseline"] = commit.stdout.strip()
     ns = LoopbackNamespace()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             studies = make_ct_studies(work / "ct", studies=2, series_per_study=2, instances_per_series=INSTANCES // 4)
             files = sorted(p for paths in studies.values() for p in paths)
-            data["reception"] = reception(ns, work, files, args.repeats)
-            data["latency"] = latency(ns, work, args.model.resolve(), args.repeats, args.quiet_period)
+            data["reception"] = reception(ns, work, files, args.repeats, baseline)
+            data["latency"] = latency(ns, work, args.model.resolve(), args.repeats, args.quiet_period, baseline)
     finally:
         ns.close()
     data["load_after"] = " ".join(open("/proc/loadavg").read().split()[:3])

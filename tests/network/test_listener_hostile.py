@@ -7,27 +7,38 @@ from __future__ import annotations
 
 import io
 import logging
-import socket
-import struct
-import threading
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import CTImageStorage, MRImageStorage, generate_uid
-from pynetdicom import AE, _config
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pynetdicom import AE
 
 from app import logging_policy
 from app.listener.config import Destination, ListenerConfig
 from app.listener.journal import Journal
 from app.listener.scp import StorageSCP
 from app.listener.spool import Spool
+from tests.support.hostile_peers import (
+    A_ASSOCIATE_AC,
+    A_ASSOCIATE_RQ,
+    P_DATA_TF,
+    TIMEOUT_S,
+    Scp,
+    WellBehavedSender,
+    associate_rq,
+    closed_within,
+    connect,
+    data_sets_sent_as_encoded,
+    pdu_header,
+    read_pdu,
+    send_as_encoded,
+    write_deflate_bomb,
+)
 from tests.support.listener_peers import LISTENER_AE, SENDER_AE, make_ct_studies, wait_for
-
-TIMEOUT_S = 30
 
 
 @dataclass
@@ -36,9 +47,17 @@ class RunningSCP:
     spool: Spool
     port: int
 
+    @property
+    def address(self) -> Scp:
+        return Scp("127.0.0.1", self.port, LISTENER_AE)
+
     def spooled(self) -> set[str]:
         """SOP Instance UIDs of the instances in the spool."""
         return {p.name.removesuffix(".dcm") for p in self.spool.arrivals_dir.glob("*/*.dcm")}
+
+    def sender(self, files: list[Path]) -> WellBehavedSender:
+        """A well-behaved sender, started."""
+        return WellBehavedSender(self.address, files).start()
 
 
 @pytest.fixture()
@@ -64,39 +83,11 @@ def start_scp(tmp_path: Path) -> Iterator[Callable[..., RunningSCP]]:
         journal.close()
 
 
-@dataclass
-class WellBehavedSender:
-    """One association sending ``files`` in a thread, while a hostile peer does its thing."""
-
-    port: int
-    files: list[Path]
-    statuses: list[int] = field(default_factory=list)
-    thread: threading.Thread | None = None
-
-    def start(self) -> WellBehavedSender:
-        self.thread = threading.Thread(target=self._send, daemon=True)
-        self.thread.start()
-        return self
-
-    def _send(self) -> None:
-        ae = AE(SENDER_AE)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT_S
-        ae.add_requested_context(CTImageStorage, pydicom.dcmread(self.files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID)
-        assoc = ae.associate("127.0.0.1", self.port, ae_title=LISTENER_AE)
-        if not assoc.is_established:
-            return
-        for path in self.files:
-            status = assoc.send_c_store(path)
-            self.statuses.append(int(status.Status) if "Status" in status else -1)
-        assoc.release()
-
-    def assert_lost_nothing(self, scp: RunningSCP) -> None:
-        assert self.thread is not None
-        self.thread.join(TIMEOUT_S * 2)
-        assert not self.thread.is_alive(), "the well-behaved sender finished"
-        assert self.statuses == [0x0000] * len(self.files), "every instance of the well-behaved sender was acknowledged"
-        sent = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in self.files}
-        assert sent <= scp.spooled(), "and is in the spool"
+def _assert_lost_nothing(good: WellBehavedSender, scp: RunningSCP) -> None:
+    """The well-behaved sender finished, every instance it sent was acknowledged and is in the spool."""
+    assert good.finish().lost_nothing, f"acknowledged {good.acknowledged} of {len(good.files)}"
+    sent = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in good.files}
+    assert sent <= scp.spooled(), "and is in the spool"
 
 
 @pytest.fixture()
@@ -105,25 +96,8 @@ def good_files(tmp_path: Path) -> list[Path]:
     return files
 
 
-@pytest.fixture()
-def send_files_as_they_are(monkeypatch: pytest.MonkeyPatch) -> None:
-    """pynetdicom then sends a file's data set as encoded, its command's UIDs taken from the File Meta."""
-    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
-
-
-def _send_raw(port: int, files: list[Path]) -> list[int]:
-    ae = AE("STORESCU")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT_S
-    ae.add_requested_context(CTImageStorage, pydicom.dcmread(files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", port, ae_title=LISTENER_AE)
-    assert assoc.is_established
-    statuses = [int(assoc.send_c_store(path).Status) for path in files]
-    assoc.release()
-    return statuses
-
-
 def test_item8_a_data_set_whose_uids_disagree_with_the_request_or_the_uid_syntax_is_refused(
-        start_scp, good_files: list[Path], send_files_as_they_are: None, tmp_path: Path) -> None:
+        start_scp, good_files: list[Path], tmp_path: Path) -> None:
     scp = start_scp()
     forged = []
     for name, keyword, value in [("path", "SOPInstanceUID", "../../1.2.3"), ("other-instance", "SOPInstanceUID", generate_uid()),
@@ -135,43 +109,38 @@ def test_item8_a_data_set_whose_uids_disagree_with_the_request_or_the_uid_syntax
             setattr(ds, keyword, value)  # the data set's own
             ds.save_as(tmp_path / f"{name}.dcm")
         forged.append(tmp_path / f"{name}.dcm")
-    good = WellBehavedSender(scp.port, good_files).start()
+    good = scp.sender(good_files)
 
-    statuses = _send_raw(scp.port, forged)
+    with data_sets_sent_as_encoded():  # the request's SOP class too: the data set's is the case
+        statuses = _send_raw(scp.port, forged)
 
     assert statuses == [0xC000, 0xC000, 0xC000, 0xA900], "cannot understand; data set does not match SOP class (PS3.4 B.2.3)"
-    good.assert_lost_nothing(scp)
+    _assert_lost_nothing(good, scp)
     assert len(scp.spooled()) == len(good_files), "nothing of the forged instances was spooled"
 
 
-def _closed_within(sock: socket.socket, seconds: float) -> bool:
-    """Whether the listener closes ``sock`` within ``seconds`` (anything it sent first is discarded)."""
-    sock.settimeout(seconds)
-    try:
-        while sock.recv(65536):
-            pass
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
-    return True
-
-
-def _connect(port: int, source: str) -> socket.socket:
-    """A TCP connection to the listener from ``source``, another loopback address."""
-    return socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
+def _send_raw(port: int, files: list[Path]) -> list[int]:
+    """One association, CT Image Storage only (a data set may claim another class: that is the case)."""
+    ae = AE(SENDER_AE)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT_S
+    ae.add_requested_context(CTImageStorage, pydicom.dcmread(files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title=LISTENER_AE)
+    assert assoc.is_established
+    statuses = [int(assoc.send_c_store(path).Status) for path in files]
+    assoc.release()
+    return statuses
 
 
 def test_item4_connections_without_an_association_take_no_slot_and_are_closed_by_the_artim_timer(
         start_scp, good_files: list[Path], caplog: pytest.LogCaptureFixture) -> None:
     scp = start_scp(max_associations=1, max_connections_per_address=4, association_request_timeout_s=1.0)
-    silent = [_connect(scp.port, "127.0.0.2") for _ in range(6)]
-    good = WellBehavedSender(scp.port, good_files).start()
+    silent = [connect(scp.address, "127.0.0.2") for _ in range(6)]
+    good = scp.sender(good_files)
     for _ in range(20):  # tcpSocket probes: connect and close
-        _connect(scp.port, "127.0.0.3").close()
+        connect(scp.address, "127.0.0.3").close()
 
-    good.assert_lost_nothing(scp)
-    assert all(_closed_within(s, 5) for s in silent), "over the per-address limit at once, the others by the ARTIM timer"
+    _assert_lost_nothing(good, scp)
+    assert all(closed_within(s, 5) for s in silent), "over the per-address limit at once, the others by the ARTIM timer"
     assert "Connection from 127.0.0.2 closed: max_connections_per_address (4) reached" in caplog.text
     for s in silent:
         s.close()
@@ -179,24 +148,37 @@ def test_item4_connections_without_an_association_take_no_slot_and_are_closed_by
 
 def test_item5_a_peer_that_stalls_inside_a_pdu_is_closed_after_the_network_timeout(start_scp, good_files: list[Path]) -> None:
     scp = start_scp(network_timeout_s=2.0)
-    stalled = _connect(scp.port, "127.0.0.2")
-    stalled.sendall(struct.pack(">BBL", 0x01, 0, 1000) + b"\x00\x01" + b"\x00" * 8)  # an A-ASSOCIATE-RQ cut short
-    good = WellBehavedSender(scp.port, good_files).start()
+    stalled = connect(scp.address, "127.0.0.2")
+    stalled.sendall(pdu_header(A_ASSOCIATE_RQ, 1000) + b"\x00\x01" + b"\x00" * 8)  # an A-ASSOCIATE-RQ cut short
+    good = scp.sender(good_files)
 
-    assert _closed_within(stalled, 10)
-    good.assert_lost_nothing(scp)
+    assert closed_within(stalled, 10)
+    _assert_lost_nothing(good, scp)
+    stalled.close()
+
+
+def test_item5_a_peer_that_stalls_inside_a_p_data_pdu_of_an_accepted_association_is_closed(start_scp, good_files: list[Path]) -> None:
+    scp = start_scp(network_timeout_s=2.0)
+    stalled = connect(scp.address, "127.0.0.2")
+    stalled.sendall(associate_rq(scp.address, SENDER_AE, CTImageStorage, ExplicitVRLittleEndian))
+    assert read_pdu(stalled)[0] == A_ASSOCIATE_AC
+    stalled.sendall(pdu_header(P_DATA_TF, 1000) + bytes(10))  # a P-DATA-TF cut short
+    good = scp.sender(good_files)
+
+    assert closed_within(stalled, 10)
+    _assert_lost_nothing(good, scp)
     stalled.close()
 
 
 def test_item6_a_pdu_longer_than_max_pdu_bytes_is_refused_before_it_is_read(
         start_scp, good_files: list[Path], caplog: pytest.LogCaptureFixture) -> None:
     scp = start_scp()
-    huge = _connect(scp.port, "127.0.0.2")
-    huge.sendall(struct.pack(">BBL", 0x01, 0, 256 * 2**20) + b"\x00\x01" + b"\x00" * 1000)  # announces a 256 MiB A-ASSOCIATE-RQ
-    good = WellBehavedSender(scp.port, good_files).start()
+    huge = connect(scp.address, "127.0.0.2")
+    huge.sendall(pdu_header(A_ASSOCIATE_RQ, 256 * 2**20) + b"\x00\x01" + b"\x00" * 1000)  # announces a 256 MiB A-ASSOCIATE-RQ
+    good = scp.sender(good_files)
 
-    assert _closed_within(huge, 5), "closed at once, not after reading (or waiting for) 256 MiB"
-    good.assert_lost_nothing(scp)
+    assert closed_within(huge, 5), "closed at once, not after reading (or waiting for) 256 MiB"
+    _assert_lost_nothing(good, scp)
     assert f"a PDU of {256 * 2**20} bytes exceeds max_pdu_bytes ({2**20})" in caplog.text
     huge.close()
 
@@ -210,7 +192,7 @@ def test_item6_a_data_set_larger_than_max_instance_bytes_aborts_its_association_
     big.Rows = big.Columns = 512  # 512 KiB of pixel data
     big.PixelData = bytes(512 * 512 * 2)
     big.save_as(tmp_path / "big.dcm")
-    good = WellBehavedSender(scp.port, good_files).start()
+    good = scp.sender(good_files)
 
     ae = AE(SENDER_AE)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT_S
@@ -221,16 +203,29 @@ def test_item6_a_data_set_larger_than_max_instance_bytes_aborts_its_association_
 
     assert "Status" not in status, "no response: the association was aborted"
     wait_for(lambda: assoc.is_aborted, 5, "the A-ABORT at the sender")
-    good.assert_lost_nothing(scp)
+    _assert_lost_nothing(good, scp)
     assert big.SOPInstanceUID not in scp.spooled()
     assert "a data set exceeds max_instance_bytes (262144)" in caplog.text
+
+
+def test_item6_a_deflate_bomb_is_refused_without_inflating_it(
+        start_scp, good_files: list[Path], caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    scp = start_scp()
+    bomb = write_deflate_bomb(tmp_path / "bomb.dcm", good_files[0], 256 * 2**20)  # ~270 KB on the wire
+    good = scp.sender(good_files)
+
+    assert send_as_encoded(scp.address, [bomb]) == [0xA700]
+
+    _assert_lost_nothing(good, scp)
+    assert len(scp.spooled()) == len(good_files)
+    assert "max_header_bytes (1048576)" in caplog.text
 
 
 def test_item12_a_wrong_called_ae_title_a_refused_sop_class_and_a_silent_connection_each_get_one_clear_line(
         start_scp, good_files: list[Path], caplog: pytest.LogCaptureFixture) -> None:
     scp = start_scp(storage_sop_classes=(CTImageStorage,), association_request_timeout_s=1.0)
-    silent = _connect(scp.port, "127.0.0.2")
-    good = WellBehavedSender(scp.port, good_files).start()
+    silent = connect(scp.address, "127.0.0.2")
+    good = scp.sender(good_files)
 
     wrong_called = AE(SENDER_AE)
     wrong_called.add_requested_context(CTImageStorage)
@@ -241,9 +236,9 @@ def test_item12_a_wrong_called_ae_title_a_refused_sop_class_and_a_silent_connect
     assoc = mixed.associate("127.0.0.1", scp.port, ae_title=LISTENER_AE)
     assert assoc.is_established and [c.abstract_syntax for c in assoc.accepted_contexts] == [CTImageStorage]
     assoc.release()
-    assert _closed_within(silent, 5)
+    assert closed_within(silent, 5)
 
-    good.assert_lost_nothing(scp)
+    _assert_lost_nothing(good, scp)
     log = caplog.text
     assert "Association from 127.0.0.1 (calling AE 'STORESCU') rejected: called AE title 'NOT-THE-SCP' is not 'BIOMEDCLIP'" in log
     assert "Association from 127.0.0.1: presentation context for MR Image Storage rejected" in log
@@ -268,12 +263,12 @@ def test_item9_library_messages_about_non_conformant_uids_keep_the_uids_out_of_t
     ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.0123"  # a leading zero: tolerated, but pynetdicom warns quoting it
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.0456"
     ds.save_as(tmp_path / "leading-zero.dcm")
-    good = WellBehavedSender(scp.port, good_files).start()
+    good = scp.sender(good_files)
 
-    assert _send_raw(scp.port, [tmp_path / "leading-zero.dcm"]) == [0x0000]
+    assert send_as_encoded(scp.address, [tmp_path / "leading-zero.dcm"]) == [0x0000]
     logging.getLogger("app.listener.scp").warning("forged? %s", "a\n2026-11-29 INFO app.listener: forged line")
 
-    good.assert_lost_nothing(scp)
+    _assert_lost_nothing(good, scp)
     log = listener_log.getvalue()
     assert "message withheld" in log, "pynetdicom did warn"
     assert "0123" not in log and "0456" not in log

@@ -14,11 +14,15 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import Comprehensive3DSRStorage
 
 from tests.support.listener_peers import (
+    LISTENER_AE,
+    LISTENER_PORT,
     PACS_AE,
     PACS_PORT,
+    ROOT,
+    SENDER_AE,
     DcmtkPacs,
     ListenerProcess,
     LoopbackNamespace,
@@ -26,7 +30,9 @@ from tests.support.listener_peers import (
     echo,
     listener_config,
     make_ct_studies,
+    make_dose_report,
     make_non_image_instances,
+    make_truncated_copy,
     storescu,
     storescu_popen,
     wait_for,
@@ -135,22 +141,59 @@ def test_orthanc_as_the_pacs_stores_the_sr(ns, started, model_package: Path, sam
     assert orthanc.get("/statistics")["CountInstances"] == 1
 
 
-def _secondary_capture_of(image: Path, folder: Path) -> Path:
-    """A secondary capture (a dose-report screenshot, say) in the same study as ``image``, in its own
-    series: the default burned-in-annotation policy refuses it, so the app exits 3 (SR written, a file refused)."""
-    ds = pydicom.dcmread(image)
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SeriesInstanceUID, ds.Modality, ds.SeriesNumber = generate_uid(), "OT", 999
-    path = folder / "dose-report.dcm"
-    folder.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+SEND_AS_ENCODED = """
+import sys
+from pathlib import Path
+from tests.support.hostile_peers import Scp, send_as_encoded
+print(*send_as_encoded(Scp("127.0.0.1", int(sys.argv[1]), sys.argv[2]), [Path(sys.argv[3])]))
+"""
+
+
+@pytest.mark.skipif(not shutil.which("Orthanc"), reason="needs Orthanc (scripts/setup.sh installs the Debian package)")
+def test_a_mixed_study_pushed_by_orthanc_gets_exactly_one_sr_back_in_the_same_study_and_patient(
+        ns, started, model_package: Path, tmp_path: Path) -> None:
+    """Orthanc pushes a whole study (``POST /modalities/{id}/store``): a CT series, a secondary-capture
+    dose report, a prior SR, key images, a presentation state and a PDF. The study's one truncated
+    instance goes by pynetdicom in the same quiet period: Orthanc refuses to store a truncated file
+    (``POST /instances``: 400 "Bad file format", DCMTK cannot parse it), so it cannot push one."""
+    (study_uid, ct), = make_ct_studies(tmp_path / "sent", studies=1, series_per_study=1, instances_per_series=5).items()
+    others = [make_dose_report(ct[0], tmp_path / "sent"), *make_non_image_instances(tmp_path / "sent" / "others", like=ct[0])]
+    truncated = make_truncated_copy(ct[0], tmp_path / "sent")
+    orthanc = started(OrthancPacs(ns, tmp_path / "orthanc", modalities={"listener": [LISTENER_AE, "127.0.0.1", LISTENER_PORT]}))
+    config = listener_config(tmp_path, model_package, quiet_period_s=5, allowed_calling_ae_titles=[PACS_AE, SENDER_AE])
+    started(ListenerProcess(ns, config, tmp_path / "listener.log").start())
+    for path in [*ct, *others]:
+        assert orthanc.post("/instances", path.read_bytes())["Status"] == "Success"
+    (study_id,) = orthanc.get("/studies")
+    pushed = set(orthanc.get("/instances"))
+
+    sent = ns.run([sys.executable, "-c", SEND_AS_ENCODED, LISTENER_PORT, LISTENER_AE, truncated], cwd=ROOT, timeout=60)
+    assert sent.stdout.split() == [str(0x0000)], sent.stdout + sent.stderr
+    orthanc.post("/modalities/listener/store", json.dumps({"Resources": [study_id], "Synchronous": True}).encode())
+
+    wait_for(lambda: set(orthanc.get("/instances")) - pushed, JOB_TIMEOUT_S, "the SR in Orthanc", 0.5)
+    time.sleep(5)  # a second SR would follow within the delivery back-off
+    (sr_id,) = set(orthanc.get("/instances")) - pushed
+    sr_file = tmp_path / "sr-from-orthanc.dcm"
+    sr_file.write_bytes(orthanc.get(f"/instances/{sr_id}/file", raw=True))
+    sr = _assert_valid_sr_of(sr_file, _headers(ct))  # same Study Instance UID and Patient ID, dciodvfy clean
+    assert sr.StudyInstanceUID == study_uid
+    assert orthanc.get("/studies") == [study_id] and len(orthanc.get("/patients")) == 1, "Orthanc files it in the pushed study and patient"
+
+    (report,) = _run_reports(tmp_path / "output")
+    status = {name: entry["status"] for name, entry in report["files"].items()}
+    uid_of = {path: f"{pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID}.dcm" for path in [*ct, *others]}
+    assert [status[uid_of[p]] for p in ct] == ["used"] * len(ct)
+    assert status[uid_of[others[0]]] == "refused", "the dose report: burned-in annotation"
+    assert [status[uid_of[p]] for p in others[1:]] == ["skipped"] * 4, "SR, KOS, presentation state, PDF: not images"
+    assert len(status) == len(ct) + len(others) + 1 and list(status.values()).count("refused") == 2, "and the truncated instance"
+    (finished,) = [r for r in _journal(tmp_path / "spool") if r["event"] == "job_finished"]
+    assert (finished["exit_code"], finished["refused"]) == (3, 2)
 
 
 def test_a_study_with_a_refused_file_still_gets_its_sr_and_the_refusal_is_recorded(ns, started, model_package: Path, sample_study: Path, tmp_path: Path) -> None:
     images = sorted(p for p in sample_study.rglob("*") if p.is_file())
-    dose_report = _secondary_capture_of(images[0], tmp_path / "extra")
+    dose_report = make_dose_report(images[0], tmp_path / "extra")
     pacs = started(DcmtkPacs(ns, tmp_path / "pacs"))
     started(ListenerProcess(ns, listener_config(tmp_path, model_package, quiet_period_s=2), tmp_path / "listener.log").start())
 

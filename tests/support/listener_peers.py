@@ -8,6 +8,7 @@ peer (and the listener itself) runs inside a private network namespace whose onl
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pydicom
 from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
+from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 
 ROOT = Path(__file__).resolve().parents[2]
 LISTENER_AE, SENDER_AE, PACS_AE = "BIOMEDCLIP", "STORESCU", "PACS"
@@ -64,8 +65,8 @@ class LoopbackNamespace:
     def run(self, argv: Sequence[str], **kwargs) -> subprocess.CompletedProcess:
         return subprocess.run(self.command(argv), capture_output=True, text=True, env=PEER_ENV, **kwargs)
 
-    def popen(self, argv: Sequence[str], **kwargs) -> subprocess.Popen:
-        return subprocess.Popen(self.command(argv), env=PEER_ENV, **kwargs)
+    def popen(self, argv: Sequence[str], env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
+        return subprocess.Popen(self.command(argv), env={**PEER_ENV, **(env or {})}, **kwargs)
 
     def close(self) -> None:
         self._holder.kill()
@@ -93,10 +94,11 @@ def listener_config(workdir: Path, model_dir: Path, quiet_period_s: float, **set
 
 
 class ListenerProcess:
-    """``python -m app.listener --config FILE`` inside the namespace, logging to ``log``."""
+    """``python -m app.listener --config FILE`` inside the namespace, logging to ``log``; the code of
+    the source tree ``tree`` (another checkout, to compare two versions)."""
 
-    def __init__(self, ns: LoopbackNamespace, config: Path, log: Path) -> None:
-        self.ns, self.config, self.log = ns, config, log
+    def __init__(self, ns: LoopbackNamespace, config: Path, log: Path, tree: Path = ROOT) -> None:
+        self.ns, self.config, self.log, self.tree = ns, config, log, tree
         self.process: subprocess.Popen | None = None
 
     def start(self) -> ListenerProcess:
@@ -105,7 +107,7 @@ class ListenerProcess:
         port_file.unlink(missing_ok=True)
         with open(self.log, "ab") as log:
             self.process = self.ns.popen([sys.executable, "-m", "app.listener", "--config", self.config, "--port-file", port_file],
-                                         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+                                         cwd=self.tree, env={"PYTHONPATH": str(self.tree)}, stdout=log, stderr=subprocess.STDOUT)
         wait_for(lambda: port_file.exists() or self.process.poll() is not None, 120, "the listener to listen", 0.1)
         if self.process.poll() is not None:
             raise RuntimeError(f"the listener exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
@@ -167,15 +169,17 @@ class DcmtkPacs:
 
 
 class OrthancPacs:
-    """Orthanc playing the PACS, its DICOM and HTTP ports inside the namespace only."""
+    """Orthanc playing the PACS, its DICOM and HTTP ports inside the namespace only; every other
+    setting is Orthanc's default. ``modalities`` (name -> [AE title, host, port]) are the peers it
+    can push to (``POST /modalities/{name}/store``)."""
 
-    def __init__(self, ns: LoopbackNamespace, workdir: Path) -> None:
+    def __init__(self, ns: LoopbackNamespace, workdir: Path, modalities: dict[str, list[object]] | None = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         config = {
             "Name": "listener-test", "DicomAet": PACS_AE, "DicomPort": PACS_PORT, "HttpPort": ORTHANC_HTTP_PORT,
             "StorageDirectory": str(workdir / "storage"), "IndexDirectory": str(workdir / "index"),
             "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": True,
-            "Plugins": [],
+            "Plugins": [], "DicomModalities": modalities or {},
         }
         (workdir / "orthanc.json").write_text(json.dumps(config))
         self.ns = ns
@@ -183,11 +187,19 @@ class OrthancPacs:
         wait_for(lambda: self.get("/system") is not None, 60, "Orthanc's REST API", 0.2)
 
     def get(self, path: str, raw: bool = False) -> object:
-        url = f"http://127.0.0.1:{ORTHANC_HTTP_PORT}{urllib.parse.quote(path)}"
+        url = f"http://127.0.0.1:{ORTHANC_HTTP_PORT}{urllib.parse.quote(path, safe='/?=&')}"
         result = subprocess.run(self.ns.command(["curl", "-sf", url]), capture_output=True)
         if result.returncode != 0:
             return None
         return result.stdout if raw else json.loads(result.stdout)
+
+    def post(self, path: str, body: bytes) -> dict:
+        """POST ``body`` to the REST API; its JSON answer (a failure raises, with Orthanc's message)."""
+        url = f"http://127.0.0.1:{ORTHANC_HTTP_PORT}{urllib.parse.quote(path)}"
+        result = subprocess.run(self.ns.command(["curl", "-s", "--fail-with-body", "--data-binary", "@-", url]), input=body, capture_output=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"POST {path}: {result.stdout.decode(errors='replace')[-2000:]}")
+        return json.loads(result.stdout)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -215,6 +227,35 @@ def make_ct_studies(folder: Path, studies: int, series_per_study: int, instances
                 ds.save_as(path, enforce_file_format=True)
                 made.setdefault(study_uid, []).append(path)
     return made
+
+
+def make_dose_report(like: Path, folder: Path) -> Path:
+    """A CT dose report as scanners file it: a screenshot stored as Secondary Capture Image Storage
+    (PS3.3 A.8.1) in its own series of the study of ``like``, Burned In Annotation YES. The default
+    burned-in-annotation policy refuses it, so the app exits 3 (SR written, a file refused)."""
+    ds = pydicom.dcmread(like)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID, ds.Modality, ds.SeriesNumber, ds.InstanceNumber = generate_uid(), "OT", 999, 1
+    ds.ImageType, ds.ConversionType, ds.BurnedInAnnotation = ["DERIVED", "SECONDARY", "OTHER"], "WSD", "YES"
+    ds.SeriesDescription = "Dose Report"
+    path = folder / "dose-report.dcm"
+    folder.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def make_truncated_copy(like: Path, folder: Path, keep: float = 0.6) -> Path:
+    """Another instance of the series of ``like`` (its own SOP Instance UID) whose file ends after
+    ``keep`` of its bytes, inside the pixel data: a transfer cut short."""
+    ds = pydicom.dcmread(like)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    path = folder / "truncated.dcm"
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer.getvalue()[: int(len(buffer.getvalue()) * keep)])
+    return path
 
 
 #: Non-image instances a whole-study push carries (PS3.4 Annex B.5): prior report, key images,
