@@ -24,7 +24,7 @@ The private scheme 99BMCLIP is declared in the Coding Scheme Identification Sequ
 The SR is re-identified into the ORIGINAL study (Study Instance UID, patient module, accession)
 through the in-memory ``ReidentificationMap``, in a new series whose UIDs are under the site's root
 (``uids.py``); Verification Flag UNVERIFIED and Preliminary Flag PRELIMINARY, since no person has
-reviewed it.
+reviewed it. An SR can supersede an earlier one of the same study (``predecessor.py``).
 """
 
 from __future__ import annotations
