@@ -36,8 +36,8 @@ def main() -> int:
 
     try:
         settings = AppSettings.load()
-        package = ModelPackage.load(arguments.model)
         predecessor = PredecessorSR.read(arguments.supersedes) if arguments.supersedes else None
+        package = ModelPackage.load(arguments.model)
     except (SettingsError, ModelPackageError, PredecessorError) as exc:
         return cli.fail(str(exc))
 
