@@ -76,7 +76,14 @@ class Spool:
         return sorted(self.folder(arrival_id).glob("*" + INSTANCE_SUFFIX))
 
     def refusal(self, incoming_bytes: int = 0) -> str | None:
-        """Why nothing more can be spooled now (disk limits), or None."""
+        """Why nothing more can be spooled now (disk limits), or None. The instances kept for later
+        arrivals of reported studies give way first: the oldest are removed while a limit is in the way."""
+        while True:
+            why = self._limit_reached(incoming_bytes)
+            if why is None or not self._remove_oldest_reported():
+                return why
+
+    def _limit_reached(self, incoming_bytes: int) -> str | None:
         if self._used_bytes + incoming_bytes > self.max_bytes:
             return f"spool limit reached ({self._used_bytes} of {self.max_bytes} bytes used)"
         if time.monotonic() - self._free_checked > FREE_SPACE_CHECK_INTERVAL_S:
@@ -217,6 +224,22 @@ class Spool:
                 fsync_folder(self.reported_dir)
             self._reported = {uid: a for uid, a in self._reported.items() if a.id != earlier_id}
             return supersedes
+
+    def _remove_oldest_reported(self) -> bool:
+        """Remove the kept instances of the earliest reported arrival (arrival ids sort by time); False if
+        there are none."""
+        with self._lock:
+            kept = sorted(self.reported_dir.iterdir()) if self.reported_dir.is_dir() else []
+            if not kept:
+                return False
+            freed = folder_bytes(kept[0])
+            shutil.rmtree(kept[0])
+            self._used_bytes -= freed
+            self._free_checked = float("-inf")  # the disk has that much more free now
+            self._reported = {uid: a for uid, a in self._reported.items() if a.id != kept[0].name}
+        logger.info("Spool limits: removed the instances kept of arrival %s; a later arrival of its study gets an SR of its own",
+                    kept[0].name)
+        return True
 
     def reported_ids(self) -> set[str]:
         """The arrivals whose instances are kept for a later arrival of their study (their SRs are its predecessors)."""

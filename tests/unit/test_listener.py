@@ -196,7 +196,9 @@ def test_a_received_data_set_is_spooled_as_the_dicom_file_pynetdicom_would_write
 
 
 def _bytes_used(spool: Spool) -> int:
-    refusal = spool.refusal(spool.max_bytes + 1)  # always refused; the reason states the bytes in use
+    # always over the limit, so the reason states the bytes in use (the check alone: refusal() would
+    # first remove kept instances to make room)
+    refusal = spool._limit_reached(spool.max_bytes + 1)
     return int(refusal.split("(")[1].split()[0])
 
 
@@ -562,3 +564,19 @@ def test_a_received_data_set_is_held_once_from_its_fragments_to_the_spool(tmp_pa
     (spooled,) = spool.arrivals_dir.glob("*/*.dcm")
     read_back = pydicom.dcmread(spooled)
     assert read_back.PixelData == ds.PixelData and read_back.file_meta.TransferSyntaxUID == syntax
+
+
+def test_the_instances_kept_for_a_later_arrival_give_way_when_the_spool_needs_room(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    instance = dicom_file(ds.SOPClassUID, ds.SOPInstanceUID, ImplicitVRLittleEndian, _encoded(ds, ImplicitVRLittleEndian))
+    journal = Journal(tmp_path / "spool" / "journal.jsonl")
+    spool = Spool(tmp_path / "spool", journal, quiet_period_s=0.0, max_bytes=3 * len(instance) // 2, min_free_bytes=0)
+    spool.store(ds.StudyInstanceUID, ds.SOPInstanceUID, instance)
+    (reported,) = spool.complete_quiet_arrivals()
+    journal.append(reported, "job_finished", srs=["sr.dcm"])
+    assert spool.keep(reported) and spool.reported_ids() == {reported.id}
+
+    assert spool.refusal(len(instance)) is None, "the kept instances made room for a new one"
+    assert spool.reported_ids() == set() and not any((tmp_path / "spool" / "reported").iterdir())
+    assert spool.refusal(2 * len(instance)) is not None, "nothing left to give way: the limit holds"
+    journal.close()
