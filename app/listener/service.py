@@ -177,8 +177,8 @@ class Listener:
             logger.warning("Arrival %s: supersedes arrival %s, whose SR is no longer in %s; the new SR will not reference it",
                            arrival.id, earlier, self.config.output_dir)
             return None
-        logger.info("Arrival %s: more of the study of arrival %s; the whole study is run again and its SR supersedes %s",
-                    arrival.id, earlier, sr)
+        logger.info("Arrival %s: more of the study of arrival %s; the whole study is run again and its SR supersedes that arrival's",
+                    arrival.id, earlier)  # not the SR's file name: it is the SR's SOP Instance UID
         return path
 
     def _keep_instances(self, arrival: Arrival) -> bool:

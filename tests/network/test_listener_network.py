@@ -228,6 +228,9 @@ def test_more_of_a_reported_study_after_a_restart_gets_an_sr_of_the_whole_study_
     assert len(first_report["files"]) < len(sent)
     assert not any((tmp_path / "spool" / "arrivals").iterdir())
     assert len(list((tmp_path / "spool" / "reported").iterdir())) == 1, "only the latest arrival's instances are kept"
+    log = (tmp_path / "listener.log").read_text()
+    assert "the whole study is run again" in log
+    assert not [uid for uid in (first.SOPInstanceUID, second.SOPInstanceUID, first.SeriesInstanceUID, first.StudyInstanceUID) if uid in log]
 
 
 def _app_children(pid: int) -> list[int]:
