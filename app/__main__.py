@@ -32,16 +32,18 @@ def main() -> int:
     from operators.inference.backends.base import BackendUnavailable
     from operators.inference.model_package import ModelPackage, ModelPackageError
     from operators.run_report import REPORT_NAME
+    from operators.sr.predecessor import PredecessorError, PredecessorSR
 
     try:
         settings = AppSettings.load()
+        predecessor = PredecessorSR.read(arguments.supersedes) if arguments.supersedes else None
         package = ModelPackage.load(arguments.model)
-    except (SettingsError, ModelPackageError) as exc:
+    except (SettingsError, ModelPackageError, PredecessorError) as exc:
         return cli.fail(str(exc))
 
     from app.application import BiomedCLIPZeroShotApp  # imports Holoscan: seconds
 
-    app = BiomedCLIPZeroShotApp(arguments.sdk_argv(sys.argv[0]), settings=settings, package=package)
+    app = BiomedCLIPZeroShotApp(arguments.sdk_argv(sys.argv[0]), settings=settings, package=package, predecessor=predecessor)
     report_path = arguments.output / REPORT_NAME
     try:
         app.run()

@@ -21,6 +21,7 @@ from operators.inference_operator import ZeroShotInferenceOperator
 from operators.preprocessing_operator import PreprocessingOperator
 from operators.run_report import RunReport
 from operators.series_selector_operator import SeriesSelectorOperator
+from operators.sr.predecessor import PredecessorSR
 from operators.sr.structured_report import ALGORITHM_NAME, Algorithm
 from operators.sr_writer_operator import StructuredReportWriterOperator
 from operators.study_loader_operator import StudyLoaderOperator
@@ -43,12 +44,15 @@ class BiomedCLIPZeroShotApp(Application):
     """DICOM study folder in (-i), one Comprehensive 3D SR per study and run_report.json out (-o),
     BiomedCLIP model package from -m."""
 
-    def __init__(self, argv: list[str], *, settings: AppSettings, package: ModelPackage) -> None:
-        """``argv``: program and the SDK's -i/-o/-m, already checked (``app.cli``); the settings and the
-        model package are loaded before, so that their errors come before anything runs."""
+    def __init__(self, argv: list[str], *, settings: AppSettings, package: ModelPackage,
+                 predecessor: PredecessorSR | None = None) -> None:
+        """``argv``: program and the SDK's -i/-o/-m, already checked (``app.cli``); the settings, the
+        model package and the earlier SR (``--supersedes``) are loaded before, so that their errors come
+        before anything runs."""
         self.report = RunReport()
         self.settings = settings
         self.package = package
+        self.predecessor = predecessor
         super().__init__(argv)
 
     def compose(self) -> None:
@@ -75,7 +79,7 @@ class BiomedCLIPZeroShotApp(Application):
         )
         writer = StructuredReportWriterOperator(
             self, labels=package.labels, algorithm=algorithm_of(package), options=settings.structured_report,
-            output_folder=output_path, report=self.report, name="sr_writer",
+            output_folder=output_path, report=self.report, predecessor=self.predecessor, name="sr_writer",
         )
 
         self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})

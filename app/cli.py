@@ -55,6 +55,8 @@ class RunArguments:
     output: Path
     model: Path
     log_level: str | None
+    #: An earlier SR that the new SR of its study supersedes (``operators/sr/predecessor.py``).
+    supersedes: Path | None = None
 
     def sdk_argv(self, program: str) -> list[str]:
         """The argv for Holoscan's ``Application(argv)``: the interpreter first (Holoscan drops it, as it
@@ -78,6 +80,8 @@ def parser() -> argparse.ArgumentParser:
                    help=f"folder for the SRs and run_report.json (or {OUTPUT_ENV}); created if missing")
     p.add_argument("-m", "--model", metavar="MODEL_DIR",
                    help=f"the model package built by scripts/build_model.py (or {MODEL_ENV})")
+    p.add_argument("--supersedes", metavar="EARLIER_SR", type=Path,
+                   help="an earlier SR of the study: the new SR replaces it (same series, Predecessor Documents Sequence)")
     p.add_argument("-l", "--log-level", type=str.upper, choices=["DEBUG", "INFO", "WARN", "ERROR", "CRITICAL"], help="logging level")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
@@ -122,7 +126,7 @@ def parse(argv: list[str]) -> RunArguments:
     model_path = _folder(args.model, "model package", "-m MODEL_DIR", MODEL_ENV)
     _check_input(input_path)
     _check_output(output_path)
-    return RunArguments(input_path, output_path, model_path, args.log_level)
+    return RunArguments(input_path, output_path, model_path, args.log_level, args.supersedes)
 
 
 def fail(message: str) -> int:

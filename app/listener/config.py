@@ -84,6 +84,9 @@ class ListenerConfig:
     ae_title: str = "BIOMEDCLIP"
     bind_host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
+    #: ``GET /healthz`` (``app/listener/health.py``) on this address and port; None: no health endpoint.
+    health_host: str = "127.0.0.1"
+    health_port: int | None = None
     #: Empty: any source address (the calling AE title list still applies).
     allowed_source_addresses: tuple[IPNetwork, ...] = ()
     #: A whole study is accepted (prior SRs, Key Object Selections, Presentation States, PDFs…): the
@@ -138,10 +141,15 @@ class ListenerConfig:
                 raise ConfigError(f"{name}: must be >= 1")
         if self.max_pdu_bytes < 4096:
             raise ConfigError("max_pdu_bytes: must be >= 4096")
-        if any(not isinstance(v, (int, float)) or v <= 0 for v in self.quiet_period_by_calling_ae.values()):
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in self.quiet_period_by_calling_ae.values()):
             raise ConfigError("quiet_period_by_calling_ae: every quiet period must be a number > 0")
         if not 0 <= self.port < 65536:
             raise ConfigError(f"port: {self.port} is out of range")
+        if self.health_port is not None:
+            if isinstance(self.health_port, bool) or not isinstance(self.health_port, int) or not 0 <= self.health_port < 65536:
+                raise ConfigError(f"health_port: {self.health_port!r} is not a port number (or null: no health endpoint)")
+            if self.health_port == self.port != 0 and self.health_host == self.bind_host:
+                raise ConfigError("health_port: must differ from port (the DICOM port)")
 
 
 def _typed(key: str, value: Any) -> Any:
@@ -194,6 +202,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ae-title", help="this listener's AE title (the called AE title)")
     p.add_argument("--host", dest="bind_host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one)")
+    p.add_argument("--health-port", type=int, help="serve GET /healthz on this port (default: none; 0 picks a free one)")
     p.add_argument("--allowed-calling-ae", dest="allowed_calling_ae_titles", action="append",
                    help="calling AE title allowed to send (repeatable)")
     p.add_argument("--spool-dir", help="where received instances and the journal are kept")

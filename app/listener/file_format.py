@@ -46,6 +46,12 @@ _IMPLEMENTATION = (
 
 def dicom_file(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, dataset: bytes) -> bytes:
     """The DICOM file of ``dataset``, encoded in ``transfer_syntax_uid`` as received."""
+    return file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid) + dataset
+
+
+def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str) -> bytes:
+    """What precedes the data set in its DICOM file: the preamble, ``DICM`` and the File Meta Information.
+    The listener writes it and then the received data set, never joining the two in memory."""
     group = b"".join((
         _VERSION,
         _element(0x0002, b"UI", _uid(sop_class_uid)),
@@ -54,4 +60,4 @@ def dicom_file(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: s
         _IMPLEMENTATION,
     ))
     group_length = _element(0x0000, b"UL", struct.pack("<I", len(group)))
-    return b"".join((PREAMBLE, group_length, group, dataset))
+    return b"".join((PREAMBLE, group_length, group))

@@ -14,7 +14,9 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass
-from io import BytesIO
+from io import BufferedReader, RawIOBase
+from os import SEEK_CUR, SEEK_END, SEEK_SET
+from typing import Any
 
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID
@@ -34,9 +36,10 @@ STATUS_CANNOT_UNDERSTAND = 0xC000
 _UID_CHARACTERS = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
-def top_level_values(data: bytes, tags: tuple[int, ...], implicit_vr: bool, little_endian: bool) -> dict[int, bytes] | None:
+def top_level_values(data: Buffer, tags: tuple[int, ...], implicit_vr: bool, little_endian: bool) -> dict[int, bytes] | None:
     """The values of the top-level elements ``tags`` (ascending) that are present, or None if the walk
-    cannot tell (see the module)."""
+    cannot tell (see the module). ``data`` may be a view of the received buffer: only the values found
+    are copied."""
     endian = "<" if little_endian else ">"
     tag_struct, short_length, long_length = struct.Struct(endian + "HH"), struct.Struct(endian + "H"), struct.Struct(endian + "L")
     values: dict[int, bytes] = {}
@@ -46,7 +49,7 @@ def top_level_values(data: bytes, tags: tuple[int, ...], implicit_vr: bool, litt
         if implicit_vr:
             (length,), position = long_length.unpack_from(data, position + 4), position + 8
         else:
-            vr = data[position + 4:position + 6]
+            vr = bytes(data[position + 4:position + 6])
             if vr in LONG_LENGTH_VRS:
                 (length,), position = long_length.unpack_from(data, position + 8), position + 12
             elif vr.isalpha() and vr.isupper():
@@ -59,11 +62,44 @@ def top_level_values(data: bytes, tags: tuple[int, ...], implicit_vr: bool, litt
         if length == UNDEFINED_LENGTH or position + length > len(data):
             return None
         if found in tags:
-            values[found] = data[position:position + length]
+            values[found] = bytes(data[position:position + length])
             if found == last:
                 return values
         position += length
     return None
+
+
+#: The received data set: bytes, or a view of pynetdicom's buffer.
+Buffer = bytes | bytearray | memoryview
+
+
+class _BufferReader(RawIOBase):
+    """A read-only file over a buffer that copies only what is read (``BytesIO`` copies a memoryview
+    whole), for pydicom's reader."""
+
+    def __init__(self, buffer: Buffer) -> None:
+        super().__init__()
+        self._buffer, self._position = memoryview(buffer), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        chunk = self._buffer[self._position:self._position + len(target)]
+        target[:len(chunk)] = chunk
+        self._position += len(chunk)
+        return len(chunk)
+
+    def seek(self, offset: int, whence: int = SEEK_SET) -> int:
+        base = {SEEK_SET: 0, SEEK_CUR: self._position, SEEK_END: len(self._buffer)}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
 
 
 @dataclass(frozen=True)
@@ -80,8 +116,9 @@ class HeaderTooLong(ValueError):
     """The UIDs are not within the first ``max_header_bytes`` of an inflated data set."""
 
 
-def instance_uids(received: bytes, transfer_syntax: UID, max_header_bytes: int) -> InstanceUIDs:
-    """Raises (HeaderTooLong, ValueError, or whatever pydicom raises) for a data set that cannot be read."""
+def instance_uids(received: Buffer, transfer_syntax: UID, max_header_bytes: int) -> InstanceUIDs:
+    """Raises (HeaderTooLong, ValueError, or whatever pydicom raises) for a data set that cannot be read.
+    ``received`` may be a view of pynetdicom's buffer (``BytesIO.getbuffer()``): it is not copied."""
     if transfer_syntax.is_deflated:  # PS3.5 §A.5: Explicit VR Little Endian, then deflated; only the start is needed
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)
         received = inflater.decompress(received, max_header_bytes)
@@ -90,7 +127,7 @@ def instance_uids(received: bytes, transfer_syntax: UID, max_header_bytes: int) 
     implicit_vr, little_endian = transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian
     walked = top_level_values(received, IDENTIFYING_TAGS, implicit_vr, little_endian)
     if walked is None:
-        header = read_dataset(BytesIO(received), implicit_vr, little_endian,
+        header = read_dataset(BufferedReader(_BufferReader(received)), implicit_vr, little_endian,
                               stop_when=lambda tag, vr, length: tag > IDENTIFYING_TAGS[-1], specific_tags=list(IDENTIFYING_TAGS))
         values = [str(header[tag].value) if tag in header else "" for tag in IDENTIFYING_TAGS]
     else:

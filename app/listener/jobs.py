@@ -50,21 +50,24 @@ class MapJob:
         self.output_dir = Path(output_dir).resolve()
         self.timeout_s = timeout_s
 
-    def command(self, study: Path, output: Path) -> list[str]:
+    def command(self, study: Path, output: Path, predecessor: Path | None = None) -> list[str]:
         app = [sys.executable, str(APP_DIR), "-i", str(study), "-o", str(output), "-m", str(self.model_dir)]
+        if predecessor is not None:  # the earlier SR of the study, which this run's SR supersedes
+            app += ["--supersedes", str(predecessor)]
         setpriv = shutil.which("setpriv")
         return [setpriv, "--pdeathsig", "KILL", "--", *app] if setpriv else app
 
-    def run(self, arrival_id: str, study: Path) -> JobOutcome:
-        """Run the application once on ``study``. Call from a thread that lives as long as the listener:
-        the parent-death signal follows the thread that started the child."""
+    def run(self, arrival_id: str, study: Path, predecessor: Path | None = None) -> JobOutcome:
+        """Run the application once on ``study`` (its SR superseding the SR file ``predecessor``, if given).
+        Call from a thread that lives as long as the listener: the parent-death signal follows the thread
+        that started the child."""
         staging = self.output_dir / f".{arrival_id}.partial"
         final = self.output_dir / arrival_id
         for stale in (staging, final):  # an earlier attempt's leftovers; nothing of them was delivered
             shutil.rmtree(stale, ignore_errors=True)
         staging.mkdir(parents=True)
         with open(staging / APP_LOG, "wb") as log:
-            process = subprocess.Popen(self.command(study, staging), stdin=subprocess.DEVNULL, stdout=log,
+            process = subprocess.Popen(self.command(study, staging, predecessor), stdin=subprocess.DEVNULL, stdout=log,
                                        stderr=subprocess.STDOUT)
             try:
                 exit_code: int | None = process.wait(timeout=self.timeout_s)

@@ -3,8 +3,13 @@
 An *arrival* is the set of instances of one study received until its quiet period passed; it is
 processed exactly once. Replaying the journal after a crash (kill -9) tells what is left to do:
 
-    opened ─▶ completed ─▶ job_started … ─▶ job_finished ─▶ delivered (per SR)
-       └─▶ discarded (nothing was spooled)      └─▶ job_failed
+    opened ─▶ completed ─▶ [superseding] ─▶ job_started … ─▶ job_finished ─▶ delivered (per SR)
+       └─▶ discarded (nothing was spooled)                     └─▶ job_failed
+
+``superseding`` (the partial-study policy, ``docs/listener.md``): more of a study whose SR was already
+written arrived; the earlier arrival's instances join this one and its SR names the earlier SR as
+its predecessor. A processed arrival stays in the journal while its instances are kept for that
+(``SPOOL/reported/<id>``).
 
 The journal holds no patient data: arrivals are named by random ids, never by DICOM UIDs.
 """
@@ -42,6 +47,8 @@ class Arrival:
     job_attempts: int = 0
     srs: tuple[str, ...] = ()
     delivered: set[str] = field(default_factory=set)
+    #: (earlier arrival id, its SR's file name) when this arrival supersedes an earlier one's SR.
+    supersedes: tuple[str, str] | None = None
     records: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     @property
@@ -56,6 +63,8 @@ class Arrival:
         event = record["event"]
         if event == "completed":
             self.state, self.instances = COMPLETE, record["instances"]
+        elif event == "superseding":
+            self.supersedes = (record["earlier"], record["sr"])
         elif event == "job_started":
             self.job_attempts = record["attempt"]
         elif event == "job_finished":

@@ -62,7 +62,7 @@ from app.listener.connections import (
     log_silent_connections,
     peer_address,
 )
-from app.listener.file_format import dicom_file
+from app.listener.file_format import file_meta
 from app.listener.instance_uids import STATUS_CANNOT_UNDERSTAND, HeaderTooLong, instance_uids, mismatch
 from app.listener.spool import Spool
 from app.listener.tcp import LOW_LATENCY_HANDLER
@@ -167,6 +167,7 @@ class StorageSCP:
         for sop_class in storage_sop_classes(config.storage_sop_classes, AppSettings.load().series_selection_rules):
             self.ae.add_supported_context(sop_class, ACCEPTED_TRANSFER_SYNTAXES)
         self.server: GuardedAssociationServer | None = None
+        self._acceptor: threading.Thread | None = None
 
     def start(self) -> int:
         """Listen (non-blocking); returns the bound port."""
@@ -181,10 +182,17 @@ class StorageSCP:
         server.max_connections = self.config.max_connections
         server.max_connections_per_address = self.config.max_connections_per_address
         server.read_timeout_s = self.config.network_timeout_s
-        threading.Thread(target=server.serve_forever, name="listener-acceptor", daemon=True).start()
+        self._acceptor = threading.Thread(target=server.serve_forever, name="listener-acceptor", daemon=True)
+        self._acceptor.start()
         self.ae._servers.append(server)  # pynetdicom's shutdown() removes it from there
         self.server = server
         return int(server.server_address[1])
+
+    def accepting(self) -> bool:
+        """Whether the listening socket is open and its accept loop running (the health check)."""
+        server, acceptor = self.server, self._acceptor
+        listening = server is not None and server.socket is not None and server.socket.fileno() != -1
+        return listening and acceptor is not None and acceptor.is_alive()
 
     def stop(self) -> None:
         if self.server is not None:
@@ -229,30 +237,35 @@ class StorageSCP:
                            "or no accepted transfer syntax", peer_address(event.assoc.requestor.address), describe_uid(sop_class))
 
     def _store(self, event: Event) -> int:
-        """EVT_C_STORE: acknowledge only once the instance is durably in the spool."""
+        """EVT_C_STORE: acknowledge only once the instance is durably in the spool. The data set is held
+        once, in the buffer pynetdicom assembled it in: it is read and written through a view of that
+        buffer, never copied (issue 13 item 6)."""
+        request = cast(C_STORE, event.request)
+        with cast(BytesIO, request.DataSet).getbuffer() as received:  # the data set's bytes as the sender encoded them
+            return self._spool(event, request, received)
+
+    def _spool(self, event: Event, request: C_STORE, received: memoryview) -> int:
+        context = event.context
         try:
-            request = cast(C_STORE, event.request)
-            received = cast(BytesIO, request.DataSet).getvalue()  # the data set's bytes as the sender encoded them
-            uids = instance_uids(received, event.context.transfer_syntax, self.config.max_header_bytes)
+            uids = instance_uids(received, context.transfer_syntax, self.config.max_header_bytes)
         except HeaderTooLong as exc:
             logger.warning("C-STORE refused: %s", exc)
             return STATUS_OUT_OF_RESOURCES
         except Exception as exc:  # a malformed data set raises many kinds; none may escape into pynetdicom's log
             logger.warning("C-STORE refused: the data set cannot be read (%s)", type(exc).__name__)
             return STATUS_CANNOT_UNDERSTAND
-        refused = mismatch(uids, str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID), event.context.abstract_syntax)
+        refused = mismatch(uids, str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID), context.abstract_syntax)
         if refused:
             status, why = refused
             logger.warning("C-STORE refused (status 0x%04X): %s", status, why)
             return status
-        context = event.context
-        encoded = dicom_file(uids.sop_class, uids.sop_instance, context.transfer_syntax, received)
-        refusal = self.spool.refusal(len(encoded))
+        meta = file_meta(uids.sop_class, uids.sop_instance, context.transfer_syntax)
+        refusal = self.spool.refusal(len(meta) + received.nbytes)
         if refusal:
             logger.warning("C-STORE refused: %s", refusal)
             return STATUS_OUT_OF_RESOURCES
         try:
-            self.spool.store(uids.study, uids.sop_instance, encoded, self.config.quiet_period_for(event.assoc.requestor.ae_title))
+            self.spool.store(uids.study, uids.sop_instance, (meta, received), self.config.quiet_period_for(event.assoc.requestor.ae_title))
         except OSError as exc:  # strerror only: the exception's text holds the file name, a UID
             logger.error("C-STORE failed: cannot write to the spool (%s)", exc.strerror)
             return STATUS_OUT_OF_RESOURCES

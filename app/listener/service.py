@@ -12,9 +12,11 @@ import os
 import queue
 import threading
 import time
+from pathlib import Path
 
 from app.listener.config import ListenerConfig
 from app.listener.delivery import Backoff, DeliveryError, DeliveryQueue, PendingDelivery, client_tls_context, store_sr
+from app.listener.health import HealthEndpoint
 from app.listener.jobs import MapJob
 from app.listener.journal import COMPLETE, FAILED, PROCESSED, RECEIVING, Arrival, Journal
 from app.listener.retention import purge_older_than
@@ -40,6 +42,7 @@ class Listener:
         self.jobs: queue.Queue[Arrival] = queue.Queue()
         self.deliveries = DeliveryQueue()
         self.backoff = Backoff(config.delivery_initial_backoff_s, config.delivery_max_backoff_s)
+        self.health: HealthEndpoint | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -47,6 +50,7 @@ class Listener:
         """Pick up what the journal says is unfinished, then compact the journal."""
         unfinished = []
         for arrival in self.journal.replay().values():
+            kept = False
             if arrival.state == RECEIVING and not self.spool.resume(arrival):
                 self.journal.append(arrival, "discarded")
                 self.spool.remove(arrival.id)
@@ -55,22 +59,26 @@ class Listener:
             elif arrival.state == FAILED:
                 self.spool.quarantine(arrival.id)  # in case the crash came between job_failed and the move
             elif arrival.state == PROCESSED:
-                self.spool.remove(arrival.id)  # in case the crash came between job_finished and the clean-up
+                # its instances kept for a later arrival of the study (again, if the crash came before)
+                kept = self._keep_instances(arrival)
                 for sr in arrival.undelivered:
                     self.deliveries.put(arrival, self.config.output_dir / arrival.id / sr)
             if not arrival.finished:
-                unfinished.append(arrival)
                 logger.info("Recovered arrival %s (%s)", arrival.id, arrival.state)
+            if not arrival.finished or kept:
+                unfinished.append(arrival)  # the journal keeps what a later arrival of the study supersedes
         self.journal.rewrite(unfinished)
         self._purge(keep={a.id for a in unfinished})
 
     def _purge(self, keep: set[str]) -> None:
-        """Retention (``app/listener/retention.py``): quarantined studies and results older than
-        ``retention_days``, except the arrivals in ``keep`` (work left, or an SR waiting)."""
+        """Retention (``app/listener/retention.py``): quarantined studies, kept instances of reported
+        studies and results older than ``retention_days``, except the arrivals in ``keep`` (work left, an
+        SR waiting) and the results whose instances are still kept (their SR is a predecessor)."""
         max_age_s = self.config.retention_days * 86400
         try:
             self.spool.purge_quarantined(max_age_s)
-            purge_older_than(self.config.output_dir, max_age_s, keep)
+            self.spool.purge_reported(max_age_s)
+            purge_older_than(self.config.output_dir, max_age_s, keep | self.spool.reported_ids())
         except OSError as exc:
             logger.error("Retention: cannot remove old folders (%s)", exc.strerror)
 
@@ -87,12 +95,17 @@ class Listener:
         port = self.scp.start()
         logger.info("Listening as %s on %s:%d%s; results go to %s%s", self.config.ae_title, self.config.bind_host, port,
                     " (TLS)" if self.config.tls else "", self.destination, " (TLS)" if self.destination_tls else "")
+        if self.config.health_port is not None:
+            self.health = HealthEndpoint(self.scp, self.spool, self.config.health_host, self.config.health_port)
+            logger.info("Health check: http://%s:%d/healthz", self.config.health_host, self.health.start())
         return port
 
     def stop(self) -> None:
         """Stop accepting associations and stop the workers. A running job is killed with the process and
         re-run at the next start (the journal shows it unfinished)."""
         self.scp.stop()
+        if self.health is not None:
+            self.health.stop()
         self._stop.set()
         self.journal.close()
 
@@ -125,20 +138,21 @@ class Listener:
                 threading.Timer(delay, self.jobs.put, args=(arrival,)).start()
 
     def _process(self, arrival: Arrival) -> None:
+        predecessor = self._predecessor(arrival)
         attempt = arrival.job_attempts + 1
         self.journal.append(arrival, "job_started", attempt=attempt)
-        logger.info("Arrival %s: job attempt %d on %d instance(s)", arrival.id, attempt, arrival.instances)
+        logger.info("Arrival %s: job attempt %d on %d instance(s)", arrival.id, attempt, len(self.spool.instances(arrival.id)))
         started = time.monotonic()
-        outcome = self.job.run(arrival.id, self.spool.folder(arrival.id))
+        outcome = self.job.run(arrival.id, self.spool.folder(arrival.id), predecessor)
         took = time.monotonic() - started
         if outcome.succeeded:
             self.journal.append(arrival, "job_finished", srs=list(outcome.srs), seconds=round(took, 3),
                                 exit_code=outcome.exit_code, refused=outcome.refused)
             refused = f"; {outcome.refused} file(s) refused, reasons in {REPORT_NAME}" if outcome.refused else ""
             logger.info("Arrival %s: %d SR(s) written in %.1f s to %s%s", arrival.id, len(outcome.srs), took, outcome.output, refused)
-            self.spool.remove(arrival.id)
             for sr in outcome.srs:
                 self.deliveries.put(arrival, outcome.output / sr)
+            self._keep_instances(arrival)
         elif outcome.retryable and attempt < self.config.job_max_attempts:
             delay = self.backoff.delay(attempt)
             logger.warning("Arrival %s: job attempt %d failed (exit code %s); retrying in %.0f s",
@@ -150,6 +164,30 @@ class Listener:
             self.journal.append(arrival, "job_failed", exit_code=outcome.exit_code, reason=reason)
             kept = self.spool.quarantine(arrival.id)
             logger.error("Arrival %s: no SR, %s; see %s; instances kept in %s", arrival.id, reason, outcome.output, kept)
+
+    def _predecessor(self, arrival: Arrival) -> Path | None:
+        """The partial-study policy (``docs/listener.md``): if the study of ``arrival`` was reported before,
+        the earlier arrival's instances join it and the earlier SR is the one its SR supersedes."""
+        supersedes = self.spool.supersede(arrival)
+        if supersedes is None:
+            return None
+        earlier, sr = supersedes
+        path = self.config.output_dir / earlier / sr
+        if not path.exists():  # removed by hand: the whole study is still run, its SR stands alone
+            logger.warning("Arrival %s: supersedes arrival %s, whose SR is no longer in %s; the new SR will not reference it",
+                           arrival.id, earlier, self.config.output_dir)
+            return None
+        logger.info("Arrival %s: more of the study of arrival %s; the whole study is run again and its SR supersedes that arrival's",
+                    arrival.id, earlier)  # not the SR's file name: it is the SR's SOP Instance UID
+        return path
+
+    def _keep_instances(self, arrival: Arrival) -> bool:
+        """``Spool.keep``; a failure costs only the link to a later arrival of the study, never the SR."""
+        try:
+            return self.spool.keep(arrival)
+        except OSError as exc:
+            logger.error("Arrival %s: its instances cannot be kept for a later arrival of the study (%s)", arrival.id, exc.strerror)
+            return False
 
     def _delivery_loop(self) -> None:
         while True:

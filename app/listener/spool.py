@@ -4,6 +4,10 @@ Each instance is written atomically and fsync'd (``operators.atomic``) before th
 acknowledged, as ``SPOOL/arrivals/<arrival id>/<SOP Instance UID>.dcm``; a retransmitted instance
 replaces its earlier copy. Which study an arrival belongs to is kept in memory only (and re-read from
 its files after a restart), so the journal holds no DICOM identifiers.
+
+Once an arrival's SR is written its instances are kept in ``SPOOL/reported/<arrival id>/`` (until
+``retention_days``), so that a later arrival of the same study can be run on the whole study and its
+SR supersede the earlier one (``supersede``; the partial-study policy, ``docs/listener.md``).
 """
 
 from __future__ import annotations
@@ -13,14 +17,16 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom import dcmread
 
+from app.listener.instance_uids import Buffer
 from app.listener.journal import Arrival, Journal, new_arrival_id
 from app.listener.retention import folder_bytes, purge_older_than
-from operators.atomic import write_atomically
+from operators.atomic import fsync_folder, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +52,7 @@ class Spool:
         self.root = Path(root)
         self.arrivals_dir = self.root / "arrivals"
         self.failed_dir = self.root / "failed"
+        self.reported_dir = self.root / "reported"
         self.arrivals_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)  # the spooled instances hold PHI: only the listener's user may enter
         self.journal = journal
@@ -55,6 +62,10 @@ class Spool:
         self._lock = threading.Lock()
         #: Study Instance UID -> the arrival receiving it (memory only: UIDs are identifiers).
         self._receiving: dict[str, _Receiving] = {}
+        #: Arrival id -> its Study Instance UID, until its instances are kept or removed (memory only).
+        self._study_of: dict[str, str] = {}
+        #: Study Instance UID -> the latest arrival of it whose SR was written and instances kept.
+        self._reported: dict[str, Arrival] = {}
         self._used_bytes = folder_bytes(self.root)
         self._free_bytes, self._free_checked = 0, float("-inf")
 
@@ -65,7 +76,14 @@ class Spool:
         return sorted(self.folder(arrival_id).glob("*" + INSTANCE_SUFFIX))
 
     def refusal(self, incoming_bytes: int = 0) -> str | None:
-        """Why nothing more can be spooled now (disk limits), or None."""
+        """Why nothing more can be spooled now (disk limits), or None. The instances kept for later
+        arrivals of reported studies give way first: the oldest are removed while a limit is in the way."""
+        while True:
+            why = self._limit_reached(incoming_bytes)
+            if why is None or not self._remove_oldest_reported():
+                return why
+
+    def _limit_reached(self, incoming_bytes: int) -> str | None:
         if self._used_bytes + incoming_bytes > self.max_bytes:
             return f"spool limit reached ({self._used_bytes} of {self.max_bytes} bytes used)"
         if time.monotonic() - self._free_checked > FREE_SPACE_CHECK_INTERVAL_S:
@@ -75,18 +93,20 @@ class Spool:
             return f"disk nearly full ({free} bytes free, {self.min_free_bytes} required)"
         return None
 
-    def store(self, study_uid: str, sop_instance_uid: str, encoded: bytes, quiet_period_s: float | None = None) -> str:
-        """Write one instance (DICOM File Format bytes) durably under its study's open arrival; returns
-        the arrival id. The caller has checked that both UIDs are valid (they name files).
-        ``quiet_period_s``: the sender's, if not the spool's."""
+    def store(self, study_uid: str, sop_instance_uid: str, encoded: Buffer | Sequence[Buffer], quiet_period_s: float | None = None) -> str:
+        """Write one instance (DICOM File Format bytes, or its parts in order: written one after the other,
+        never joined in memory) durably under its study's open arrival; returns the arrival id. The caller
+        has checked that both UIDs are valid (they name files). ``quiet_period_s``: the sender's, if not
+        the spool's."""
+        parts = (encoded,) if isinstance(encoded, Buffer) else tuple(encoded)
         with self._lock:
             receiving = self._receiving.get(study_uid) or self._open(study_uid)
             receiving.writes_in_flight += 1
             receiving.quiet_period_s = self.quiet_period_s if quiet_period_s is None else quiet_period_s
         stored = 0
         try:
-            write_atomically(receiving.folder / (sop_instance_uid + INSTANCE_SUFFIX), lambda f: f.write(encoded))
-            stored = len(encoded)
+            write_atomically(receiving.folder / (sop_instance_uid + INSTANCE_SUFFIX), lambda f: f.writelines(parts))
+            stored = sum(memoryview(part).nbytes for part in parts)
         finally:
             with self._lock:
                 receiving.writes_in_flight -= 1
@@ -102,6 +122,7 @@ class Spool:
         receiving = _Receiving(arrival, self.folder(arrival.id), time.monotonic(), self.quiet_period_s)
         receiving.folder.mkdir()
         self._receiving[study_uid] = receiving
+        self._study_of[arrival.id] = study_uid
         logger.info("Arrival %s opened", arrival.id)
         return receiving
 
@@ -128,6 +149,7 @@ class Spool:
         sizes = {p.name.removesuffix(INSTANCE_SUFFIX): p.stat().st_size for p in files}
         with self._lock:
             self._receiving[study_uid] = _Receiving(arrival, folder, time.monotonic(), self.quiet_period_s, instance_bytes=sizes)
+            self._study_of[arrival.id] = study_uid
         return True
 
     def complete_quiet_arrivals(self) -> list[Arrival]:
@@ -145,13 +167,92 @@ class Spool:
         return [r.arrival for _, r in quiet]
 
     def remove(self, arrival_id: str) -> None:
-        """Delete an arrival's instances (its SR is written). Idempotent."""
+        """Delete an arrival's instances. Idempotent."""
         folder = self.folder(arrival_id)
+        self._study_of.pop(arrival_id, None)
         if folder.exists():
             size = folder_bytes(folder)
             shutil.rmtree(folder)
             with self._lock:
                 self._used_bytes -= size
+
+    def keep(self, arrival: Arrival) -> bool:
+        """After the job of ``arrival`` wrote its SR: keep its instances in ``SPOOL/reported/<id>`` as the
+        study's latest reported arrival, for ``supersede``. Idempotent (recovery calls it again); False
+        if nothing of it is kept (a later arrival took its instances, or retention removed them)."""
+        folder, kept = self.folder(arrival.id), self.reported_dir / arrival.id
+        if folder.exists():
+            self.reported_dir.mkdir(exist_ok=True)
+            folder.rename(kept)
+            fsync_folder(self.reported_dir)
+        study_uid = self._study_of.pop(arrival.id, None)
+        if not kept.exists() or not arrival.srs:
+            return False
+        study_uid = study_uid or _study_uid_in(kept)
+        if study_uid is None:
+            return False
+        with self._lock:
+            self._reported[study_uid] = arrival
+        return True
+
+    def supersede(self, arrival: Arrival) -> tuple[str, str] | None:
+        """Before the job of ``arrival``: if an earlier arrival of its study was reported and its instances
+        are kept, journal ``superseding`` and move those instances into this arrival (an instance received
+        again stays as received now). Returns (earlier arrival id, its SR's file name), or None. A re-run
+        job finishes a move a crash interrupted."""
+        folder = self.folder(arrival.id)
+        with self._lock:
+            supersedes = arrival.supersedes
+            if supersedes is None:
+                study_uid = self._study_of.get(arrival.id) or _study_uid_in(folder)
+                earlier = self._reported.get(study_uid) if study_uid else None
+                if earlier is None or earlier.id == arrival.id:
+                    return None
+                supersedes = (earlier.id, earlier.srs[0])
+                self.journal.append(arrival, "superseding", earlier=earlier.id, sr=earlier.srs[0])
+            earlier_id = supersedes[0]
+            kept = self.reported_dir / earlier_id
+            if kept.exists():
+                for path in kept.iterdir():
+                    if (folder / path.name).exists():  # received again: this arrival's copy replaces it
+                        self._used_bytes -= path.stat().st_size
+                        path.unlink()
+                    else:
+                        path.rename(folder / path.name)
+                fsync_folder(folder)
+                kept.rmdir()
+                fsync_folder(self.reported_dir)
+            self._reported = {uid: a for uid, a in self._reported.items() if a.id != earlier_id}
+            return supersedes
+
+    def _remove_oldest_reported(self) -> bool:
+        """Remove the kept instances of the earliest reported arrival (arrival ids sort by time); False if
+        there are none."""
+        with self._lock:
+            kept = sorted(self.reported_dir.iterdir()) if self.reported_dir.is_dir() else []
+            if not kept:
+                return False
+            freed = folder_bytes(kept[0])
+            shutil.rmtree(kept[0])
+            self._used_bytes -= freed
+            self._free_checked = float("-inf")  # the disk has that much more free now
+            self._reported = {uid: a for uid, a in self._reported.items() if a.id != kept[0].name}
+        logger.info("Spool limits: removed the instances kept of arrival %s; a later arrival of its study gets an SR of its own",
+                    kept[0].name)
+        return True
+
+    def reported_ids(self) -> set[str]:
+        """The arrivals whose instances are kept for a later arrival of their study (their SRs are its predecessors)."""
+        with self._lock:
+            return {arrival.id for arrival in self._reported.values()}
+
+    def purge_reported(self, max_age_s: float) -> None:
+        """Remove kept instances older than ``max_age_s`` (``retention_days``): a later arrival of such a
+        study gets an SR of its own."""
+        with self._lock:
+            _, freed = purge_older_than(self.reported_dir, max_age_s)
+            self._used_bytes -= freed
+            self._reported = {uid: a for uid, a in self._reported.items() if (self.reported_dir / a.id).exists()}
 
     def _quarantine_file(self, arrival_id: str, path: Path) -> Path:
         """Move one spooled file out of its arrival to ``SPOOL/failed/<id>/`` (kept for inspection)."""
@@ -169,6 +270,7 @@ class Spool:
     def quarantine(self, arrival_id: str) -> Path:
         """Move the instances of an arrival whose job failed for good to ``SPOOL/failed/<id>`` for
         inspection (they still count against the spool limit). Idempotent."""
+        self._study_of.pop(arrival_id, None)
         target = self.failed_dir / arrival_id
         folder = self.folder(arrival_id)
         if not folder.exists():
@@ -181,3 +283,13 @@ class Spool:
             self.failed_dir.mkdir(exist_ok=True)
             folder.rename(target)
         return target
+
+
+def _study_uid_in(folder: Path) -> str | None:
+    """The Study Instance UID of the first readable instance in ``folder`` (all are of one study)."""
+    for path in sorted(folder.glob("*" + INSTANCE_SUFFIX)):
+        try:
+            return str(dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).StudyInstanceUID)
+        except Exception:  # pydicom raises many kinds for a corrupt file: try the next one
+            continue
+    return None

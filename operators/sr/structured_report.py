@@ -24,7 +24,7 @@ The private scheme 99BMCLIP is declared in the Coding Scheme Identification Sequ
 The SR is re-identified into the ORIGINAL study (Study Instance UID, patient module, accession)
 through the in-memory ``ReidentificationMap``, in a new series whose UIDs are under the site's root
 (``uids.py``); Verification Flag UNVERIFIED and Preliminary Flag PRELIMINARY, since no person has
-reviewed it.
+reviewed it. An SR can supersede an earlier one of the same study (``predecessor.py``).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from operators.deid.deidentifier import ReidentificationMap
 from operators.inference.classification import SeriesClassification
 from operators.inference.zero_shot import ZERO_SHOT_PROBABILITY, LabelSet
 from operators.sr.codes import NO_CONFIDENT_FINDING, PROBABILITY_MARGIN, coding_scheme_identification
+from operators.sr.predecessor import PredecessorSR
 from operators.sr.uids import UIDRoot
 
 MANUFACTURER = "BiomedCLIP MAP (research use only)"
@@ -158,9 +159,11 @@ def _measurement_group(
 
 def build_study_sr(
     series: Sequence[SeriesClassification], labels: LabelSet, algorithm: Algorithm, reid: ReidentificationMap,
-    options: ReportOptions,
+    options: ReportOptions, predecessor: PredecessorSR | None = None,
 ) -> hd.sr.Comprehensive3DSR:
-    """One Comprehensive 3D SR for the series of one (de-identified) study, filed into the original study."""
+    """One Comprehensive 3D SR for the series of one (de-identified) study, filed into the original study.
+    With ``predecessor`` (an earlier SR of the same original study; ignored for another study), the SR
+    supersedes it: same series, next instance number, Predecessor Documents Sequence (``predecessor.py``)."""
     if not series:
         raise ValueError("an SR needs at least one classified series")
     if len({s.study_instance_uid for s in series}) != 1:
@@ -185,13 +188,16 @@ def build_study_sr(
     description = "BiomedCLIP zero-shot, UNVERIFIED"
     if algorithm.random_weights:
         description = "RANDOM WEIGHTS test output, NOT CLINICAL"
+    if predecessor is not None and predecessor.study_instance_uid != evidence[0].StudyInstanceUID:
+        predecessor = None
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report,
-        series_instance_uid=options.uid_root.new(),
-        series_number=SR_SERIES_NUMBER,
+        series_instance_uid=predecessor.series_instance_uid if predecessor else options.uid_root.new(),
+        series_number=predecessor.series_number if predecessor else SR_SERIES_NUMBER,
         sop_instance_uid=options.uid_root.new(),
-        instance_number=1,
+        instance_number=predecessor.instance_number + 1 if predecessor else 1,
+        previous_versions=[predecessor.reference()] if predecessor else None,
         manufacturer=MANUFACTURER,
         is_complete=True,
         is_final=False,

@@ -6,7 +6,10 @@ instance it sent was acknowledged and is in the spool. The SCP runs in this proc
 from __future__ import annotations
 
 import io
+import json
 import logging
+import urllib.error
+import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from pynetdicom import AE
 
 from app import logging_policy
 from app.listener.config import Destination, ListenerConfig
+from app.listener.health import HealthEndpoint
 from app.listener.journal import Journal
 from app.listener.scp import StorageSCP
 from app.listener.spool import Spool
@@ -273,3 +277,52 @@ def test_item9_library_messages_about_non_conformant_uids_keep_the_uids_out_of_t
     assert "message withheld" in log, "pynetdicom did warn"
     assert "0123" not in log and "0456" not in log
     assert "forged? a\\x0a2026-11-29 INFO" in log and "\n2026-11-29 INFO app.listener: forged" not in log
+
+
+def _health(port: int) -> tuple[int, dict]:
+    """``GET /healthz`` on the listener's health port: (HTTP status, JSON body)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=TIMEOUT_S) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_item4_the_health_endpoint_costs_no_dicom_slot_and_answers_503_when_the_spool_is_full(
+        start_scp, good_files: list[Path]) -> None:
+    """With one association and one connection allowed, the sender holds both while 50 health checks
+    are answered 200; a listener whose spool holds more than ``max_spool_bytes`` answers 503."""
+    scp = start_scp(max_associations=1, max_connections=1)
+    health = HealthEndpoint(scp.scp, scp.spool, "127.0.0.1", 0)
+    health.start()
+    try:
+        good = WellBehavedSender(scp.port, good_files).start()
+        wait_for(lambda: good.statuses, TIMEOUT_S, "the sender's first C-STORE")
+        answers = [_health(health.port) for _ in range(50)]
+        still_sending = len(good.statuses) < len(good_files)
+        good.assert_lost_nothing(scp)
+        assert [code for code, _ in answers] == [200] * 50
+        assert answers[0][1] == {"status": "ok", "checks": {"scp_accepting": True, "spool_writable": True, "spool_within_limits": True}}
+        assert still_sending, "the checks ran while the sender held the only slot"
+        assert _get(health.port, "/") == 404
+    finally:
+        health.stop()
+
+    full = start_scp(max_spool_bytes=10**6)  # the same spool, now holding the sender's ~1.6 MB
+    health = HealthEndpoint(full.scp, full.spool, "127.0.0.1", 0)
+    health.start()
+    try:
+        code, body = _health(health.port)
+    finally:
+        health.stop()
+    assert code == 503 and body["status"] == "unavailable"
+    assert body["checks"] == {"scp_accepting": True, "spool_writable": True, "spool_within_limits": False}
+    assert body["spool_limit"].startswith("spool limit reached (") and body["spool_limit"].endswith(" of 1000000 bytes used)")
+
+
+def _get(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=TIMEOUT_S) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code

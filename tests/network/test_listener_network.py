@@ -236,6 +236,46 @@ def test_four_concurrent_associations_of_200_instances_are_all_spooled_and_group
     assert sorted(sr.StudyInstanceUID for sr in srs) == sorted(studies)
 
 
+def test_more_of_a_reported_study_after_a_restart_gets_an_sr_of_the_whole_study_that_supersedes_the_first(
+    ns, started, model_package: Path, sample_study: Path, tmp_path: Path
+) -> None:
+    """The partial-study policy: one series is pushed and reported; the listener is killed (-9) and
+    restarted; the other series follows. The second SR covers the whole study, in the first SR's series,
+    with the first in its Predecessor Documents Sequence (PS3.3 C.17.2)."""
+    pacs = started(DcmtkPacs(ns, tmp_path / "pacs"))
+    config = listener_config(tmp_path, model_package, quiet_period_s=1)
+    listener = ListenerProcess(ns, config, tmp_path / "listener.log").start()
+    assert storescu(ns, sample_study / "CT2N").returncode == 0
+    (first_path,) = wait_for(pacs.received, JOB_TIMEOUT_S, "the first SR at the PACS")
+    wait_for(lambda: "SR delivered" in (tmp_path / "listener.log").read_text(), 30, "the delivery journalled", 0.1)
+    first = _assert_valid_sr_of(first_path, _headers(sorted((sample_study / "CT2N").iterdir())))
+    listener.kill9()
+
+    started(ListenerProcess(ns, config, tmp_path / "listener.log").start())
+    assert storescu(ns, sample_study / "CT5N").returncode == 0
+    second_path, = wait_for(lambda: [p for p in pacs.received() if p != first_path], JOB_TIMEOUT_S, "the second SR at the PACS")
+    time.sleep(3)  # nothing else follows
+    assert len(pacs.received()) == 2
+
+    sent = _headers(sorted(p for p in sample_study.rglob("*") if p.is_file()))
+    second = _assert_valid_sr_of(second_path, sent)  # evidence: both series
+    assert (second.SeriesInstanceUID, second.SeriesNumber, second.InstanceNumber) == (first.SeriesInstanceUID, first.SeriesNumber, 2)
+    assert second.SOPInstanceUID != first.SOPInstanceUID
+    (study,) = second.PredecessorDocumentsSequence
+    (series,) = study.ReferencedSeriesSequence
+    (instance,) = series.ReferencedSOPSequence
+    assert (study.StudyInstanceUID, series.SeriesInstanceUID, instance.ReferencedSOPInstanceUID) == (
+        first.StudyInstanceUID, first.SeriesInstanceUID, first.SOPInstanceUID)
+    first_report, second_report = _run_reports(tmp_path / "output")
+    assert sorted(second_report["files"]) == sorted(f"{ds.SOPInstanceUID}.dcm" for ds in sent), "the whole study was run again"
+    assert len(first_report["files"]) < len(sent)
+    assert not any((tmp_path / "spool" / "arrivals").iterdir())
+    assert len(list((tmp_path / "spool" / "reported").iterdir())) == 1, "only the latest arrival's instances are kept"
+    log = (tmp_path / "listener.log").read_text()
+    assert "the whole study is run again" in log
+    assert not [uid for uid in (first.SOPInstanceUID, second.SOPInstanceUID, first.SeriesInstanceUID, first.StudyInstanceUID) if uid in log]
+
+
 def _app_children(pid: int) -> list[int]:
     return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
 

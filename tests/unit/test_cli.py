@@ -132,3 +132,12 @@ def test_a_bad_setting_is_a_one_line_error_before_anything_runs(sample_study: Pa
     )
     assert _one_error_line(result) == f"error: {config}: structured_report.min_margin: must be a number from 0 to 1, not '0.1'"
     assert tree_digest(earlier_output) == before
+
+
+def test_an_earlier_sr_that_is_not_one_is_a_one_line_error_before_anything_runs(sample_study: Path, tmp_path: Path, earlier_output: Path) -> None:
+    """``--supersedes`` (the listener's partial-study policy) names an image, not an SR: refused, naming the file."""
+    image = next(p for p in sample_study.rglob("*") if p.is_file())
+    before = tree_digest(earlier_output)
+    result = _app("-i", str(sample_study), "-o", str(earlier_output), "-m", str(tmp_path), "--supersedes", str(image), cwd=tmp_path)
+    assert _one_error_line(result) == f"error: {image}: the earlier SR is not a Structured Report (Modality 'CT')"
+    assert tree_digest(earlier_output) == before

@@ -14,6 +14,7 @@ import time
 import tracemalloc
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pydicom
 import pytest
@@ -41,6 +42,7 @@ from pydicom.uid import (
     generate_uid,
 )
 from pynetdicom import AE, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
 from pynetdicom.sop_class import Verification
 
@@ -59,6 +61,7 @@ from app.listener.instance_uids import (
     names_a_file,
     top_level_values,
 )
+from app.listener.jobs import JobOutcome
 from app.listener.journal import COMPLETE, PROCESSED, Arrival, Journal
 from app.listener.scp import IMAGE_STORAGE_BY_MODALITY, StorageSCP, selected_image_sop_classes, storage_sop_classes
 from app.listener.service import Listener
@@ -85,6 +88,10 @@ def test_the_example_config_loads_and_flags_override_it() -> None:
         ({"ae_title": "A\\B"}, "ae_title: 'A\\\\B' is not a valid AE title"),
         ({"quiet_period": 5}, "unknown setting(s): quiet_period"),
         ({"quiet_period_by_calling_ae": {"MODALITY": 0}}, "quiet_period_by_calling_ae: every quiet period must be a number > 0"),
+        ({"quiet_period_by_calling_ae": {"MODALITY": True}}, "quiet_period_by_calling_ae: every quiet period must be a number > 0"),
+        ({"quiet_period_by_calling_ae": {"MODALITY": "30"}}, "quiet_period_by_calling_ae: every quiet period must be a number > 0"),
+        ({"quiet_period_by_calling_ae": {"A\\B": 30}}, "quiet_period_by_calling_ae: 'A\\\\B' is not a valid AE title"),
+        ({"quiet_period_by_calling_ae": [30]}, "quiet_period_by_calling_ae: expected an object"),
         ({"storage_sop_classes": "images-only"}, "storage_sop_classes: expected 'all', 'images' or a non-empty list"),
         ({"storage_sop_classes": ["1.2.840.10008.5.1.4.1.1.2", "CT"]}, "storage_sop_classes: expected"),
         ({"allowed_source_addresses": ["10.0.0.300"]}, "allowed_source_addresses:"),
@@ -189,7 +196,9 @@ def test_a_received_data_set_is_spooled_as_the_dicom_file_pynetdicom_would_write
 
 
 def _bytes_used(spool: Spool) -> int:
-    refusal = spool.refusal(spool.max_bytes + 1)  # always refused; the reason states the bytes in use
+    # always over the limit, so the reason states the bytes in use (the check alone: refusal() would
+    # first remove kept instances to make room)
+    refusal = spool._limit_reached(spool.max_bytes + 1)
     return int(refusal.split("(")[1].split()[0])
 
 
@@ -453,3 +462,121 @@ def test_an_sr_being_sent_keeps_its_output_folder_from_retention() -> None:
     assert sent is not None
     delivered.settle(sent)  # delivered: nothing keeps its folder any more
     assert delivered.arrival_ids() == set()
+
+
+class _RecordingJob:
+    """Stands in for ``MapJob``: records what each run got (instances, predecessor SR) and writes an SR."""
+
+    def __init__(self, output_dir: Path) -> None:
+        self.output_dir = output_dir
+        self.runs: list[tuple[list[str], Path | None]] = []
+
+    def run(self, arrival_id: str, study: Path, predecessor: Path | None = None) -> JobOutcome:
+        self.runs.append((sorted(p.name for p in study.glob("*.dcm")), predecessor))
+        output = self.output_dir / arrival_id
+        output.mkdir(parents=True)
+        (output / f"sr-{arrival_id}.dcm").write_bytes(b"an SR")
+        return JobOutcome(0, output, (f"sr-{arrival_id}.dcm",))
+
+
+def test_a_later_arrival_of_a_reported_study_is_run_on_the_whole_study_and_names_the_earlier_sr_across_a_restart(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    instances = {}
+    for uid in (generate_uid(), generate_uid()):
+        ds.SOPInstanceUID = uid
+        instances[uid] = dicom_file(ds.SOPClassUID, uid, ImplicitVRLittleEndian, _encoded(ds, ImplicitVRLittleEndian))
+    (a, a_bytes), (b, b_bytes) = instances.items()
+    config = ListenerConfig(spool_dir=tmp_path / "spool", output_dir=tmp_path / "output", model_dir=tmp_path / "models",
+                            allowed_calling_ae_titles=("STORESCU",), destination=Destination.parse("PACS@127.0.0.1:11113"),
+                            quiet_period_s=0.01, min_free_bytes=0)
+
+    def listener() -> tuple[Listener, _RecordingJob]:
+        started = Listener(config)
+        started.job = job = _RecordingJob(config.output_dir)  # type: ignore[assignment]
+        started.recover()
+        return started, job
+
+    first, job = listener()
+    first.spool.store(ds.StudyInstanceUID, a, a_bytes)
+    time.sleep(0.02)
+    (reported,) = first.spool.complete_quiet_arrivals()
+    first._process(reported)
+    assert job.runs == [([f"{a}.dcm"], None)]
+    first.journal.append(reported, "delivered", sr=f"sr-{reported.id}.dcm")  # as the delivery thread would
+    first.journal.close()
+
+    second, job = listener()  # restarted: what was reported is known from the journal and the kept instances
+    assert set(second.journal.replay()) == {reported.id}
+    before = _bytes_used(second.spool)
+    second.spool.store(ds.StudyInstanceUID, b, b_bytes)
+    second.spool.store(ds.StudyInstanceUID, a, a_bytes)  # sent again: this copy replaces the kept one
+    time.sleep(0.02)
+    (later,) = second.spool.complete_quiet_arrivals()
+    second._process(later)
+    assert job.runs == [(sorted([f"{a}.dcm", f"{b}.dcm"]), config.output_dir / reported.id / f"sr-{reported.id}.dcm")]
+    assert _bytes_used(second.spool) == before + len(b_bytes)
+    assert [p.name for p in (config.spool_dir / "reported").iterdir()] == [later.id]
+    records = [r for r in second.journal.replay()[later.id].records if r["event"] == "superseding"]
+    assert [(r["earlier"], r["sr"]) for r in records] == [(reported.id, f"sr-{reported.id}.dcm")]
+    second.journal.append(later, "delivered", sr=f"sr-{later.id}.dcm")
+    second.journal.close()
+
+    third, _ = listener()
+    assert set(third.journal.replay()) == {later.id}, "the superseded arrival leaves the journal; the latest stays"
+    third.journal.close()
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_a_received_data_set_is_held_once_from_its_fragments_to_the_spool(tmp_path: Path, syntax: str) -> None:
+    """Issue 13 item 6: pynetdicom assembles a data set's P-DATA fragments in a BytesIO (its DIMSE
+    decoder writes each fragment to it); from there to the spooled file nothing may hold a second copy.
+    Traced from the first fragment to the acknowledgement: the peak stays near one data set (a copy
+    would make it about two)."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.Rows = ds.Columns = 4096  # 32 MiB of pixel data
+    ds.PixelData = bytes(range(256)) * (4096 * 4096 * 2 // 256)
+    encoded = _encoded(ds, syntax)
+    config = ListenerConfig(spool_dir=tmp_path / "spool", output_dir=tmp_path / "output", model_dir=tmp_path / "models",
+                            allowed_calling_ae_titles=("STORESCU",), destination=Destination.parse("PACS@127.0.0.1:11113"),
+                            min_free_bytes=0)
+    journal = Journal(config.spool_dir / "journal.jsonl")
+    spool = Spool(config.spool_dir, journal, config.quiet_period_s, config.max_spool_bytes, 0)
+    scp = StorageSCP(config, spool)
+    request = C_STORE()
+    request.AffectedSOPClassUID, request.AffectedSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    event = SimpleNamespace(request=request, context=SimpleNamespace(transfer_syntax=UID(syntax), abstract_syntax=ds.SOPClassUID),
+                            assoc=SimpleNamespace(requestor=SimpleNamespace(ae_title="STORESCU")))
+
+    tracemalloc.start()
+    try:
+        request.DataSet = io.BytesIO()
+        for offset in range(0, len(encoded), 2**20):  # the fragments of 1 MiB PDUs
+            request.DataSet.write(encoded[offset:offset + 2**20])
+        status = scp._store(event)  # type: ignore[arg-type]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        journal.close()
+
+    assert status == 0x0000
+    assert peak < 1.3 * len(encoded), f"peak {peak / len(encoded):.2f} x the data set"
+    request.DataSet.write(b"")  # pynetdicom may still use its buffer: no view of it is left exported
+    (spooled,) = spool.arrivals_dir.glob("*/*.dcm")
+    read_back = pydicom.dcmread(spooled)
+    assert read_back.PixelData == ds.PixelData and read_back.file_meta.TransferSyntaxUID == syntax
+
+
+def test_the_instances_kept_for_a_later_arrival_give_way_when_the_spool_needs_room(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    instance = dicom_file(ds.SOPClassUID, ds.SOPInstanceUID, ImplicitVRLittleEndian, _encoded(ds, ImplicitVRLittleEndian))
+    journal = Journal(tmp_path / "spool" / "journal.jsonl")
+    spool = Spool(tmp_path / "spool", journal, quiet_period_s=0.0, max_bytes=3 * len(instance) // 2, min_free_bytes=0)
+    spool.store(ds.StudyInstanceUID, ds.SOPInstanceUID, instance)
+    (reported,) = spool.complete_quiet_arrivals()
+    journal.append(reported, "job_finished", srs=["sr.dcm"])
+    assert spool.keep(reported) and spool.reported_ids() == {reported.id}
+
+    assert spool.refusal(len(instance)) is None, "the kept instances made room for a new one"
+    assert spool.reported_ids() == set() and not any((tmp_path / "spool" / "reported").iterdir())
+    assert spool.refusal(2 * len(instance)) is not None, "nothing left to give way: the limit holds"
+    journal.close()

@@ -22,6 +22,7 @@ from operators.imaging.preprocessing import ImageRef
 from operators.inference.classification import SeriesClassification
 from operators.inference.zero_shot import ZERO_SHOT_PROBABILITY, LabelSet
 from operators.sr.codes import NO_CONFIDENT_FINDING, PROBABILITY_MARGIN
+from operators.sr.predecessor import PredecessorError, PredecessorSR
 from operators.sr.structured_report import Algorithm, ReportOptions, build_study_sr, write_sr
 from operators.sr.uids import UIDRoot
 from tests.support.phi_corpus import dciodvfy_errors
@@ -73,14 +74,14 @@ def _classification(ds: pydicom.Dataset, frames: list[int | None], per_image: np
 
 
 def _write(deidentified: tuple[dict[str, pydicom.Dataset], ReidentificationMap], folder: Path, options: ReportOptions,
-           ct: np.ndarray = CT_PROBABILITIES) -> Path:
-    """The SR of the CT (probabilities ``ct``) and the MR series, as written by the SR writer."""
+           ct: np.ndarray = CT_PROBABILITIES, predecessor: PredecessorSR | None = None, only_ct: bool = False) -> Path:
+    """The SR of the CT (probabilities ``ct``) and the MR series (unless ``only_ct``), as written by the SR writer."""
     datasets, reid = deidentified
     series = [
         _classification(datasets["ct"], [None], ct[None], "all 1 images"),
         _classification(datasets["mr"], [1, 10], MR_FRAMES, "2 of 10 images, evenly spaced (max_images_per_series=2)"),
     ]
-    return write_sr(build_study_sr(series, LABELS, ALGORITHM, reid, options), folder)
+    return write_sr(build_study_sr(series[:1] if only_ct else series, LABELS, ALGORITHM, reid, options, predecessor), folder)
 
 
 @pytest.fixture(scope="module")
@@ -253,3 +254,55 @@ def test_every_referenced_image_is_an_original_instance(
 
 def test_dciodvfy_reports_no_error(sr: Path) -> None:
     assert dciodvfy_errors(sr) == []
+
+
+def test_an_sr_that_supersedes_an_earlier_one_references_it_in_the_same_series(
+    deidentified: tuple[dict[str, pydicom.Dataset], ReidentificationMap], tmp_path: Path
+) -> None:
+    """The partial-study policy (docs/listener.md): the SR of the first part (the CT alone), then the SR
+    of the whole study written with ``--supersedes`` the first, read back with highdicom."""
+    first = hd.sr.srread(_write(deidentified, tmp_path / "first", ReportOptions(), only_ct=True))
+    path = _write(deidentified, tmp_path / "second", ReportOptions(), predecessor=PredecessorSR.read(tmp_path / "first" / f"{first.SOPInstanceUID}.dcm"))
+    second = hd.sr.srread(path)
+    assert (second.StudyInstanceUID, second.SeriesInstanceUID, second.SeriesNumber) == (
+        first.StudyInstanceUID, first.SeriesInstanceUID, first.SeriesNumber)
+    assert second.SOPInstanceUID != first.SOPInstanceUID
+    assert (first.InstanceNumber, second.InstanceNumber) == (1, 2)
+    [study] = second.PredecessorDocumentsSequence
+    [series] = study.ReferencedSeriesSequence
+    [instance] = series.ReferencedSOPSequence
+    assert (study.StudyInstanceUID, series.SeriesInstanceUID, instance.ReferencedSOPClassUID, instance.ReferencedSOPInstanceUID) == (
+        first.StudyInstanceUID, first.SeriesInstanceUID, first.SOPClassUID, first.SOPInstanceUID)
+    assert sorted(_groups(second)) == ["CT", "MR"] and sorted(_groups(first)) == ["CT"]
+    assert "PredecessorDocumentsSequence" not in first
+    assert dciodvfy_errors(path) == []
+
+
+def test_an_earlier_sr_of_another_study_is_not_taken_as_the_predecessor(
+    deidentified: tuple[dict[str, pydicom.Dataset], ReidentificationMap], sr: Path, tmp_path: Path
+) -> None:
+    earlier = pydicom.dcmread(sr)
+    earlier.StudyInstanceUID = "1.2.3.4"
+    earlier.save_as(tmp_path / "other-study.dcm")
+    second = pydicom.dcmread(_write(deidentified, tmp_path, ReportOptions(), predecessor=PredecessorSR.read(tmp_path / "other-study.dcm")))
+    assert "PredecessorDocumentsSequence" not in second
+    assert second.SeriesInstanceUID != earlier.SeriesInstanceUID
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "cannot read the earlier SR"),
+    (b"not DICOM", "is not a DICOM file"),
+    ("ct", "is not a Structured Report (Modality 'CT')"),
+])
+def test_a_file_that_is_not_an_earlier_sr_is_refused_in_one_line_naming_it(
+    originals: dict[str, pydicom.Dataset], tmp_path: Path, content: bytes | str | None, message: str
+) -> None:
+    path = tmp_path / "earlier.dcm"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content:
+        originals[content].save_as(path)
+    with pytest.raises(PredecessorError) as raised:
+        PredecessorSR.read(path)
+    assert str(raised.value).startswith(f"{path}: ") and message in str(raised.value)
+    assert "\n" not in str(raised.value) and originals["ct"].StudyInstanceUID not in str(raised.value)
