@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from operators.inference.verified_stamp import VerifiedStamp
 from operators.inference.zero_shot import LabelSet, ZeroShotHead
 
 MANIFEST = "manifest.json"
@@ -143,14 +144,21 @@ class ModelPackage:
 
     @classmethod
     def load(cls, model_path: Path, verify: bool = True) -> ModelPackage:
+        """``verify``: every listed file's sha256 against the manifest, except files whose verified stamp
+        (``verified_stamp``) shows them unchanged since they last matched."""
         root = find_package_dir(model_path)
         manifest = Manifest.read(root / MANIFEST)
+        stamp = VerifiedStamp(root)
         for name, expected in manifest.files.items():
             path = root / name
             if not path.is_file():
                 raise ModelPackageError(f"{path}: listed in the manifest but missing")
-            if verify and sha256_file(path) != expected:
-                raise ModelPackageError(f"{path}: sha256 does not match the manifest (corrupt or replaced)")
+            if verify and not stamp.is_verified(name, path, expected):
+                if sha256_file(path) != expected:
+                    raise ModelPackageError(f"{path}: sha256 does not match the manifest (corrupt or replaced)")
+                stamp.record(name, path, expected)
+        if verify:
+            stamp.save(manifest.files)
         labels = LabelSet.from_json(root / "labels.json")
         embeddings = np.load(root / "label_embeddings.npy")
         if embeddings.shape[0] != len(labels.labels):
