@@ -13,6 +13,7 @@ Layout of a package folder::
     open_clip_config.json      the open_clip model config the tower is rebuilt from
     label_embeddings.npy       L x 512 float32, unit-norm label embeddings (prompt-ensembled)
     labels.json                the coded label set the embeddings were computed from
+    triton/                    the Triton Inference Server model repository (``triton_repository``)
 
 The runtime needs neither the text tower nor a tokenizer.
 """
