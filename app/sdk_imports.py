@@ -40,14 +40,14 @@ def import_sdk_lean() -> None:
     docstring); where ``monai`` is already imported the SDK is used as it is."""
     if "monai" in sys.modules:
         return
-    _bare_package("monai")
-    import monai.deploy  # noqa: F401  (the SDK's own __init__: light)
-
-    _bare_package("monai.deploy.operators")
     hide_torch = "torch" not in sys.modules
     if hide_torch:
         sys.modules["torch"] = None  # type: ignore[assignment]  # "import torch" raises ImportError
     try:
+        _bare_package("monai")
+        import monai.deploy  # noqa: F401  (the SDK's own __init__, which imports its core)
+
+        _bare_package("monai.deploy.operators")
         import monai.deploy.conditions  # noqa: F401
         import monai.deploy.core  # noqa: F401
     finally:

@@ -85,7 +85,8 @@ def write_repository(package_root: Path, onnx_name: str, shapes: TensorShapes, v
     written = []
     for name in MODEL_PREFERENCE:
         folder = root / name
-        (folder / "1").mkdir(parents=True) if name != TENSORRT_MODEL else folder.mkdir(parents=True)
+        # no version folder for the plan until it is built: an empty one would be a version without a model
+        (folder if name == TENSORRT_MODEL else folder / "1").mkdir(parents=True)
         (folder / "config.pbtxt").write_text(model_config(name, shapes, version_sha256))
         written.append(folder / "config.pbtxt")
     (root / PYTHON_MODEL / "1" / "model.py").write_text(PYTHON_MODEL_SOURCE.read_text())

@@ -18,18 +18,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.builder import model_inputs_from_dicom
+from models.builder import DEFAULT_LABELS, build_package, model_inputs_from_dicom
 from operators.inference.backends.base import BackendSpec
 from operators.inference.backends.registry import create_backend
 from operators.inference.model_package import ModelPackage, sha256_file
 from operators.inference.zero_shot import l2_normalise
-from tests.conftest import ROOT, run_app, tree_digest
+from tests.conftest import ROOT, SEED, run_app, tree_digest
 from tests.support.triton_server import Server, algorithm_parameters, free_port, inference_server, sr_content
 
 pytestmark = pytest.mark.skipif(platform.machine() != "x86_64", reason="the nvidia-pytriton wheel's tritonserver is built for x86-64 Linux only")
 
 #: A key of our own, so that two runs of the app de-identify alike (the SR itself is re-identified).
 SECRET = {"BIOMEDCLIP_DEID_SECRET": "triton-tests"}
+
+
+@pytest.fixture(scope="module")
+def model_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The seeded package as tests/conftest.py builds it, without the ONNX variants: the Triton path uses the fp32 graph."""
+    out = tmp_path_factory.mktemp("models") / "biomedclip"
+    build_package(None, SEED, DEFAULT_LABELS, out)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -112,15 +120,14 @@ def test_four_app_instances_at_once_against_one_server(server: Server, model_pac
 
 def test_a_server_holding_another_model_version_is_refused(server: Server, model_package: Path, sample_study: Path,
                                                            tmp_path: Path) -> None:
-    """This app's package has another image encoder (the int8 graph as its fp32 one, the manifest to match):
-    the server's model is not this package's version."""
+    """This app's package has another image encoder, its manifest to match: the server's model is not this
+    package's version. (On the Triton path the app never opens the graph, so any other file will do.)"""
     other = tmp_path / "other"
     other.mkdir()
     for name in ("labels.json", "label_embeddings.npy", "open_clip_config.json", "image_encoder.safetensors"):
         (other / name).symlink_to(model_package / name)
-    (other / "image_encoder.onnx").symlink_to(model_package / "image_encoder.int8-dynamic.onnx")
+    (other / "image_encoder.onnx").write_bytes(b"another model version")
     manifest = json.loads((model_package / "manifest.json").read_text())
-    manifest["image_encoder"]["variants"] = {}
     manifest["files"] = {p.name: sha256_file(p) for p in other.iterdir()}
     (other / "manifest.json").write_text(json.dumps(manifest))
     app = _app_t(sample_study, tmp_path / "output", other, server.netloc)
