@@ -9,6 +9,7 @@ Exit codes: ``app.exit_codes.ExitCode`` (README "Exit codes").
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,9 @@ def main() -> int:
 
     # imported only now, so that --help and argument errors answer at once
     from app.settings import AppSettings, SettingsError
-    from operators.inference.backends.base import BackendUnavailable
+    from operators.inference.backends.base import BackendSpec, BackendUnavailable, ImageEmbeddingBackend
+    from operators.inference.backends.registry import create_backend
+    from operators.inference.backends.triton import ServerLost
     from operators.inference.model_package import ModelPackage, ModelPackageError
     from operators.run_report import REPORT_NAME
     from operators.sr.predecessor import PredecessorError, PredecessorSR
@@ -41,12 +44,28 @@ def main() -> int:
     except (SettingsError, ModelPackageError, PredecessorError) as exc:
         return cli.fail(str(exc))
 
-    from app.application import BiomedCLIPZeroShotApp  # imports Holoscan: seconds
+    backend: BackendSpec | ImageEmbeddingBackend = settings.backend
+    if arguments.triton_server:  # checked now, so that an unusable server is one line and exit 2 before anything runs
+        try:
+            backend = create_backend(replace(settings.backend, triton_server=arguments.triton_server), package)
+        except BackendUnavailable as exc:
+            return cli.fail(str(exc))
 
-    app = BiomedCLIPZeroShotApp(arguments.sdk_argv(sys.argv[0]), settings=settings, package=package, predecessor=predecessor)
+    from app.sdk_imports import import_sdk_lean
+
+    import_sdk_lean()  # the SDK without MONAI core and torch: seconds less
+    from app.application import BiomedCLIPZeroShotApp  # imports Holoscan
+
+    app = BiomedCLIPZeroShotApp(arguments.sdk_argv(sys.argv[0]), settings=settings, package=package, backend=backend,
+                                predecessor=predecessor)
     report_path = arguments.output / REPORT_NAME
     try:
         app.run()
+    except ServerLost as exc:  # nothing written; running the study again can succeed (the listener retries it)
+        app.report.fail(str(exc))
+        app.report.write(report_path)
+        cli.fail(f"{exc}; see {report_path}")
+        return ExitCode.SERVER_LOST
     except (ModelPackageError, BackendUnavailable) as exc:  # no backend could load the package: our one-line messages
         app.report.fail(str(exc))
     except BaseException as exc:

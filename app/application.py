@@ -16,6 +16,7 @@ from app import logging_policy
 from app.settings import AppSettings
 from operators.deidentification_operator import DeidentificationOperator
 from operators.imaging.sampling import SamplingPolicy
+from operators.inference.backends.base import BackendSpec, ImageEmbeddingBackend
 from operators.inference.model_package import ModelPackage
 from operators.inference_operator import ZeroShotInferenceOperator
 from operators.preprocessing_operator import PreprocessingOperator
@@ -45,13 +46,15 @@ class BiomedCLIPZeroShotApp(Application):
     BiomedCLIP model package from -m."""
 
     def __init__(self, argv: list[str], *, settings: AppSettings, package: ModelPackage,
-                 predecessor: PredecessorSR | None = None) -> None:
+                 backend: BackendSpec | ImageEmbeddingBackend | None = None, predecessor: PredecessorSR | None = None) -> None:
         """``argv``: program and the SDK's -i/-o/-m, already checked (``app.cli``); the settings, the
         model package and the earlier SR (``--supersedes``) are loaded before, so that their errors come
-        before anything runs."""
+        before anything runs. ``backend``: one already connected (a Triton server, checked before the run),
+        else the settings' spec."""
         self.report = RunReport()
         self.settings = settings
         self.package = package
+        self.backend = settings.backend if backend is None else backend
         self.predecessor = predecessor
         super().__init__(argv)
 
@@ -75,7 +78,7 @@ class BiomedCLIPZeroShotApp(Application):
         )
         preprocess = PreprocessingOperator(self, report=self.report, name="preprocessing")
         infer = ZeroShotInferenceOperator(
-            self, package=package, backend=settings.backend, batch_size=settings.batch_size, report=self.report, name="inference"
+            self, package=package, backend=self.backend, batch_size=settings.batch_size, report=self.report, name="inference"
         )
         writer = StructuredReportWriterOperator(
             self, labels=package.labels, algorithm=algorithm_of(package), options=settings.structured_report,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -23,18 +24,24 @@ from app.exit_codes import ExitCode
 
 #: The SDK's environment variables for the three folders (``monai.deploy.core.runtime_env``).
 INPUT_ENV, OUTPUT_ENV, MODEL_ENV = "HOLOSCAN_INPUT_PATH", "HOLOSCAN_OUTPUT_PATH", "HOLOSCAN_MODEL_PATH"
+#: The SDK's Triton server address (``monai.deploy.core.runtime_env``; ``-t``/``--triton-server-netloc``).
+TRITON_ENV = "TRITON_SERVER_NETLOC"
+#: HOST:PORT: a host name, an IPv4 address or a bracketed IPv6 address, and a port.
+NETLOC = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?):(?P<port>[0-9]{1,5})")
 
 EPILOG = f"""\
 environment:
   {INPUT_ENV}, {OUTPUT_ENV}, {MODEL_ENV}
                         the three folders, where -i, -o, -m are not given
+  {TRITON_ENV}  the Triton server, where -t is not given
   BIOMEDCLIP_APP_CONFIG the settings file (default app/config/app.json)
   BIOMEDCLIP_DEID_SECRET the site's UID key (the variable named by deidentification.secret_env)
 
 exit codes:
   0  an SR for every study with a usable image, no file refused
   3  SRs written, some files refused (reasons in OUTPUT/run_report.json)
-  2  nothing usable: no SR written, or unusable input, output or model package (one-line reason)
+  2  nothing usable: no SR written, or unusable input, output, model package or Triton server (one-line reason)
+  4  the Triton server was lost during the run: no SR written, run it again
   1  an unexpected error (traceback)
 """
 
@@ -57,6 +64,7 @@ class RunArguments:
     log_level: str | None
     #: An earlier SR that the new SR of its study supersedes (``operators/sr/predecessor.py``).
     supersedes: Path | None = None
+    triton_server: str | None = None  # HOST:PORT (-t): the image encoder runs there
 
     def sdk_argv(self, program: str) -> list[str]:
         """The argv for Holoscan's ``Application(argv)``: the interpreter first (Holoscan drops it, as it
@@ -82,6 +90,9 @@ def parser() -> argparse.ArgumentParser:
                    help=f"the model package built by scripts/build_model.py (or {MODEL_ENV})")
     p.add_argument("--supersedes", metavar="EARLIER_SR", type=Path,
                    help="an earlier SR of the study: the new SR replaces it (same series, Predecessor Documents Sequence)")
+    p.add_argument("-t", "--triton-server-netloc", metavar="HOST:PORT",
+                   help=f"run the image encoder on this Triton server's HTTP endpoint (or {TRITON_ENV}): "
+                        "python -m app.inference_server, or NVIDIA's Triton container; no weights loaded here")
     p.add_argument("-l", "--log-level", type=str.upper, choices=["DEBUG", "INFO", "WARN", "ERROR", "CRITICAL"], help="logging level")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
@@ -117,6 +128,17 @@ def _check_output(path: Path) -> None:
         raise UsageError(f"{path}: cannot write to the output folder ({exc.strerror})") from None
 
 
+def _triton_server(value: str | None) -> str | None:
+    """The option, else ``TRITON_SERVER_NETLOC``; empty means none (the SDK's default)."""
+    value = value if value is not None else os.environ.get(TRITON_ENV, "")
+    if not value:
+        return None
+    match = NETLOC.fullmatch(value)
+    if not match or not 1 <= int(match["port"]) <= 65535:
+        raise UsageError(f"-t {value!r}: expected HOST:PORT, the Triton server's HTTP address (e.g. 127.0.0.1:8000)")
+    return value
+
+
 def parse(argv: list[str]) -> RunArguments:
     """``argv`` without the program name. ``--help``/``--version`` print and exit 0 (argparse); every
     other problem raises ``UsageError``."""
@@ -124,9 +146,10 @@ def parse(argv: list[str]) -> RunArguments:
     input_path = _folder(args.input, "input", "-i INPUT_DIR", INPUT_ENV)
     output_path = _folder(args.output, "output", "-o OUTPUT_DIR", OUTPUT_ENV)
     model_path = _folder(args.model, "model package", "-m MODEL_DIR", MODEL_ENV)
+    triton_server = _triton_server(args.triton_server_netloc)
     _check_input(input_path)
     _check_output(output_path)
-    return RunArguments(input_path, output_path, model_path, args.log_level, args.supersedes)
+    return RunArguments(input_path, output_path, model_path, args.log_level, args.supersedes, triton_server)
 
 
 def fail(message: str) -> int:

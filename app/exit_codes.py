@@ -17,6 +17,9 @@ class ExitCode(IntEnum):
       output folder, settings file or model package that cannot work (one ``error:`` line on stderr,
       ``app/cli.py``; checked before anything runs, the output folder left as it was); re-running
       unchanged cannot help;
+    - 4, inference server lost: the Triton server (``-t``) stopped answering during the run; no SR
+      written, the input untouched, one ``error:`` line; running the study again can succeed (the
+      listener retries it, as it does any exit but 0, 2 and 3);
     - 1, an unexpected error (traceback; run_report.json says ``failed``): Python's own status for an
       uncaught exception, so no member.
 
@@ -27,3 +30,4 @@ class ExitCode(IntEnum):
     NONE_FAILED = 0
     ALL_FAILED = 2
     SOME_FAILED = 3
+    SERVER_LOST = 4

@@ -27,7 +27,7 @@ CONFIG_ENV = "BIOMEDCLIP_APP_CONFIG"
 KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "": ("series_selection_rules", "sampling", "inference", "deidentification", "structured_report"),
     "sampling": ("max_images_per_series",),
-    "inference": ("backend", "precision", "compile", "cuda_graphs", "batch_size"),
+    "inference": ("backend", "precision", "compile", "cuda_graphs", "batch_size", "triton_fallback"),
     "deidentification": ("secret_env", "accept_burned_in_annotation", "options"),
     "structured_report": ("uid_root", "min_top_probability", "min_margin"),
 }
@@ -185,6 +185,8 @@ class AppSettings:
                 precision=inference.string("precision", "fp32"),
                 compile=inference.boolean("compile", False),
                 cuda_graphs=inference.boolean("cuda_graphs", False),
+                # with -t: an unusable Triton server means running on this local backend instead of exit 2
+                triton_fallback=inference.boolean("triton_fallback", False),
             ),
             batch_size=inference.integer("batch_size"),
             deidentification=DeidentificationSettings._from_section(data.section("deidentification")),

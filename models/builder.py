@@ -26,6 +26,7 @@ import pydicom
 from operators.imaging.preprocessing import IMAGE_SIZE
 from operators.inference.backends.fp8 import FP8_MAX
 from operators.inference.model_package import FORMAT_VERSION, MANIFEST, Manifest, Weights, sha256_file
+from operators.inference.triton_repository import TensorShapes, write_repository
 from operators.inference.zero_shot import LabelSet, ensemble_prompt_embeddings
 
 HERE = Path(__file__).resolve().parent
@@ -462,7 +463,12 @@ def build_package(
         shutil.copyfile(labels_path, staging / "labels.json")
         config = json.loads(BIOMEDCLIP_CONFIG.read_text())
         (staging / "open_clip_config.json").write_text(json.dumps(config, indent=2))
-        files = {p.name: sha256_file(p) for p in sorted(staging.iterdir())}
+        encoder_sha256 = sha256_file(staging / "image_encoder.onnx")
+        write_repository(staging, "image_encoder.onnx", TensorShapes("pixel_values", "image_features", int(embeddings.shape[1]),
+                                                                     IMAGE_SIZE), encoder_sha256)
+        # every regular file, by its path in the package (the Triton repository's link to the ONNX graph is not one)
+        files = {p.relative_to(staging).as_posix(): sha256_file(p)
+                 for p in sorted(staging.rglob("*")) if p.is_file() and not p.is_symlink()}
         manifest = {
             "format_version": FORMAT_VERSION,
             "name": "biomedclip-zero-shot",
@@ -501,8 +507,9 @@ def build_package(
         }
         typed = Manifest.from_dict(manifest, staging / MANIFEST)  # the reader's schema checks what is written
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        for p in staging.iterdir():
-            os.chmod(p, 0o644)
+        for p in staging.rglob("*"):
+            if not p.is_symlink():
+                os.chmod(p, 0o755 if p.is_dir() else 0o644)
         os.chmod(staging, 0o755)
         if out.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))

@@ -21,10 +21,11 @@ class ZeroShotInferenceOperator(Operator):
     operator does not depend on which one it is."""
 
     def __init__(
-        self, fragment: Fragment, *args, package: ModelPackage, backend: BackendSpec, batch_size: int, report: RunReport, **kwargs
+        self, fragment: Fragment, *args, package: ModelPackage, backend: BackendSpec | ImageEmbeddingBackend, batch_size: int,
+        report: RunReport, **kwargs
     ) -> None:
         self.package = package
-        self.backend_spec = backend
+        self.backend_spec = backend  # a spec, or a backend already connected (a Triton server checked before the run)
         self.batch_size = batch_size
         self.report = report
         self.backend: ImageEmbeddingBackend | None = None
@@ -35,7 +36,8 @@ class ZeroShotInferenceOperator(Operator):
         spec.output("classifications")
 
     def start(self) -> None:
-        self.backend = backend = create_backend(self.backend_spec, self.package)
+        spec = self.backend_spec
+        self.backend = backend = create_backend(spec, self.package) if isinstance(spec, BackendSpec) else spec
         logger.info("Inference backend: %s", backend.name)
 
     @timed_stage("infer")

@@ -149,9 +149,11 @@ def _installed(name: str) -> bool:
 def _copy_readable(source: Path, dest: Path) -> None:
     """Copy a folder with modes 0644/0755: the container runs as UID 1000 while COPY keeps the
     files' owner (root) and mode, so a 0600 file (a restrictive umask, say) would be unreadable."""
-    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), copy_function=shutil.copyfile)
+    # symlinks kept: the package's Triton repository links its ONNX model to the package's graph (a copy: +344 MB)
+    shutil.copytree(source, dest, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), copy_function=shutil.copyfile)
     for path in (dest, *dest.rglob("*")):
-        path.chmod(0o755 if path.is_dir() else 0o644)
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def stage_application(dest: Path) -> None:

@@ -13,6 +13,15 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
   echo "$want" > "$stamp"
 fi
+# The Triton Inference Server's own environment (requirements-triton.txt says why it is separate):
+# python -m app.inference_server and the Triton tests run the server from it.
+stamp=.venv-triton/.requirements.sha256
+want=$(sha256sum requirements-triton.txt | cut -d' ' -f1)
+if [ ! -x .venv-triton/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  "$PYTHON" -m venv .venv-triton
+  .venv-triton/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-triton.txt
+  echo "$want" > "$stamp"
+fi
 # This checkout's packages (pyproject.toml), so that scripts/, benchmarks/ and tests/ import them without path patches.
 here=$(pwd)
 if [ "$(cd / && "$here/.venv/bin/python" -c 'import operators, os; print(os.path.dirname(os.path.dirname(operators.__file__)))' 2>/dev/null)" != "$here" ]; then

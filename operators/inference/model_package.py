@@ -13,6 +13,7 @@ Layout of a package folder::
     open_clip_config.json      the open_clip model config the tower is rebuilt from
     label_embeddings.npy       L x 512 float32, unit-norm label embeddings (prompt-ensembled)
     labels.json                the coded label set the embeddings were computed from
+    triton/                    the Triton Inference Server model repository (``triton_repository``)
 
 The runtime needs neither the text tower nor a tokenizer.
 """
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from operators.inference.verified_stamp import VerifiedStamp
 from operators.inference.zero_shot import LabelSet, ZeroShotHead
 
 MANIFEST = "manifest.json"
@@ -143,14 +145,21 @@ class ModelPackage:
 
     @classmethod
     def load(cls, model_path: Path, verify: bool = True) -> ModelPackage:
+        """``verify``: every listed file's sha256 against the manifest, except files whose verified stamp
+        (``verified_stamp``) shows them unchanged since they last matched."""
         root = find_package_dir(model_path)
         manifest = Manifest.read(root / MANIFEST)
+        stamp = VerifiedStamp(root)
         for name, expected in manifest.files.items():
             path = root / name
             if not path.is_file():
                 raise ModelPackageError(f"{path}: listed in the manifest but missing")
-            if verify and sha256_file(path) != expected:
-                raise ModelPackageError(f"{path}: sha256 does not match the manifest (corrupt or replaced)")
+            if verify and not stamp.is_verified(name, path, expected):
+                if sha256_file(path) != expected:
+                    raise ModelPackageError(f"{path}: sha256 does not match the manifest (corrupt or replaced)")
+                stamp.record(name, path, expected)
+        if verify:
+            stamp.save(manifest.files)
         labels = LabelSet.from_json(root / "labels.json")
         embeddings = np.load(root / "label_embeddings.npy")
         if embeddings.shape[0] != len(labels.labels):

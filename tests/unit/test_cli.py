@@ -141,3 +141,24 @@ def test_an_earlier_sr_that_is_not_one_is_a_one_line_error_before_anything_runs(
     result = _app("-i", str(sample_study), "-o", str(earlier_output), "-m", str(tmp_path), "--supersedes", str(image), cwd=tmp_path)
     assert _one_error_line(result) == f"error: {image}: the earlier SR is not a Structured Report (Modality 'CT')"
     assert tree_digest(earlier_output) == before
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1", "127.0.0.1:", ":8000", "127.0.0.1:0", "127.0.0.1:65536", "http://127.0.0.1:8000",
+                                   "127.0.0.1:8000/v2", "a b:8000", "::1:8000"])
+def test_a_bad_triton_server_is_a_one_line_error_before_anything_runs(value: str, sample_study: Path, tmp_path: Path, earlier_output: Path) -> None:
+    before = tree_digest(earlier_output)
+    line = _one_error_line(_app("-i", str(sample_study), "-o", str(earlier_output), "-m", str(tmp_path), "-t", value, cwd=tmp_path))
+    assert line == f"error: -t {value!r}: expected HOST:PORT, the Triton server's HTTP address (e.g. 127.0.0.1:8000)"
+    assert tree_digest(earlier_output) == before
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1:8000", "localhost:1", "triton.radiology.svc:8000", "[::1]:65535"])
+def test_triton_server_netloc_stands_for_a_missing_t_and_t_wins(value: str, sample_study: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    folders = ["-i", str(sample_study), "-o", str(tmp_path / "out"), "-m", str(tmp_path)]
+    monkeypatch.setenv(cli.TRITON_ENV, value)
+    assert cli.parse(folders).triton_server == value
+    assert cli.parse([*folders, "-t", "127.0.0.2:9"]).triton_server == "127.0.0.2:9"
+    monkeypatch.setenv(cli.TRITON_ENV, "")
+    assert cli.parse(folders).triton_server is None  # the SDK's default: empty is none
+    assert "-t" not in cli.parse([*folders, "-t", value]).sdk_argv("app"), "the SDK would connect its own models"

@@ -16,7 +16,7 @@ import numpy as np
 from operators.inference.model_package import ModelPackage
 
 #: The backends of ``registry.BACKENDS``, by name; a plain tuple, so that the spec needs no import of the backends.
-BACKEND_NAMES = ("tensorrt", "onnxruntime", "pytorch")
+BACKEND_NAMES = ("tensorrt", "onnxruntime", "pytorch", "triton")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 
 
@@ -37,10 +37,16 @@ class BackendSpec:
     precision: str = "fp32"
     compile: bool = False  # pytorch: torch.compile
     cuda_graphs: bool = False  # pytorch, onnxruntime CUDA: replay captured CUDA graphs per batch size
+    #: HOST:PORT of a Triton server (the app's -t): the image encoder runs there, ``backend`` is the local one
+    #: used instead only where ``triton_fallback`` allows it
+    triton_server: str | None = None
+    triton_fallback: bool = False
 
     def __post_init__(self) -> None:
         if self.backend not in ("auto", *BACKEND_NAMES):
             raise ValueError(f"unknown backend {self.backend!r}; choose one of {['auto', *BACKEND_NAMES]}")
+        if self.backend == "triton" and not self.triton_server:
+            raise ValueError("backend 'triton' needs a server: -t HOST:PORT or TRITON_SERVER_NETLOC")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {list(PRECISIONS)}")
 

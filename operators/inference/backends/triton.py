@@ -1,0 +1,101 @@
+"""Triton backend: the image encoder runs in a Triton Inference Server (``python -m app.inference_server``,
+or NVIDIA's Triton container with the package's ``triton/`` repository); this process loads no weights and
+imports neither open_clip nor ONNX Runtime (nor torch: preprocessing does, for its resize).
+
+At start the server must answer, be ready, and serve one of the repository's models
+(``triton_repository.MODEL_PREFERENCE``, best first) whose ``image_encoder_sha256`` parameter is the
+package's: a server holding another model version is refused (``BackendUnavailable``, one line). Batches
+go by HTTP/REST (``tritonclient.http``, as the SDK's ``TritonRemoteModel``); Triton's dynamic batcher
+merges them with other clients' requests. The HTTP client runs on gevent, whose loop belongs to one
+thread (the check runs in the main thread, inference in a Holoscan worker: one client shared by both
+crashed the process), so each thread gets its own client. A server lost during a study raises ``ServerLost``.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+from operators.inference.backends.base import BackendSpec, BackendUnavailable
+from operators.inference.model_package import ModelPackage
+from operators.inference.triton_repository import MODEL_PREFERENCE, ROUTINE_PRIORITY, VERSION_PARAMETER
+
+CONNECT_TIMEOUT_S = 5.0
+#: A batch of 16 on a CPU server shared by several app instances takes tens of seconds; a dead server
+#: fails at once (connection reset), so this only bounds a server that hangs.
+INFER_TIMEOUT_S = 300.0
+
+
+class ServerLost(BackendUnavailable):
+    """The server stopped answering during a study: nothing was written; running the study again can succeed."""
+
+
+class TritonBackend:
+    def __init__(self, server: str, model: str, version: str, input_name: str, output_name: str,
+                 priority: int = ROUTINE_PRIORITY) -> None:
+        self.server, self.model = server, model
+        self._local = threading.local()
+        self.input_name, self.output_name, self.priority = input_name, output_name, priority
+        #: names the server, the model and its version (the SR's algorithm parameters, run_report.json)
+        self.name = f"triton-{server}-{model}-sha256:{version[:16]}"
+
+    @staticmethod
+    def needs_gpu(spec: BackendSpec) -> bool:
+        return False
+
+    @classmethod
+    def from_package(cls, package: ModelPackage, spec: BackendSpec) -> TritonBackend:
+        from tritonclient.utils import InferenceServerException
+
+        server = spec.triton_server
+        if not server:
+            raise BackendUnavailable("the triton backend needs a server: -t HOST:PORT or TRITON_SERVER_NETLOC")
+        encoder = package.manifest.image_encoder
+        wanted = package.manifest.files[encoder.onnx]
+        client = _client(server)  # connects on its first request
+        try:
+            if not client.is_server_ready():
+                raise BackendUnavailable(f"Triton server {server} is not ready")
+            ready = {entry["name"] for entry in client.get_model_repository_index() if entry.get("state") == "READY"}
+            served = [name for name in MODEL_PREFERENCE if name in ready]
+            if not served:
+                raise BackendUnavailable(f"Triton server {server} serves none of {', '.join(MODEL_PREFERENCE)}")
+            parameters = client.get_model_config(served[0]).get("parameters", {})
+        except (InferenceServerException, OSError) as exc:
+            raise BackendUnavailable(f"Triton server {server} unreachable ({_one_line(exc)})") from None
+        finally:
+            client.close()
+        version = parameters.get(VERSION_PARAMETER, {}).get("string_value", "")
+        if version != wanted:
+            raise BackendUnavailable(f"Triton server {server} holds another model version ({served[0]} "
+                                     f"sha256:{version[:16] or 'none'}; this package's is sha256:{wanted[:16]})")
+        return cls(server, served[0], version, encoder.input, encoder.output)
+
+    def embed(self, pixel_values: np.ndarray) -> np.ndarray:
+        import tritonclient.http as http
+        from tritonclient.utils import InferenceServerException
+
+        batch = np.ascontiguousarray(pixel_values, dtype=np.float32)
+        request = http.InferInput(self.input_name, list(batch.shape), "FP32")
+        request.set_data_from_numpy(batch, binary_data=True)
+        wanted = http.InferRequestedOutput(self.output_name, binary_data=True)
+        try:
+            if not hasattr(self._local, "client"):
+                self._local.client = _client(self.server)
+            result = self._local.client.infer(self.model, [request], outputs=[wanted], priority=self.priority)
+        except (InferenceServerException, OSError) as exc:
+            raise ServerLost(f"Triton server {self.server} lost during inference ({_one_line(exc)}); "
+                             "no SR written, the input is untouched: run the study again") from None
+        return np.asarray(result.as_numpy(self.output_name), dtype=np.float32)
+
+
+def _client(server: str) -> Any:
+    import tritonclient.http as http
+
+    return http.InferenceServerClient(server, connection_timeout=CONNECT_TIMEOUT_S, network_timeout=INFER_TIMEOUT_S)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

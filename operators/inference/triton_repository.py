@@ -1,0 +1,103 @@
+"""The Triton Inference Server model repository inside a model package (``triton/``), and its identity.
+
+Layout (written by ``scripts/build_model.py``; ``docs/backends.md`` "Triton"):
+
+    triton/
+      biomedclip_image_encoder_python/   backend "python": model.py wraps this project's ONNX Runtime backend
+        config.pbtxt                     on the package's fp32 ``image_encoder.onnx`` (the server that the
+        1/model.py                       nvidia-pytriton wheel bundles has only the Python backend)
+      biomedclip_image_encoder_onnx/     backend "onnxruntime" (NVIDIA's Triton container): the same graph
+        config.pbtxt
+        1/model.onnx -> ../../../image_encoder.onnx   (a relative link: the package moves as one folder)
+      biomedclip_image_encoder_trt/      platform "tensorrt_plan": ``1/model.plan`` is built on the target
+        config.pbtxt                     GPU (docs/deployment.md); until then the server does not load it
+
+Every model takes ``pixel_values`` (N x 3 x 224 x 224 float32) and returns ``image_features`` (N x 512
+float32), batched by Triton's dynamic batcher with two priority levels (1 = urgent, 2 = routine). Each
+config carries the sha256 of the package's fp32 ONNX graph (the manifest's entry) as the parameter
+``image_encoder_sha256``: the client reads it from the model configuration and refuses a server that
+holds another model version.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPOSITORY = "triton"
+#: The models a client may use, best first: a GPU-built TensorRT plan, ONNX Runtime, the Python backend.
+TENSORRT_MODEL, ONNX_MODEL, PYTHON_MODEL = (
+    "biomedclip_image_encoder_trt", "biomedclip_image_encoder_onnx", "biomedclip_image_encoder_python")
+MODEL_PREFERENCE = (TENSORRT_MODEL, ONNX_MODEL, PYTHON_MODEL)
+#: The parameter of every config.pbtxt naming the model version: the sha256 of the fp32 ONNX graph.
+VERSION_PARAMETER = "image_encoder_sha256"
+#: Triton's priority levels (1 is served first); ``default_priority_level`` is the routine one.
+URGENT_PRIORITY, ROUTINE_PRIORITY = 1, 2
+MAX_BATCH_SIZE = 16
+PREFERRED_BATCH_SIZES = (8, 16)
+#: How long the batcher waits to fill a preferred batch: a few ms, against ~200 ms per image on the CPU.
+MAX_QUEUE_DELAY_US = 5000
+#: The file in each model's version folder that the model needs before a server can load it.
+VERSION_FILE = {PYTHON_MODEL: "model.py", ONNX_MODEL: "model.onnx", TENSORRT_MODEL: "model.plan"}
+#: The Python-backend model: this module's sibling, copied into the package at build time.
+PYTHON_MODEL_SOURCE = Path(__file__).resolve().parent / "triton_python_model.py"
+
+
+@dataclass(frozen=True)
+class TensorShapes:
+    input: str
+    output: str
+    embed_dim: int
+    image_size: int
+
+
+def model_config(name: str, shapes: TensorShapes, version_sha256: str) -> str:
+    """config.pbtxt (Triton's ``ModelConfig`` in protobuf text format) of one model of the repository."""
+    backend = {
+        PYTHON_MODEL: 'backend: "python"',
+        ONNX_MODEL: 'backend: "onnxruntime"\ndefault_model_filename: "model.onnx"',
+        TENSORRT_MODEL: 'platform: "tensorrt_plan"\ndefault_model_filename: "model.plan"',
+    }[name]
+    # The Python model runs where the server runs; ONNX Runtime and TensorRT on a GPU where there is one.
+    kind = "KIND_CPU" if name == PYTHON_MODEL else ("KIND_GPU" if name == TENSORRT_MODEL else "KIND_AUTO")
+    preferred = ", ".join(map(str, PREFERRED_BATCH_SIZES))
+    return f"""name: "{name}"
+{backend}
+max_batch_size: {MAX_BATCH_SIZE}
+input [ {{ name: "{shapes.input}" data_type: TYPE_FP32 dims: [ 3, {shapes.image_size}, {shapes.image_size} ] }} ]
+output [ {{ name: "{shapes.output}" data_type: TYPE_FP32 dims: [ {shapes.embed_dim} ] }} ]
+dynamic_batching {{
+  preferred_batch_size: [ {preferred} ]
+  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}
+  priority_levels: 2
+  default_priority_level: {ROUTINE_PRIORITY}
+}}
+instance_group [ {{ kind: {kind} count: 1 }} ]
+parameters {{ key: "{VERSION_PARAMETER}" value {{ string_value: "{version_sha256}" }} }}
+"""
+
+
+def write_repository(package_root: Path, onnx_name: str, shapes: TensorShapes, version_sha256: str) -> list[Path]:
+    """Write ``package_root/triton`` for the package's fp32 graph ``onnx_name``; returns the regular
+    files written (the manifest lists them; the ONNX model's link points at a file it already lists)."""
+    root = package_root / REPOSITORY
+    written = []
+    for name in MODEL_PREFERENCE:
+        folder = root / name
+        # no version folder for the plan until it is built: an empty one would be a version without a model
+        (folder if name == TENSORRT_MODEL else folder / "1").mkdir(parents=True)
+        (folder / "config.pbtxt").write_text(model_config(name, shapes, version_sha256))
+        written.append(folder / "config.pbtxt")
+    (root / PYTHON_MODEL / "1" / "model.py").write_text(PYTHON_MODEL_SOURCE.read_text())
+    written.append(root / PYTHON_MODEL / "1" / "model.py")
+    os.symlink(Path("..", "..", "..", onnx_name), root / ONNX_MODEL / "1" / "model.onnx")
+    return written
+
+
+def loadable_models(repository: Path, backends: set[str]) -> list[str]:
+    """The repository's models that a server with ``backends`` can load: its backend present and its
+    version file there (a TensorRT plan exists only once built on the target GPU)."""
+    needs = {PYTHON_MODEL: "python", ONNX_MODEL: "onnxruntime", TENSORRT_MODEL: "tensorrt"}
+    return [name for name in MODEL_PREFERENCE
+            if needs[name] in backends and (repository / name / "1" / VERSION_FILE[name]).exists()]
