@@ -12,9 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
-import pydicom
-
-SOURCE = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests" / "98892001"
+from app.sample_study import SOURCE
 
 
 def make_sample_study(out: Path) -> list[Path]:

@@ -30,7 +30,7 @@ from operators.deid.admission import admit
 from operators.imaging.preprocessing import CLIP_MEAN, CLIP_STD, UnsupportedImage, preprocess_series, to_model_input
 from operators.imaging.sampling import SamplingPolicy
 from operators.inference.backends.base import BACKEND_NAMES, PRECISIONS, BackendSpec, ImageEmbeddingBackend
-from operators.inference.backends.registry import create_backend
+from operators.inference.backends.registry import BACKENDS, create_backend
 from operators.inference.model_package import ModelPackage
 from operators.inference.zero_shot import l2_normalise
 from operators.intake.inventory import classify_file
@@ -127,7 +127,11 @@ class WarmModel:
         """Every backend and precision of the registry, loaded once; a string says why one cannot run here."""
         with self._others_lock:
             if not self._others:
+                cuda = _cuda_available()
                 for spec in (BackendSpec(name, precision) for name in BACKEND_NAMES for precision in PRECISIONS):
+                    if BACKENDS[spec.backend].needs_gpu(spec) and not cuda:  # the registry's rule: not run on the CPU
+                        self._others[spec] = "needs a CUDA GPU"
+                        continue
                     try:
                         self._others[spec] = create_backend(spec, self.package)
                     except Exception as exc:  # unavailable here: no GPU, no runtime, no artefact for that precision
@@ -149,3 +153,9 @@ class WarmModel:
             prediction = self.predict(model_input, backend)
             rows.append((spec, prediction, float(l2_normalise(prediction.features) @ expected)))
         return rows
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())

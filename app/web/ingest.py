@@ -22,12 +22,11 @@ from app.listener.config import Destination, ListenerConfig
 from app.listener.delivery import PendingDelivery
 from app.listener.instance_uids import STATUS_CANNOT_UNDERSTAND, names_a_file
 from app.listener.journal import Arrival
+from app.listener.scp import STATUS_OUT_OF_RESOURCES
 from app.listener.service import Listener
 from app.listener.spool import INSTANCE_SUFFIX
 from operators.intake.inventory import PART10_HEADER, classify_file
 
-#: C-STORE / STOW-RS failure reason, PS3.4 Table B.2-1 (PS3.18 10.5.3).
-STATUS_OUT_OF_RESOURCES = 0xA700
 #: Not a network peer: the journal's ``delivered`` records say where the SRs went.
 WADO_RS = Destination("WADO-RS", "localhost", 0)
 #: The listener's Storage SCP is built but never started here (STOW-RS feeds the spool); its settings

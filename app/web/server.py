@@ -106,9 +106,12 @@ def create_app(config: WebConfig, model: WarmModel | None = None) -> FastAPI:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     if config.demo:
-        from app.web.demo import mount_demo  # imports Gradio: seconds
-
-        mount_demo(app, readiness)
+        try:
+            from app.web.demo import mount_demo  # imports Gradio: seconds
+        except ImportError:  # not in the MAP container (deploy/not-in-container.txt)
+            logger.warning("Gradio is not installed: the demo is not mounted at /demo")
+        else:
+            mount_demo(app, readiness)
     if config.cors_origins:  # off unless origins are configured
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
