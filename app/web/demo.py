@@ -30,7 +30,7 @@ from app.web.classifier import InputRefused, WarmModel, read_input  # noqa: E402
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from app.web.server import Readiness
+    from app.web.readiness import Readiness
 
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]
 SYSTEM_MONO = ["ui-monospace", "monospace"]

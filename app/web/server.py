@@ -11,7 +11,6 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -22,39 +21,11 @@ from app import __version__
 from app.web import api, dicomweb, problems
 from app.web.classifier import WarmModel
 from app.web.config import WebConfig
-from app.web.ingest import StowIngest
 from app.web.metrics import Metrics
-from app.web.problems import Problem
+from app.web.readiness import Readiness
 from app.web.security import Guard
 
 logger = logging.getLogger(__name__)
-
-
-class Readiness:
-    """The warm model and the ingest, once started; what went wrong if they could not be."""
-
-    def __init__(self) -> None:
-        self.model: WarmModel | None = None
-        self.ingest: StowIngest | None = None
-        self.error: str | None = None
-        self.done = threading.Event()
-
-    def start(self, config: WebConfig, model: WarmModel | None) -> None:
-        try:
-            self.model = model or WarmModel.load(config.model_dir)
-            self.ingest = StowIngest(config.state_dir, config.model_dir, config.stow_quiet_period_s, config.job_timeout_s)
-            self.ingest.start_workers()
-        except Exception as exc:  # the package, the settings or the state folder: the probe says which
-            self.error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-            logger.error("Not ready: %s", self.error)
-        finally:
-            self.done.set()
-
-    def require(self, attribute: str) -> Any:
-        value = getattr(self, attribute)
-        if value is None:
-            raise Problem(503, f"not ready: {self.error or 'the model is loading'}", {"Retry-After": "5"})
-        return value
 
 
 def body_limit(config: WebConfig) -> Callable[[str], int]:
