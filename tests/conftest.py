@@ -38,6 +38,14 @@ def model_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def fp32_model_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same seeded package with the fp32 graph only: quicker to build, for tests of the serving code."""
+    out = tmp_path_factory.mktemp("models-fp32") / "biomedclip"
+    build_package(None, SEED, DEFAULT_LABELS, out)
+    return out
+
+
 @pytest.fixture()
 def sample_study(tmp_path: Path) -> Path:
     folder = tmp_path / "input"

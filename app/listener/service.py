@@ -84,6 +84,18 @@ class Listener:
 
     def start(self) -> int:
         """Recover, then listen; returns the bound port."""
+        self.start_workers()
+        port = self.scp.start()
+        logger.info("Listening as %s on %s:%d%s; results go to %s%s", self.config.ae_title, self.config.bind_host, port,
+                    " (TLS)" if self.config.tls else "", self.destination, " (TLS)" if self.destination_tls else "")
+        if self.config.health_port is not None:
+            self.health = HealthEndpoint(self.scp, self.spool, self.config.health_host, self.config.health_port)
+            logger.info("Health check: http://%s:%d/healthz", self.config.health_host, self.health.start())
+        return port
+
+    def start_workers(self) -> None:
+        """Recover, then start the completion, job and delivery workers; what feeds the spool is the
+        caller's (the Storage SCP here, STOW-RS in ``app.web.ingest``)."""
         self.config.output_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.config.output_dir, 0o700)  # SRs and run reports hold PHI: only the listener's user may enter
         self.recover()
@@ -92,13 +104,6 @@ class Listener:
             thread = threading.Thread(target=target, name=f"listener-{target.__name__.strip('_')}-{number}", daemon=True)
             thread.start()
             self._threads.append(thread)
-        port = self.scp.start()
-        logger.info("Listening as %s on %s:%d%s; results go to %s%s", self.config.ae_title, self.config.bind_host, port,
-                    " (TLS)" if self.config.tls else "", self.destination, " (TLS)" if self.destination_tls else "")
-        if self.config.health_port is not None:
-            self.health = HealthEndpoint(self.scp, self.spool, self.config.health_host, self.config.health_port)
-            logger.info("Health check: http://%s:%d/healthz", self.config.health_host, self.health.start())
-        return port
 
     def stop(self) -> None:
         """Stop accepting associations and stop the workers. A running job is killed with the process and
