@@ -110,8 +110,8 @@ def test_no_new_dciodvfy_error_on_the_real_files(tmp_path: Path) -> None:
         assert [e for e in dciodvfy_errors(out) if e not in before] == [], source.name
 
 
-#: de-identify + write, in units of pydicom's parse of the same heavy header: 6.1-7.0 before the fast paths
-#: (pydicom's writer, every replaced value converted), 2.9-3.2 after, on the 2-core machine of BENCHMARKS.md
+#: de-identify + write, in units of pydicom's parse of the same heavy header: 6.0-7.0 before the fast paths
+#: (pydicom's writer, every replaced value converted), 2.8-3.2 after, on the 2-core machine of BENCHMARKS.md
 MAX_COST_IN_READS = 4.0
 
 
