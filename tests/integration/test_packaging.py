@@ -176,40 +176,62 @@ def _findings(sr_path: Path) -> list[tuple]:
     return sorted(findings)
 
 
+class Container:
+    """The image's file layout (app.json and the Dockerfile's COPY lines) over the build context, with
+    only the container's Python packages: container paths map to the context, or to ``workdir`` for
+    the working directory."""
+
+    def __init__(self, context: Path, workdir: Path, tmp_path: Path) -> None:
+        self.app = _json(context / "map" / "app.json")
+        self.mounts = {dest: context / src for dest, src in _copies((context / "Dockerfile").read_text()).items()}
+        self.mounts[self.app["workingDirectory"]] = workdir
+        site = _container_site_packages(context / "pip" / "requirements.txt", tmp_path / "site-packages")
+        self.env = {name: self.path(value) if "/" in value else value for name, value in self.app["environment"].items()}
+        # The app folder is root-owned in the image: no bytecode is written there.
+        self.env.update(PATH=os.environ["PATH"], HOME=str(tmp_path), PYTHONPATH=str(site), PYTHONDONTWRITEBYTECODE="1")
+
+    def path(self, container_path: str) -> str:
+        path = container_path if container_path.startswith("/") else f"{self.app['workingDirectory']}/{container_path}"
+        mount = max((m for m in self.mounts if path == m or path.startswith(m.rstrip("/") + "/")), key=len, default=None)
+        return container_path if mount is None else str(self.mounts[mount] / os.path.relpath(path, mount))
+
+    def run(self, arguments: list[str], cwd: str) -> subprocess.CompletedProcess:
+        """``python3 ARGUMENTS`` in the container's ``cwd`` (a container path)."""
+        return subprocess.run([sys.executable, "-S", *arguments], cwd=self.path(cwd), env=self.env, capture_output=True, text=True, timeout=900)
+
+
 def test_build_context_alone_runs_the_sample_study_like_the_repository(context: Path, sample_study: Path, model_package: Path, tmp_path: Path) -> None:
-    """The container's command, environment and file layout (from app.json and the Dockerfile's COPY
-    lines) on the build context alone, outside the repository, with only the container's packages."""
+    """The container's command, environment and file layout on the build context alone, outside the
+    repository, with only the container's packages."""
     repo_out = tmp_path / "repo-out"
     expected = run_app(sample_study, repo_out, model_package)
     assert expected.returncode == 0, expected.stderr[-3000:]
 
-    app = _json(context / "map" / "app.json")
     workdir = tmp_path / "var-holoscan"
-    shutil.copytree(sample_study, workdir / app["input"]["path"])
-    mounts = {dest: context / src for dest, src in _copies((context / "Dockerfile").read_text()).items()}
-    mounts[app["workingDirectory"]] = workdir
-
-    def in_context(container_path: str) -> str:
-        path = container_path if container_path.startswith("/") else f"{app['workingDirectory']}/{container_path}"
-        mount = max((m for m in mounts if path == m or path.startswith(m.rstrip("/") + "/")), key=len, default=None)
-        return container_path if mount is None else str(mounts[mount] / os.path.relpath(path, mount))
-
-    site = _container_site_packages(context / "pip" / "requirements.txt", tmp_path / "site-packages")
-    python, *arguments = json.loads(app["command"])
+    container = Container(context, workdir, tmp_path)
+    shutil.copytree(sample_study, workdir / container.app["input"]["path"])
+    python, *arguments = json.loads(container.app["command"])
     assert python == "python3"
-    env = {name: in_context(value) if "/" in value else value for name, value in app["environment"].items()}
-    # The app folder is root-owned in the image: no bytecode is written there.
-    env.update(PATH=os.environ["PATH"], HOME=str(tmp_path), PYTHONPATH=str(site), PYTHONDONTWRITEBYTECODE="1")
-    result = subprocess.run(
-        [sys.executable, "-S", *(in_context(a) for a in arguments)],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=600,
-    )
+    result = container.run([container.path(a) for a in arguments], container.app["workingDirectory"])
 
     assert result.returncode == 0, result.stderr[-3000:]
-    (sr_path,) = sorted((workdir / app["output"]["path"]).glob("*.dcm"))
+    (sr_path,) = sorted((workdir / container.app["output"]["path"]).glob("*.dcm"))
     (expected_sr,) = sorted(repo_out.glob("*.dcm"))
     assert _findings(sr_path) == _findings(expected_sr)
     assert str(ROOT) not in result.stdout + result.stderr, "the run must not touch the repository"
+
+
+def test_the_smoke_test_passes_in_the_container_as_docs_deployment_runs_it(context: Path, tmp_path: Path) -> None:
+    """``-w /opt/holoscan/app python3 -m app.smoke_test`` (docs/deployment.md §10): the sample study comes
+    with the container's pydicom, the model package from HOLOSCAN_MODEL_PATH. (The app run it starts is
+    a plain ``python``, which sees this environment's packages too; the app alone is checked above.)"""
+    container = Container(context, tmp_path / "var-holoscan", tmp_path)
+
+    result = container.run(["-m", "app.smoke_test"], "/opt/holoscan/app")
+
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == "PASS"
+    assert f"-m {container.env['HOLOSCAN_MODEL_PATH']}" in result.stdout.splitlines()[0]
 
 
 def test_map_entrypoint_exits_0_whatever_the_app_returns(context: Path, tmp_path: Path) -> None:
