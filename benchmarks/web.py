@@ -125,7 +125,8 @@ def main() -> int:
 
 {result['date']}, {result['machine']}, 1-min load average {load_before:.1f} before / {load_after:.1f} after (other work
 was running on the machine: read the numbers as an upper bound). `python -m app.web` with the model warm (the app's
-backend: ONNX Runtime fp32 on the CPU), client httpx in another process, CT_small (39 KB) per request.
+backend: ONNX Runtime fp32 on the CPU) runs as a subprocess; the client is httpx (asyncio)
+in the benchmark's process; CT_small (39 KB) per request; seeded random-weight package (fp32 graph).
 
 | concurrency | requests | p50 ms | p95 ms | requests/s |
 |---|---|---|---|---|

@@ -135,11 +135,12 @@ class WarmModel:
                     try:
                         self._others[spec] = create_backend(spec, self.package)
                     except Exception as exc:  # unavailable here: no GPU, no runtime, no artefact for that precision
-                        self._others[spec] = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+                        why = " ".join(str(exc).split()).replace(str(self.package.root), self.package.root.name)  # no server paths
+                        self._others[spec] = f"{type(exc).__name__}: {why}"
             return dict(self._others)
 
     def compare(self, model_input: ModelInput) -> list[tuple[BackendSpec, Prediction | str, float | None]]:
-        """(spec, prediction or why not, cosine of its image embedding with the fp32 reference's)."""
+        """(spec, prediction or why not, cosine of its image embedding with the fp32 reference's); those that ran first."""
         backends = self.backends_to_compare()
         reference = backends.get(REFERENCE)
         if isinstance(reference, str) or reference is None:
@@ -152,7 +153,7 @@ class WarmModel:
                 continue
             prediction = self.predict(model_input, backend)
             rows.append((spec, prediction, float(l2_normalise(prediction.features) @ expected)))
-        return rows
+        return sorted(rows, key=lambda row: isinstance(row[1], str))
 
 
 def _cuda_available() -> bool:
