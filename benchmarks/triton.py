@@ -150,6 +150,10 @@ def section(results: dict) -> str:
         f"Server: `python -m app.inference_server` (tritonserver 2.51 from the nvidia-pytriton wheel, the Python-backend "
         f"model over ONNX Runtime fp32), package `{Path(results['package']).name}`. Medians of {results['repeats']} interleaved runs.",
         "",
+        *([f"**The machine was overloaded during this run (load average {load['before'][0]:.1f} on {os.cpu_count()} cores, from "
+            "other work): every figure below is dominated by waiting for a core and varies several-fold between repeats; "
+            "compare rows only within this run, and re-run on a quiet machine for absolute numbers.**", ""]
+          if max(load["before"][0], load["after"][0]) > 2 * (os.cpu_count() or 1) else []),
         "App start-up: from launching `python app` on the sample study (2 CT series, 7 images) to its log line "
         "`Inference backend: ...` (imports, settings, manifest check, backend ready); and the whole run.",
         "",
