@@ -17,6 +17,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The server's own environment (scripts/setup.sh creates it); ``TRITON_PYTHON`` names another one.
@@ -33,15 +34,18 @@ class Distribution:
     binary: Path
     backends: Path  # the folder of backend folders (python, onnxruntime, ...)
     env: dict[str, str] = field(default_factory=dict)  # added to the server's environment
+    cuda: bool = False  # the server's Python environment has torch and sees a CUDA device (the PyTorch model)
 
     def backend_names(self) -> set[str]:
         return {p.name for p in self.backends.iterdir() if p.is_dir()}
 
 
-def _server_python_paths(python: Path) -> dict[str, str]:
-    """The server environment's Python: version, library folder, site-packages (one short subprocess)."""
-    probe = ("import json, sys, sysconfig; print(json.dumps({'version': '%d.%d' % sys.version_info[:2], "
-             "'libdir': sysconfig.get_config_var('LIBDIR'), 'purelib': sysconfig.get_paths()['purelib']}))")
+def _server_python_paths(python: Path) -> dict[str, Any]:
+    """The server environment's Python: version, library folder, site-packages, whether torch sees a CUDA
+    device (one short subprocess; torch is imported only where it is installed)."""
+    probe = ("import importlib.util, json, sys, sysconfig; cuda = importlib.util.find_spec('torch') is not None "
+             "and __import__('torch').cuda.is_available(); print(json.dumps({'version': '%d.%d' % sys.version_info[:2], "
+             "'libdir': sysconfig.get_config_var('LIBDIR'), 'purelib': sysconfig.get_paths()['purelib'], 'cuda': cuda}))")
     return json.loads(subprocess.run([str(python), "-c", probe], capture_output=True, text=True, check=True).stdout)
 
 
@@ -62,7 +66,7 @@ def pytriton(python: Path, workdir: Path) -> Distribution:
         "PYTHONPATH": os.pathsep.join([paths["purelib"], str(ROOT)]),
         "PATH": os.pathsep.join([str(python.parent), os.environ.get("PATH", "")]),
     }
-    return Distribution(dist / "bin" / "tritonserver", backends, env)
+    return Distribution(dist / "bin" / "tritonserver", backends, env, bool(paths["cuda"]))
 
 
 def find(workdir: Path) -> Distribution:

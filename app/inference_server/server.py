@@ -62,7 +62,7 @@ class TritonServer:
         if not repository.is_dir():
             raise ServerError(f"{options.package}: no Triton model repository ({REPOSITORY}/); "
                               "rebuild the package with scripts/build_model.py")
-        self.models = loadable_models(repository, dist.backend_names())
+        self.models = loadable_models(repository, dist.backend_names(), dist.cuda)
         if not self.models:
             raise ServerError(f"{repository}: no model this server can load (its backends: {', '.join(sorted(dist.backend_names()))})")
         self.options = options

@@ -6,6 +6,10 @@ Layout (written by ``scripts/build_model.py``; ``docs/backends.md`` "Triton"):
       biomedclip_image_encoder_python/   backend "python": model.py wraps this project's ONNX Runtime backend
         config.pbtxt                     on the package's fp32 ``image_encoder.onnx`` (the server that the
         1/model.py                       nvidia-pytriton wheel bundles has only the Python backend)
+      biomedclip_image_encoder_pytorch/  backend "python" on a GPU: the same model.py wrapping this project's
+        config.pbtxt                     PyTorch backend, bf16, torch.compile + CUDA graphs (the fastest path
+        1/model.py                       measured on an H200, docs/backends.md); loaded only where the server's
+                                         environment has torch and a CUDA device
       biomedclip_image_encoder_onnx/     backend "onnxruntime" (NVIDIA's Triton container): the same graph
         config.pbtxt
         1/model.onnx -> ../../../image_encoder.onnx   (a relative link: the package moves as one folder)
@@ -26,20 +30,39 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPOSITORY = "triton"
-#: The models a client may use, best first: a GPU-built TensorRT plan, ONNX Runtime, the Python backend.
-TENSORRT_MODEL, ONNX_MODEL, PYTHON_MODEL = (
-    "biomedclip_image_encoder_trt", "biomedclip_image_encoder_onnx", "biomedclip_image_encoder_python")
-MODEL_PREFERENCE = (TENSORRT_MODEL, ONNX_MODEL, PYTHON_MODEL)
+#: The models a client may use, best first: a GPU-built TensorRT plan, PyTorch on a GPU, ONNX Runtime, the
+#: Python backend on the CPU.
+TENSORRT_MODEL, PYTORCH_MODEL, ONNX_MODEL, PYTHON_MODEL = (
+    "biomedclip_image_encoder_trt", "biomedclip_image_encoder_pytorch", "biomedclip_image_encoder_onnx",
+    "biomedclip_image_encoder_python")
+MODEL_PREFERENCE = (TENSORRT_MODEL, PYTORCH_MODEL, ONNX_MODEL, PYTHON_MODEL)
 #: The parameter of every config.pbtxt naming the model version: the sha256 of the fp32 ONNX graph.
 VERSION_PARAMETER = "image_encoder_sha256"
+#: The parameter of a Python-backend model naming the project backend it wraps (``parse_backend``).
+BACKEND_PARAMETER = "image_encoder_backend"
+PYTHON_BACKENDS = {PYTHON_MODEL: "onnxruntime fp32", PYTORCH_MODEL: "pytorch bf16 compile cuda_graphs"}
 #: Triton's priority levels (1 is served first); ``default_priority_level`` is the routine one.
 URGENT_PRIORITY, ROUTINE_PRIORITY = 1, 2
-MAX_BATCH_SIZE = 16
-PREFERRED_BATCH_SIZES = (8, 16)
-#: How long the batcher waits to fill a preferred batch: a few ms, against ~200 ms per image on the CPU.
-MAX_QUEUE_DELAY_US = 5000
+
+
+@dataclass(frozen=True)
+class Batching:
+    """A model's dynamic batching: the largest batch, the sizes worth waiting for, and how long to wait."""
+
+    max_batch_size: int
+    preferred: tuple[int, ...]
+    max_queue_delay_us: int
+
+
+#: On the CPU a few ms of waiting for a batch of 8-16 costs nothing against ~200 ms per image. On a GPU
+#: (PyTorch) a batch of 256 takes ~20 ms: batch what is queued, wait at most 1 ms.
+CPU_BATCHING = Batching(16, (8, 16), 5000)
+GPU_BATCHING = Batching(256, (), 1000)
+BATCHING = {TENSORRT_MODEL: CPU_BATCHING, PYTORCH_MODEL: GPU_BATCHING, ONNX_MODEL: CPU_BATCHING, PYTHON_MODEL: CPU_BATCHING}
+#: The models only a server with a CUDA device can load (a TensorRT plan exists only once built on one).
+NEEDS_CUDA = {PYTORCH_MODEL}
 #: The file in each model's version folder that the model needs before a server can load it.
-VERSION_FILE = {PYTHON_MODEL: "model.py", ONNX_MODEL: "model.onnx", TENSORRT_MODEL: "model.plan"}
+VERSION_FILE = {PYTHON_MODEL: "model.py", PYTORCH_MODEL: "model.py", ONNX_MODEL: "model.onnx", TENSORRT_MODEL: "model.plan"}
 #: The Python-backend model: this module's sibling, copied into the package at build time.
 PYTHON_MODEL_SOURCE = Path(__file__).resolve().parent / "triton_python_model.py"
 
@@ -56,26 +79,37 @@ def model_config(name: str, shapes: TensorShapes, version_sha256: str) -> str:
     """config.pbtxt (Triton's ``ModelConfig`` in protobuf text format) of one model of the repository."""
     backend = {
         PYTHON_MODEL: 'backend: "python"',
+        PYTORCH_MODEL: 'backend: "python"',
         ONNX_MODEL: 'backend: "onnxruntime"\ndefault_model_filename: "model.onnx"',
         TENSORRT_MODEL: 'platform: "tensorrt_plan"\ndefault_model_filename: "model.plan"',
     }[name]
-    # The Python model runs where the server runs; ONNX Runtime and TensorRT on a GPU where there is one.
-    kind = "KIND_CPU" if name == PYTHON_MODEL else ("KIND_GPU" if name == TENSORRT_MODEL else "KIND_AUTO")
-    preferred = ", ".join(map(str, PREFERRED_BATCH_SIZES))
+    # The CPU Python model runs where the server runs; the others on a GPU where there is one.
+    kind = {PYTHON_MODEL: "KIND_CPU", PYTORCH_MODEL: "KIND_GPU", TENSORRT_MODEL: "KIND_GPU"}.get(name, "KIND_AUTO")
+    batching = BATCHING[name]
+    preferred = f"preferred_batch_size: [ {', '.join(map(str, batching.preferred))} ]\n  " if batching.preferred else ""
+    parameters = {VERSION_PARAMETER: version_sha256} | ({BACKEND_PARAMETER: PYTHON_BACKENDS[name]} if name in PYTHON_BACKENDS else {})
     return f"""name: "{name}"
 {backend}
-max_batch_size: {MAX_BATCH_SIZE}
+max_batch_size: {batching.max_batch_size}
 input [ {{ name: "{shapes.input}" data_type: TYPE_FP32 dims: [ 3, {shapes.image_size}, {shapes.image_size} ] }} ]
 output [ {{ name: "{shapes.output}" data_type: TYPE_FP32 dims: [ {shapes.embed_dim} ] }} ]
 dynamic_batching {{
-  preferred_batch_size: [ {preferred} ]
-  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}
+  {preferred}max_queue_delay_microseconds: {batching.max_queue_delay_us}
   priority_levels: 2
   default_priority_level: {ROUTINE_PRIORITY}
 }}
 instance_group [ {{ kind: {kind} count: 1 }} ]
-parameters {{ key: "{VERSION_PARAMETER}" value {{ string_value: "{version_sha256}" }} }}
-"""
+""" + "".join(f'parameters {{ key: "{key}" value {{ string_value: "{value}" }} }}\n' for key, value in parameters.items())
+
+
+def parse_backend(text: str) -> tuple[str, str, bool, bool]:
+    """A Python-backend model's ``image_encoder_backend``: ``BACKEND PRECISION [compile] [cuda_graphs]``
+    → (backend, precision, compile, cuda_graphs)."""
+    backend, precision, *flags = text.split()
+    unknown = set(flags) - {"compile", "cuda_graphs"}
+    if unknown:
+        raise ValueError(f"{BACKEND_PARAMETER} {text!r}: unknown flag(s) {sorted(unknown)}")
+    return backend, precision, "compile" in flags, "cuda_graphs" in flags
 
 
 def write_repository(package_root: Path, onnx_name: str, shapes: TensorShapes, version_sha256: str) -> list[Path]:
@@ -89,15 +123,18 @@ def write_repository(package_root: Path, onnx_name: str, shapes: TensorShapes, v
         (folder if name == TENSORRT_MODEL else folder / "1").mkdir(parents=True)
         (folder / "config.pbtxt").write_text(model_config(name, shapes, version_sha256))
         written.append(folder / "config.pbtxt")
-    (root / PYTHON_MODEL / "1" / "model.py").write_text(PYTHON_MODEL_SOURCE.read_text())
-    written.append(root / PYTHON_MODEL / "1" / "model.py")
+    for name in PYTHON_BACKENDS:
+        (root / name / "1" / "model.py").write_text(PYTHON_MODEL_SOURCE.read_text())
+        written.append(root / name / "1" / "model.py")
     os.symlink(Path("..", "..", "..", onnx_name), root / ONNX_MODEL / "1" / "model.onnx")
     return written
 
 
-def loadable_models(repository: Path, backends: set[str]) -> list[str]:
-    """The repository's models that a server with ``backends`` can load: its backend present and its
-    version file there (a TensorRT plan exists only once built on the target GPU)."""
-    needs = {PYTHON_MODEL: "python", ONNX_MODEL: "onnxruntime", TENSORRT_MODEL: "tensorrt"}
+def loadable_models(repository: Path, backends: set[str], cuda: bool = False) -> list[str]:
+    """The repository's models that a server with ``backends`` (and, where ``cuda``, torch and a CUDA device
+    in its Python environment) can load: its backend present and its version file there (a TensorRT plan
+    exists only once built on the target GPU)."""
+    needs = {PYTHON_MODEL: "python", PYTORCH_MODEL: "python", ONNX_MODEL: "onnxruntime", TENSORRT_MODEL: "tensorrt"}
     return [name for name in MODEL_PREFERENCE
-            if needs[name] in backends and (repository / name / "1" / VERSION_FILE[name]).exists()]
+            if needs[name] in backends and (cuda or name not in NEEDS_CUDA)
+            and (repository / name / "1" / VERSION_FILE[name]).exists()]

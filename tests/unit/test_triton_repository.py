@@ -5,13 +5,18 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from operators.inference.triton_repository import (
+    BACKEND_PARAMETER,
     ONNX_MODEL,
     PYTHON_MODEL,
+    PYTORCH_MODEL,
     TENSORRT_MODEL,
     VERSION_PARAMETER,
     TensorShapes,
     loadable_models,
+    parse_backend,
     write_repository,
 )
 
@@ -28,17 +33,32 @@ def _repository(tmp_path: Path) -> Path:
 def test_a_server_loads_what_its_backends_can_and_a_plan_only_once_built(tmp_path: Path) -> None:
     repository = _repository(tmp_path)
     assert loadable_models(repository, {"python"}) == [PYTHON_MODEL]  # the nvidia-pytriton wheel's server
+    assert loadable_models(repository, {"python"}, cuda=True) == [PYTORCH_MODEL, PYTHON_MODEL]  # torch and a GPU there
     assert loadable_models(repository, {"python", "onnxruntime", "tensorrt"}) == [ONNX_MODEL, PYTHON_MODEL]
     (repository / TENSORRT_MODEL / "1").mkdir()
     (repository / TENSORRT_MODEL / "1" / "model.plan").write_bytes(b"plan")
     assert loadable_models(repository, {"python", "onnxruntime", "tensorrt"}) == [TENSORRT_MODEL, ONNX_MODEL, PYTHON_MODEL]
+    assert loadable_models(repository, {"python", "onnxruntime", "tensorrt"}, cuda=True) == [
+        TENSORRT_MODEL, PYTORCH_MODEL, ONNX_MODEL, PYTHON_MODEL]
     assert (repository / ONNX_MODEL / "1" / "model.onnx").read_bytes() == b"graph", "a relative link to the package's graph"
 
 
 def test_every_config_names_the_model_version_and_two_priority_levels(tmp_path: Path) -> None:
     repository = _repository(tmp_path)
-    for name in (PYTHON_MODEL, ONNX_MODEL, TENSORRT_MODEL):
+    for name, largest in ((PYTHON_MODEL, 16), (PYTORCH_MODEL, 256), (ONNX_MODEL, 16), (TENSORRT_MODEL, 16)):
         config = (repository / name / "config.pbtxt").read_text()
         assert f'name: "{name}"' in config
         assert re.search(rf'key: "{VERSION_PARAMETER}" value {{ string_value: "{SHA}" }}', config)
-        assert "priority_levels: 2" in config and "max_batch_size: 16" in config
+        assert "priority_levels: 2" in config and f"max_batch_size: {largest}\n" in config
+
+
+def test_each_python_model_names_the_backend_it_wraps(tmp_path: Path) -> None:
+    repository = _repository(tmp_path)
+    wrapped = {}
+    for name in (PYTHON_MODEL, PYTORCH_MODEL):
+        config = (repository / name / "config.pbtxt").read_text()
+        wrapped[name] = parse_backend(re.search(rf'key: "{BACKEND_PARAMETER}" value {{ string_value: "([^"]+)" }}', config)[1])
+        assert (repository / name / "1" / "model.py").is_file()
+    assert wrapped == {PYTHON_MODEL: ("onnxruntime", "fp32", False, False), PYTORCH_MODEL: ("pytorch", "bf16", True, True)}
+    with pytest.raises(ValueError, match="unknown flag"):
+        parse_backend("pytorch bf16 compiled")

@@ -1,0 +1,157 @@
+"""Triton on a GPU: the package's PyTorch model (bf16, torch.compile + CUDA graphs, in Triton's Python
+backend, ``operators/inference/triton_python_model.py``) under 16-64 closed-loop clients sending batches of
+1-8 images, dynamic-batched by the server, against the direct compiled bf16 ceiling measured in the same
+run (the same backend called in-process at batch 256).
+
+Run where the GPU is (the set-up that worked on the lent H200 is in BENCHMARKS.md), then make the report here:
+
+    python -m benchmarks.triton_gpu run --package PKG --out benchmarks/triton_gpu.json
+    python -m benchmarks.triton_gpu report benchmarks/triton_gpu.json     # BENCHMARKS.md section + PNG
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import machine, write_section
+from benchmarks.triton_load import run as load
+
+ROOT = Path(__file__).resolve().parent.parent
+BEGIN, END = "<!-- triton-gpu:begin -->", "<!-- triton-gpu:end -->"
+CEILING_BATCH = 256
+
+
+def ceiling(package_dir: Path) -> dict[str, Any]:
+    """Images/s of the backend the server wraps, called directly: on device-resident input (the GPU alone)
+    and from host memory (with the copies a server's model also makes)."""
+    import torch
+
+    from benchmarks.gpu import time_gpu
+    from operators.inference.backends.base import BackendSpec
+    from operators.inference.backends.pytorch import TorchBackend
+    from operators.inference.model_package import ModelPackage
+
+    backend = TorchBackend.from_package(ModelPackage.load(package_dir), BackendSpec("pytorch", "bf16", True, True), "cuda")
+    host = np.random.default_rng(0).standard_normal((CEILING_BATCH, 3, 224, 224)).astype(np.float32)
+    device = torch.from_numpy(host).to("cuda", torch.bfloat16)
+    on_device = statistics.median(time_gpu(backend.embed_tensor, device, 50))
+    backend.embed(host)
+    from_host = []
+    for _ in range(20):
+        began = time.perf_counter()
+        backend.embed(host)
+        from_host.append(time.perf_counter() - began)
+    result = {"backend": backend.name, "batch": CEILING_BATCH,
+              "images_per_s_on_device": CEILING_BATCH / (on_device / 1000),
+              "images_per_s_from_host": CEILING_BATCH / statistics.median(from_host)}
+    del backend, device
+    torch.cuda.empty_cache()
+    return result
+
+
+def serve(package_dir: Path, port: int) -> tuple[subprocess.Popen[str], str]:
+    server = subprocess.Popen([sys.executable, "-m", "app.inference_server", "-m", str(package_dir), "--http-port", str(port),
+                               "--ready-timeout", "900"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert server.stdout is not None
+    for line in server.stdout:
+        if line.startswith("ready:"):
+            return server, line.strip()
+    raise RuntimeError(f"the inference server exited with status {server.wait()} before it was ready")
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    result: dict[str, Any] = {"device": props.name, "torch": torch.__version__, "cuda": torch.version.cuda, "host": machine(),
+                              "ceiling": ceiling(args.package)}
+    print(json.dumps(result["ceiling"]), flush=True)
+    began = time.perf_counter()
+    server, ready = serve(args.package, args.port)
+    result["server_ready_s"], result["server"] = time.perf_counter() - began, ready
+    print(ready, f"after {result['server_ready_s']:.0f} s", flush=True)
+    rows = []
+    try:
+        for transport in args.transports.split(","):
+            for concurrency in map(int, args.concurrency.split(",")):
+                for batch in map(int, args.batch.split(",")):
+                    row = load(f"127.0.0.1:{args.port}", args.model, "pixel_values", "image_features", concurrency, batch,
+                               args.seconds, transport == "shm", args.processes)
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+    finally:
+        server.terminate()
+        server.wait(60)
+    result["rows"] = rows
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def report(args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    result = json.loads(args.json.read_text())
+    best = result["ceiling"]["images_per_s_on_device"]
+    rows = result["rows"]
+    lines = [BEGIN, "## Triton on a GPU (`benchmarks/triton_gpu.py`)", "",
+             f"{result['device']}, torch {result['torch']} (CUDA {result['cuda']}), host {result['host']}; tritonserver 2.51 "
+             "(nvidia-pytriton wheel) with the package's PyTorch model: bf16, torch.compile + CUDA graphs, batches padded to a "
+             "power of two, dynamic batching up to 256 with at most 1 ms of queueing. Closed-loop clients "
+             "(`benchmarks/triton_load.py`: each sends a batch and waits for its answer), 8 client processes on the same host; "
+             f"each point {rows[0]['seconds']:.0f} s. Server ready {result['server_ready_s']:.0f} s after start (compiling and "
+             "capturing one CUDA graph per padded batch size). Random seeded weights: speed only.", "",
+             f"Ceiling, the same backend called in-process at batch {result['ceiling']['batch']}: "
+             f"**{best:,.0f} img/s** on device-resident input, {result['ceiling']['images_per_s_from_host']:,.0f} img/s from host "
+             "memory (host-to-device copy and back included).", "",
+             "| transport | clients | batch | img/s | of ceiling | p50 ms | p95 ms | server mean batch |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        mean = f"{r['server_mean_batch']:.1f}" if r["server_mean_batch"] else "-"
+        lines.append(f"| {r['transport']} | {r['concurrency']} | {r['batch']} | {r['images_per_s']:,.0f} | "
+                     f"{100 * r['images_per_s'] / best:.0f} % | {r['latency_ms_p50']:.1f} | {r['latency_ms_p95']:.1f} | {mean} |")
+    lines += ["", f"Raw: `benchmarks/{args.json.name}`; chart: `benchmarks/{args.json.with_suffix('.png').name}`.", END]
+    write_section("\n".join(lines), BEGIN, END)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for transport in dict.fromkeys(r["transport"] for r in rows):
+        for batch in sorted({r["batch"] for r in rows}):
+            points = [(r["concurrency"], r["images_per_s"]) for r in rows if r["transport"] == transport and r["batch"] == batch]
+            ax.plot(*zip(*points), marker="o", label=f"{transport}, batch {batch}")
+    ax.axhline(best, color="black", linestyle="--", label="ceiling (in-process, batch 256)")
+    ax.axhline(0.7 * best, color="grey", linestyle=":", label="70 % of the ceiling")
+    ax.set(xlabel="concurrent clients", ylabel="images/s", title=f"Triton, PyTorch bf16 model, {result['device']}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(args.json.with_suffix(".png"), dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--package", type=Path, required=True)
+    r.add_argument("--model", default="biomedclip_image_encoder_pytorch")
+    r.add_argument("--port", type=int, default=8000)
+    r.add_argument("--concurrency", default="16,32,64")
+    r.add_argument("--batch", default="1,4,8")
+    r.add_argument("--transports", default="shm,http")
+    r.add_argument("--seconds", type=float, default=8.0)
+    r.add_argument("--processes", type=int, default=8)
+    r.add_argument("--out", type=Path, required=True)
+    p = sub.add_parser("report")
+    p.add_argument("json", type=Path)
+    args = parser.parse_args()
+    (run if args.command == "run" else report)(args)
+
+
+if __name__ == "__main__":
+    main()
