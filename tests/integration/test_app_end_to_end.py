@@ -217,7 +217,8 @@ def test_a_truncated_manifest_is_a_one_line_error_naming_it_and_the_earlier_repo
 def test_a_model_that_fails_once_the_run_started_is_reported_as_failed_not_as_an_empty_input(
     sample_study: Path, model_package: Path, tmp_path: Path
 ) -> None:
-    """An image encoder that matches its manifest's sha256 but is not ONNX: found only when the backend loads it."""
+    """An image encoder that matches its manifest's sha256 but is not ONNX: found only when the backend loads it,
+    then one line naming the file (exit 2: running it again unchanged cannot help) and a report that says failed."""
     package = shutil.copytree(model_package, tmp_path / "model")
     encoder = package / "image_encoder.onnx"
     encoder.write_bytes(b"not an ONNX graph")
@@ -227,10 +228,12 @@ def test_a_model_that_fails_once_the_run_started_is_reported_as_failed_not_as_an
 
     result = run_app(sample_study, tmp_path / "out", package, env={"BIOMEDCLIP_APP_CONFIG": str(_onnxruntime_config(tmp_path))})
 
-    assert result.returncode == 1 and "Traceback" in result.stderr, "an unexpected error keeps its traceback"
+    reason = f"{encoder}: ONNX Runtime cannot load it (InvalidProtobuf"
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {reason}")
     report = json.loads((tmp_path / "out" / "run_report.json").read_text())
     assert report["status"] == "failed"
-    assert report["error"] == "unexpected error (InvalidProtobuf); the traceback is on stderr"
+    assert report["error"].startswith(reason)
     assert report["summary"]["structured_reports"] == 0
 
 
