@@ -31,11 +31,12 @@ fi
 # dciodvfy (dicom3tools) validates the SRs in the tests; dcmtk and Orthanc are real DICOM network peers.
 if { ! command -v dciodvfy || ! command -v storescp || ! command -v Orthanc; } >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "setup.sh: running as root: apt-get installing dicom3tools (dciodvfy validates the SRs in the tests)," \
-       "dcmtk (storescp/storescu/dsrdump: DICOM peers and the SR dump) and orthanc (a PACS for the network tests;" \
-       "its service is not started). Run as a normal user to skip this; the app itself needs none of them." >&2
+       "dcmtk (storescp/storescu/dsrdump: DICOM peers and the SR dump), orthanc (a PACS for the network tests;" \
+       "its service is not started) and orthanc-dicomweb (its DICOMweb plugin, a peer of the web face)." \
+       "Run as a normal user to skip this; the app itself needs none of them." >&2
   # Orthanc's package would start a service listening on all interfaces: tell invoke-rc.d not to.
   no_services=; [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; no_services=1; }
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools dcmtk orthanc >/dev/null
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools dcmtk orthanc orthanc-dicomweb >/dev/null
   [ -z "$no_services" ] || rm -f /usr/sbin/policy-rc.d
 fi
 

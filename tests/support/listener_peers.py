@@ -171,15 +171,17 @@ class DcmtkPacs:
 class OrthancPacs:
     """Orthanc playing the PACS, its DICOM and HTTP ports inside the namespace only; every other
     setting is Orthanc's default. ``modalities`` (name -> [AE title, host, port]) are the peers it
-    can push to (``POST /modalities/{name}/store``)."""
+    can push to (``POST /modalities/{name}/store``); ``settings`` are further configuration options
+    (plugins, their sections)."""
 
-    def __init__(self, ns: LoopbackNamespace, workdir: Path, modalities: dict[str, list[object]] | None = None) -> None:
+    def __init__(self, ns: LoopbackNamespace, workdir: Path, modalities: dict[str, list[object]] | None = None,
+                 settings: dict[str, object] | None = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         config = {
             "Name": "listener-test", "DicomAet": PACS_AE, "DicomPort": PACS_PORT, "HttpPort": ORTHANC_HTTP_PORT,
             "StorageDirectory": str(workdir / "storage"), "IndexDirectory": str(workdir / "index"),
             "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": True,
-            "Plugins": [], "DicomModalities": modalities or {},
+            "Plugins": [], "DicomModalities": modalities or {}, **(settings or {}),
         }
         (workdir / "orthanc.json").write_text(json.dumps(config))
         self.ns = ns
