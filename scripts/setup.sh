@@ -29,7 +29,7 @@ if [ "$(cd / && "$here/.venv/bin/python" -c 'import operators, os; print(os.path
 fi
 
 # dciodvfy (dicom3tools) validates the SRs in the tests; dcmtk and Orthanc are real DICOM network peers.
-if { ! command -v dciodvfy || ! command -v storescp || ! command -v Orthanc; } >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+if { ! command -v dciodvfy || ! command -v storescp || ! command -v Orthanc || [ ! -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; } >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "setup.sh: running as root: apt-get installing dicom3tools (dciodvfy validates the SRs in the tests)," \
        "dcmtk (storescp/storescu/dsrdump: DICOM peers and the SR dump), orthanc (a PACS for the network tests;" \
        "its service is not started) and orthanc-dicomweb (its DICOMweb plugin, a peer of the web face)." \
