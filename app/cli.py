@@ -128,7 +128,7 @@ def _check_output(path: Path) -> None:
         raise UsageError(f"{path}: cannot write to the output folder ({exc.strerror})") from None
 
 
-def _triton_server(value: str | None) -> str | None:
+def triton_server_netloc(value: str | None) -> str | None:
     """The option, else ``TRITON_SERVER_NETLOC``; empty means none (the SDK's default)."""
     value = value if value is not None else os.environ.get(TRITON_ENV, "")
     if not value:
@@ -146,7 +146,7 @@ def parse(argv: list[str]) -> RunArguments:
     input_path = _folder(args.input, "input", "-i INPUT_DIR", INPUT_ENV)
     output_path = _folder(args.output, "output", "-o OUTPUT_DIR", OUTPUT_ENV)
     model_path = _folder(args.model, "model package", "-m MODEL_DIR", MODEL_ENV)
-    triton_server = _triton_server(args.triton_server_netloc)
+    triton_server = triton_server_netloc(args.triton_server_netloc)
     _check_input(input_path)
     _check_output(output_path)
     return RunArguments(input_path, output_path, model_path, args.log_level, args.supersedes, triton_server)

@@ -4,9 +4,11 @@ says otherwise. One-line ``error:`` and exit code 2 for an unusable argument or 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from app.cli import TRITON_ENV, UsageError, triton_server_netloc
 from app.exit_codes import ExitCode
 from app.logging_policy import install_for_listener
 from app.web.config import MIB, TOKENS_ENV, WebConfig, WebConfigError, load_tokens
@@ -24,6 +26,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-stow-mib", type=int, default=512)
     parser.add_argument("--cors-origin", action="append", default=[], help="allow this origin (CORS is off by default)")
     parser.add_argument("--no-demo", action="store_true", help="do not mount the Gradio demo at /demo")
+    parser.add_argument("-t", "--triton-server-netloc", metavar="HOST:PORT",
+                        help=f"run the image encoder on this Triton server (or {TRITON_ENV}), for /classify and the STOW jobs' app runs")
     return parser.parse_args(argv)
 
 
@@ -35,10 +39,12 @@ def main(argv: list[str]) -> int:
         config = WebConfig(model_dir=arguments.model, state_dir=arguments.state, tokens=load_tokens(arguments.tokens_file),
                            require_auth=not arguments.no_auth, max_classify_bytes=arguments.max_classify_mib * MIB,
                            max_stow_bytes=arguments.max_stow_mib * MIB, cors_origins=tuple(arguments.cors_origin),
-                           demo=not arguments.no_demo)
-    except WebConfigError as exc:
+                           demo=not arguments.no_demo, triton_server=triton_server_netloc(arguments.triton_server_netloc))
+    except (WebConfigError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ExitCode.ALL_FAILED
+    if config.triton_server:  # the STOW jobs run ``python app``, which reads it
+        os.environ[TRITON_ENV] = config.triton_server
     install_for_listener()
     import uvicorn
 

@@ -18,7 +18,7 @@ import logging
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -105,10 +105,13 @@ class WarmModel:
         self._others_lock = threading.Lock()
 
     @classmethod
-    def load(cls, model_dir: Path, settings: AppSettings | None = None) -> WarmModel:
+    def load(cls, model_dir: Path, settings: AppSettings | None = None, triton_server: str | None = None) -> WarmModel:
+        """``triton_server``: the image encoder runs on that Triton server, as the app's ``-t`` (the settings'
+        backend only where ``inference.triton_fallback`` allows it)."""
         settings = settings or AppSettings.load()
         package = ModelPackage.load(model_dir)
-        backend = create_backend(settings.backend, package)
+        spec = replace(settings.backend, triton_server=triton_server) if triton_server else settings.backend
+        backend = create_backend(spec, package)
         logger.info("Model package %s loaded; backend %s", package.root.name, backend.name)
         return cls(package, settings, backend)
 

@@ -73,6 +73,8 @@ class WebConfig:
     cors_origins: tuple[str, ...] = ()
     #: Mount the Gradio demo at /demo.
     demo: bool = True
+    #: HOST:PORT of a Triton server (``-t``): the warm model's image encoder runs there.
+    triton_server: str | None = None
 
     def __post_init__(self) -> None:
         if self.require_auth and not self.tokens:

@@ -25,7 +25,7 @@ class Readiness:
 
     def start(self, config: WebConfig, model: WarmModel | None) -> None:
         try:
-            self.model = model or WarmModel.load(config.model_dir)
+            self.model = model or WarmModel.load(config.model_dir, triton_server=config.triton_server)
             self.ingest = StowIngest(config.state_dir, config.model_dir, config.stow_quiet_period_s, config.job_timeout_s)
             self.ingest.start_workers()
         except Exception as exc:  # the package, the settings or the state folder: the probe says which

@@ -79,6 +79,23 @@ def test_embeddings_through_triton_equal_the_local_onnxruntime_fp32_ones(server:
     assert cosine.min() >= 0.9999, cosine
 
 
+def test_the_web_face_with_t_classifies_on_the_server_as_the_local_model_does(server: Server, model_package: Path) -> None:
+    """``python -m app.web -t HOST:PORT``: the warm model's image encoder is the Triton server's, and an image
+    gets the probabilities the local ONNX Runtime fp32 model gives it."""
+    from dataclasses import replace
+
+    from app.sample_study import DEMO_IMAGE
+    from app.settings import AppSettings
+    from app.web.classifier import WarmModel, read_input
+
+    settings = AppSettings.load()
+    image = read_input(DEMO_IMAGE.read_bytes(), settings)
+    remote = WarmModel.load(model_package, settings, triton_server=server.netloc).predict(image)
+    local = WarmModel.load(model_package, replace(settings, backend=BackendSpec("onnxruntime", "fp32"))).predict(image)
+    assert remote.backend.startswith(f"triton-{server.netloc}-")
+    assert np.abs(remote.probabilities - local.probabilities).max() < 1e-4
+
+
 def _sample_images() -> np.ndarray:
     """The sample study's images as the model sees them."""
     import tempfile

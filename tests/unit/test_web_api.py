@@ -176,16 +176,19 @@ def test_not_ready_until_the_model_loads_and_then_the_reason(tmp_path: Path) -> 
         assert refused.status_code == 503 and "not ready" in refused.json()["detail"]
 
 
-@pytest.mark.parametrize(("tokens", "expected"), [
-    ("", "error: no bearer token configured"),
-    ("alice:short", "error: BIOMEDCLIP_WEB_TOKENS: token 'alice' is shorter than 16 characters"),
+@pytest.mark.parametrize(("tokens", "arguments", "expected"), [
+    ("", [], "error: no bearer token configured"),
+    ("alice:short", [], "error: BIOMEDCLIP_WEB_TOKENS: token 'alice' is shorter than 16 characters"),
+    ("alice:0123456789abcdef", ["-t", "http://127.0.0.1:8000"], "error: -t 'http://127.0.0.1:8000': expected HOST:PORT"),
 ])
-def test_the_server_refuses_to_start_without_usable_tokens(tmp_path: Path, tokens: str, expected: str) -> None:
+def test_the_server_refuses_to_start_without_usable_tokens_or_triton_server(tmp_path: Path, tokens: str, arguments: list[str],
+                                                                           expected: str) -> None:
     import os
     import subprocess
     import sys
 
     env = {**os.environ, "BIOMEDCLIP_WEB_TOKENS": tokens}
-    result = subprocess.run([sys.executable, "-m", "app.web", "-m", str(tmp_path)], capture_output=True, text=True, env=env, timeout=60)
+    result = subprocess.run([sys.executable, "-m", "app.web", "-m", str(tmp_path), *arguments], capture_output=True, text=True,
+                            env=env, timeout=60)
     assert result.returncode == 2
     assert result.stderr.startswith(expected) and len(result.stderr.strip().splitlines()) == 1
