@@ -216,7 +216,9 @@ def stage(staging: Path, tag: str, package_root: Path, platform: str) -> list[st
     application, models = staging / "app", staging / "models" / package_root.name
     stage_application(application)
     _copy_readable(package_root, models)
-    return packager_argv(application, tag, models, platform)
+    # holoscan-cli takes a folder holding files as one model, and each subfolder as another model: the
+    # package is handed inside its parent, so that its own subfolder (the Triton repository) stays part of it
+    return packager_argv(application, tag, models.parent, platform)
 
 
 def write_outputs(command: list[str], out: Path) -> tuple[str, Path]:
