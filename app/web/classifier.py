@@ -99,8 +99,9 @@ def read_input(data: bytes, settings: AppSettings) -> ModelInput:
 class WarmModel:
     """One package, its serving backend, and (loaded on first use) the other backends to compare."""
 
-    def __init__(self, package: ModelPackage, settings: AppSettings, backend: ImageEmbeddingBackend) -> None:
-        self.package, self.settings, self.backend = package, settings, backend
+    def __init__(self, package: ModelPackage, settings: AppSettings, backend: ImageEmbeddingBackend,
+                 triton_server: str | None = None) -> None:
+        self.package, self.settings, self.backend, self.triton_server = package, settings, backend, triton_server
         self._others: dict[BackendSpec, ImageEmbeddingBackend | str] = {}
         self._others_lock = threading.Lock()
 
@@ -113,7 +114,7 @@ class WarmModel:
         spec = replace(settings.backend, triton_server=triton_server) if triton_server else settings.backend
         backend = create_backend(spec, package)
         logger.info("Model package %s loaded; backend %s", package.root.name, backend.name)
-        return cls(package, settings, backend)
+        return cls(package, settings, backend, triton_server)
 
     @property
     def random_weights_warning(self) -> str | None:
@@ -131,7 +132,11 @@ class WarmModel:
         with self._others_lock:
             if not self._others:
                 cuda = _cuda_available()
-                for spec in (BackendSpec(name, precision) for name in BACKEND_NAMES for precision in PRECISIONS):
+                # the Triton backend needs a server: compared only where the model is served by one
+                specs = [BackendSpec(name, precision) for name in BACKEND_NAMES if name != "triton" for precision in PRECISIONS]
+                if self.triton_server:
+                    specs.append(BackendSpec("triton", triton_server=self.triton_server))
+                for spec in specs:
                     if BACKENDS[spec.backend].needs_gpu(spec) and not cuda:  # the registry's rule: not run on the CPU
                         self._others[spec] = "needs a CUDA GPU"
                         continue

@@ -296,11 +296,11 @@ def test_item4_the_health_endpoint_costs_no_dicom_slot_and_answers_503_when_the_
     health = HealthEndpoint(scp.scp, scp.spool, "127.0.0.1", 0)
     health.start()
     try:
-        good = WellBehavedSender(scp.port, good_files).start()
+        good = scp.sender(good_files)
         wait_for(lambda: good.statuses, TIMEOUT_S, "the sender's first C-STORE")
         answers = [_health(health.port) for _ in range(50)]
         still_sending = len(good.statuses) < len(good_files)
-        good.assert_lost_nothing(scp)
+        _assert_lost_nothing(good, scp)
         assert [code for code, _ in answers] == [200] * 50
         assert answers[0][1] == {"status": "ok", "checks": {"scp_accepting": True, "spool_writable": True, "spool_within_limits": True}}
         assert still_sending, "the checks ran while the sender held the only slot"

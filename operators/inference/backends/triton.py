@@ -74,6 +74,8 @@ class TritonBackend:
         return cls(server, served[0], version, encoder.input, encoder.output)
 
     def embed(self, pixel_values: np.ndarray) -> np.ndarray:
+        from http.client import HTTPException  # geventhttpclient's "connection closed" is one, not an OSError
+
         import tritonclient.http as http
         from tritonclient.utils import InferenceServerException
 
@@ -85,7 +87,7 @@ class TritonBackend:
             if not hasattr(self._local, "client"):
                 self._local.client = _client(self.server)
             result = self._local.client.infer(self.model, [request], outputs=[wanted], priority=self.priority)
-        except (InferenceServerException, OSError) as exc:
+        except (InferenceServerException, OSError, HTTPException) as exc:
             raise ServerLost(f"Triton server {self.server} lost during inference ({_one_line(exc)}); "
                              "no SR written, the input is untouched: run the study again") from None
         return np.asarray(result.as_numpy(self.output_name), dtype=np.float32)
