@@ -123,8 +123,8 @@ def main() -> int:
     e = end_to_end
     write_section(f"""{BEGIN}
 
-{result['date']}, {result['machine']}, 1-min load average {load_before:.1f} before / {load_after:.1f} after (other work
-was running on the machine: read the numbers as an upper bound). `python -m app.web` with the model warm (the app's
+{result['date']}, {result['machine']}, 1-min load average {load_before:.1f} before / {load_after:.1f} after (the 2 cores
+are shared by server and client; a load well above 2 means other work too: read the numbers as an upper bound then). `python -m app.web` with the model warm (the app's
 backend: ONNX Runtime fp32 on the CPU) runs as a subprocess; the client is httpx (asyncio)
 in the benchmark's process; CT_small (39 KB) per request; seeded random-weight package (fp32 graph).
 
