@@ -23,15 +23,17 @@ import argparse
 import logging
 import sys
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
+from typing import cast
 
-from pydicom import Dataset, dcmread
+from pydicom import dcmread
 
 from app.settings import DeidentificationSettings, SettingsError, config_path
 from operators.atomic import write_atomically
 from operators.deid.admission import admit
 from operators.deid.deidentifier import DeidentificationProfile, Deidentifier
-from operators.deid.writer import write_file
+from operators.deid.encoded import DeidentifiedFile, EncodedFile, deidentify_file
 from operators.intake import inventory
 
 
@@ -61,17 +63,21 @@ def deidentify_folder(input_dir: Path, output_dir: Path, settings: Deidentificat
     return result
 
 
-def _deidentified(path: Path, deidentifier: Deidentifier, accept_burned_in_annotation: bool) -> Dataset | str:
-    """The de-identified copy of an image the inventory accepted, or why the admission gate refuses it."""
-    original = dcmread(path)
-    reason = admit(original, accept_burned_in_annotation=accept_burned_in_annotation)
-    return reason if reason is not None else deidentifier.deidentify(original)
+def _deidentified(path: Path, deidentifier: Deidentifier, accept_burned_in_annotation: bool) -> DeidentifiedFile | str:
+    """The de-identified copy of an image the inventory accepted, or why the admission gate refuses it. Its bytes
+    are walked as they are encoded where they can be (``operators.deid.encoded``), else read by pydicom."""
+    data = path.read_bytes()
+    encoded = EncodedFile.parse(data)
+    original = dcmread(BytesIO(data)) if encoded is None else None
+    header = original if original is not None else cast(EncodedFile, encoded).header()
+    reason = admit(header, accept_burned_in_annotation=accept_burned_in_annotation)
+    return reason if reason is not None else deidentify_file(deidentifier, data, encoded, original)
 
 
-def _write(ds: Dataset, output_dir: Path) -> Path:
+def _write(deidentified: DeidentifiedFile, output_dir: Path) -> Path:
     """``OUTPUT/<study UID>/<series UID>/<SOP Instance UID>.dcm``: the inventory accepted only files with all three."""
-    target = output_dir / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
-    return write_atomically(target, lambda f: write_file(f, ds))
+    target = output_dir / deidentified.study_instance_uid / deidentified.series_instance_uid / f"{deidentified.sop_instance_uid}.dcm"
+    return write_atomically(target, deidentified.write)
 
 
 def main(argv: list[str] | None = None) -> int:

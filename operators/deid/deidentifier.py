@@ -22,11 +22,11 @@ import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any
 
 from pydicom import Dataset
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence
@@ -171,7 +171,7 @@ class Deidentifier:
         for their elements only (``operators.deid.unvalidated``): its warnings would quote them."""
         ds = copy_dataset(original)
         self._deidentify_dataset(ds, _Instance(self, original))
-        self._record_method(ds)
+        record_method(ds, self.profile)
         self._replace_file_meta(ds)
         for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
             if keyword in original:  # with Retain UIDs the "replacement" is the original itself
@@ -220,10 +220,13 @@ class Deidentifier:
                 return
             if raw is not None and vr in TEXT_VRS:
                 value = convert_raw_data_element(raw, encoding=ds.original_character_set or ds._character_set, ds=ds).value
-                ds._dict[tag] = raw_element(tag, vr, self._pseudonym(tag, value).encode(DEFAULT_ENCODING))
+                ds._dict[tag] = self.text_dummy(tag, vr, value)
                 return
-        if action is Action.UID and raw is not None and vr == "UI" and self._replace_raw_uids(ds, raw):
-            return
+        if action is Action.UID and raw is not None and vr == "UI":
+            replaced = self.raw_uid_replacement(raw)
+            if replaced is not None:
+                ds._dict[tag] = replaced
+                return
         elem = element(ds, tag)
         if action is None:
             self._outside_table(elem, instance)
@@ -244,8 +247,12 @@ class Deidentifier:
         """Attributes Table E.1-1 does not list are kept; their sequences are de-identified, their instance UIDs replaced."""
         if elem.VR == "SQ":
             self._recurse(elem, instance)
-        elif elem.VR == "UI" and not self.profile.options.retain_uids and not elem.keyword.endswith(DEFINITION_UID_SUFFIXES):
+        elif elem.VR == "UI" and self.replaces_outside_table(elem.tag):
             self._replace_uids(elem)
+
+    def replaces_outside_table(self, tag: int) -> bool:
+        """Whether a UI attribute Table E.1-1 does not list has its values replaced: an instance UID, not a definition."""
+        return not self.profile.options.retain_uids and not names_a_definition(tag)
 
     def _recurse(self, elem: DataElement, instance: _Instance) -> None:
         for item in elem.value:
@@ -270,19 +277,27 @@ class Deidentifier:
         else:
             elem.value = fixed_dummy(vr)
 
+    def text_dummy(self, tag: BaseTag, vr: str, value: Any) -> RawDataElement:
+        """D of a text element whose value pydicom reads as ``value``: its keyed pseudonym, as a raw element."""
+        return raw_element(tag, vr, self._pseudonym(tag, value).encode(DEFAULT_ENCODING))
+
     def _pseudonym(self, tag: BaseTag, value: Any) -> str:
         """D of text: a keyed hash of the value pydicom reads (so equal originals stay equal), 16 characters,
         valid in every text VR (AE is the shortest: 16)."""
         return "ANON" + self.keyed_hex(f"dummy|{tag}|{value}")[:12].upper()
 
-    def _replace_raw_uids(self, ds: Dataset, raw: RawDataElement) -> bool:
-        """U on a raw UI element, from and to its bytes; False (nothing done) where a kept value (a standard
-        UID) would not read back without a warning, which would quote it."""
+    def raw_uid_replacement(self, raw: RawDataElement) -> RawDataElement | None:
+        """U on a raw UI element, from and to its bytes; None where a kept value (a standard UID) would not
+        read back without a warning, which would quote it."""
         values = uid_strings(raw)
         if not all(valid_uid(v) for v in values if v.startswith(DICOM_UID_ROOT)):
-            return False
-        ds._dict[raw.tag] = raw_uids(raw.tag, [v if v.startswith(DICOM_UID_ROOT) else self.replace_uid(v) for v in values])
-        return True
+            return None
+        return raw_uids(raw.tag, [v if v.startswith(DICOM_UID_ROOT) else self.replace_uid(v) for v in values])
+
+    def apply_element_wise(self, ds: Dataset, tag: BaseTag) -> None:
+        """The profile's action on the element at ``tag`` of ``ds`` alone, for a profile whose actions need
+        nothing else of the instance (``DeidentificationProfile.element_wise``): ``operators.deid.encoded``."""
+        self._apply(ds, tag, _Instance(self, ds))
 
     def _replace_uids(self, elem: DataElement) -> None:
         if elem.is_empty:
@@ -351,40 +366,44 @@ class Deidentifier:
 
     # -- what was done --------------------------------------------------------------------------------
 
-    def _record_method(self, ds: Dataset) -> None:
-        """Patient Identity Removed, De-identification Method (+ CID 7050 codes), Longitudinal Temporal
-        Information Modified (PS3.15 E.1.1 item 6, E.2, E.3.6)."""
-        ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = self.profile.method_description
-        items = []
-        for code in self.profile.method_codes:
-            item = Dataset()
-            item.CodeValue = code.value
-            item.CodingSchemeDesignator = code.scheme_designator
-            item.CodeMeaning = code.meaning
-            items.append(item)
-        ds.DeidentificationMethodCodeSequence = items
-        ds.LongitudinalTemporalInformationModified = (
-            "MODIFIED" if self.profile.options.retain_longitudinal_modified_dates else "REMOVED"
-        )
-
     @staticmethod
     def _replace_file_meta(ds: Dataset) -> None:
         """File Meta Information and preamble describe this de-identifier only (E.1.1 item 7)."""
         old = getattr(ds, "file_meta", None)
-        if old is None:
-            return
-        meta = FileMetaDataset()
-        # values of the original (the SOP Instance UID too, with Retain UIDs)
-        sop_class = quiet_value(ds, "SOPClassUID") if "SOPClassUID" in ds else quiet_value(old, "MediaStorageSOPClassUID")
-        meta.add(unvalidated_element("MediaStorageSOPClassUID", "UI", sop_class))
-        meta.add(unvalidated_element("MediaStorageSOPInstanceUID", "UI", quiet_value(ds, "SOPInstanceUID")))
-        if "TransferSyntaxUID" in old:
-            meta.add(unvalidated_element("TransferSyntaxUID", "UI", quiet_value(old, "TransferSyntaxUID")))
-        meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
-        meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-        ds.file_meta = meta
-        ds.preamble = b"\x00" * 128
+        if old is not None:
+            ds.file_meta = deidentified_file_meta(ds, old)
+            ds.preamble = b"\x00" * 128
+
+
+def record_method(ds: Dataset, profile: DeidentificationProfile) -> None:
+    """Patient Identity Removed, De-identification Method (+ CID 7050 codes), Longitudinal Temporal
+    Information Modified (PS3.15 E.1.1 item 6, E.2, E.3.6), set in ``ds`` as ``profile`` de-identified it."""
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = profile.method_description
+    items = []
+    for code in profile.method_codes:
+        item = Dataset()
+        item.CodeValue = code.value
+        item.CodingSchemeDesignator = code.scheme_designator
+        item.CodeMeaning = code.meaning
+        items.append(item)
+    ds.DeidentificationMethodCodeSequence = items
+    ds.LongitudinalTemporalInformationModified = "MODIFIED" if profile.options.retain_longitudinal_modified_dates else "REMOVED"
+
+
+def deidentified_file_meta(ds: Dataset, old: Dataset) -> FileMetaDataset:
+    """File Meta Information describing this de-identifier only (E.1.1 item 7), for the de-identified ``ds``
+    whose original had the File Meta Information ``old``."""
+    meta = FileMetaDataset()
+    # values of the original (the SOP Instance UID too, with Retain UIDs)
+    sop_class = quiet_value(ds, "SOPClassUID") if "SOPClassUID" in ds else quiet_value(old, "MediaStorageSOPClassUID")
+    meta.add(unvalidated_element("MediaStorageSOPClassUID", "UI", sop_class))
+    meta.add(unvalidated_element("MediaStorageSOPInstanceUID", "UI", quiet_value(ds, "SOPInstanceUID")))
+    if "TransferSyntaxUID" in old:
+        meta.add(unvalidated_element("TransferSyntaxUID", "UI", quiet_value(old, "TransferSyntaxUID")))
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    return meta
 
 
 #: Kept attributes converted all the same (with validation off): their values, read later by pydicom, would be
@@ -396,6 +415,12 @@ CONVERTED_WHEN_KEPT = QUOTED_WHEN_READ | {"SQ"}
 #: VRs whose D value does not depend on the original (D of text is a keyed pseudonym of it, of UI its
 #: replacement UID). Z never does. An ambiguous VR ("US or SS") is left to the converted element, which resolves it.
 DUMMY_FREE_VRS = frozenset({"DA", "DT", "TM", "AS", "OB", "OW", "OF", "OD", "OL", "OV", "UN"}) | NUMBER_STRING_VRS | BINARY_NUMBER_VRS
+
+
+@cache
+def names_a_definition(tag: int) -> bool:
+    """Whether the UI attribute ``tag`` names a definition (``DEFINITION_UID_SUFFIXES``) rather than an instance."""
+    return keyword_for_tag(tag).endswith(DEFINITION_UID_SUFFIXES)
 
 
 def fixed_dummy(vr: str) -> Any:

@@ -149,6 +149,14 @@ class DeidentificationProfile:
     def method_codes(self) -> list[Code]:
         return [METHOD_CODES["basic"], *(METHOD_CODES[name] for name in self.options.enabled())]
 
+    @cached_property
+    def element_wise(self) -> bool:
+        """Whether each element's action needs nothing but the element: no dates shifted by the patient's
+        offset, no text cleaned of the instance's identifying values, no private attribute kept by its block's
+        creator (``operators.deid.encoded`` applies only such profiles)."""
+        instance_bound = {Action.SHIFT, Action.CLEAN}
+        return not self.options.retain_safe_private and not instance_bound & set(self.actions.values())
+
     @property
     def method_description(self) -> list[str]:
         """De-identification Method (0012,0063, LO, VM 1-n): the profile and each option, one value each (LO

@@ -10,6 +10,7 @@ as with a converted element.
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from typing import Any
 
@@ -60,3 +61,31 @@ def raw_uids(tag: BaseTag, values: list[str]) -> RawDataElement:
     """A raw UI element holding ``values``, padded with a NUL to even length (PS3.5 9.1)."""
     encoded = "\\".join(values).encode(DEFAULT_ENCODING)
     return raw_element(tag, "UI", encoded + b"\0" * (len(encoded) % 2))
+
+
+#: pydicom's decodings (``pydicom.charset.convert_encodings``) that read printable ASCII as ASCII: the default
+#: repertoire (ISO_IR 6, ISO 2022 IR 6), ISO_IR 100-series Latin alphabets, UTF-8 (PS3.5 6.1)
+ASCII_COMPATIBLE = frozenset({"iso8859", "latin_1", "iso8859_2", "iso8859_3", "iso8859_4", "iso8859_9", "iso8859_15", "UTF8"})
+#: printable ASCII but the backslash (the value delimiter, PS3.5 6.4)
+PLAIN_TEXT = re.compile(rb"(?:[!-\[\]-~][ -\[\]-~]*)?")
+
+
+def plain_text(value: bytes) -> str | None:
+    """The value of a text element (AE, CS, LO, LT, PN, SH, ST, UC, UR, UT) whose bytes are ``value`` as pydicom
+    reads it (in an ``ASCII_COMPATIBLE`` character set), where that is simply the bytes without trailing
+    spaces: one value of printable ASCII not starting with a space; None for any other value."""
+    return value.decode("ascii").rstrip(" ") if PLAIN_TEXT.fullmatch(value) else None
+
+
+#: DS and IS values (PS3.5 6.2) that pydicom writes back as read, but for the padding: digits, signs, points
+#: and exponents, several values separated by backslashes, no spaces but one trailing pad
+PLAIN_NUMBERS = re.compile(rb"[0-9+\-.eE]+(?:\\[0-9+\-.eE]+)* ?")
+
+
+def plain_numbers(value: bytes) -> bytes | None:
+    """A kept DS or IS value as pydicom writes it after reading ``value`` (its strings kept as read, padded to
+    even length: PS3.5 7.1.1); None where it is not that simple."""
+    if not PLAIN_NUMBERS.fullmatch(value):
+        return None
+    value = value.rstrip(b" ")
+    return value + b" " * (len(value) % 2)

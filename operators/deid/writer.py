@@ -19,6 +19,7 @@ from typing import BinaryIO, cast
 from pydicom import Dataset
 from pydicom.charset import default_encoding
 from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.tag import BaseTag
@@ -44,16 +45,14 @@ def write_file(fp: BinaryIO, ds: Dataset) -> None:
     syntax = UID(ds.file_meta.TransferSyntaxUID)
     implicit, little = syntax.is_implicit_VR, syntax.is_little_endian
     out = DicomIO(fp)
-    out.write(getattr(ds, "preamble", None) or b"\x00" * 128)
-    out.write(b"DICM")
-    write_file_meta_info(out, copy_dataset(ds.file_meta), enforce_standard=True)  # it adds the group length
+    write_preamble_and_meta(out, ds.file_meta, getattr(ds, "preamble", None))
     out.is_implicit_VR, out.is_little_endian = implicit, little
     encodings = ds.get("SpecificCharacterSet", default_encoding)
     for tag in sorted(ds._dict, key=int):  # int order is tag order (PS3.5 7.1); a BaseTag compares in Python
         if tag & 0xFFFF == 0 and tag >> 16 > 6:  # retired group lengths, as pydicom skips them (PS3.5 7.2)
             continue
         elem = ds._dict[tag]
-        header = _raw_header(elem, implicit, little)
+        header = raw_header(elem, implicit, little)
         if header is None:
             write_data_element(out, elem, encodings)
         else:
@@ -61,7 +60,14 @@ def write_file(fp: BinaryIO, ds: Dataset) -> None:
             out.write(cast(bytes, elem.value))
 
 
-def _raw_header(elem: DataElement | RawDataElement, implicit: bool, little: bool) -> bytes | None:
+def write_preamble_and_meta(out: DicomIO, meta: FileMetaDataset, preamble: bytes | None) -> None:
+    """The preamble (zeros where none), "DICM" and the File Meta Information, with its group length (PS3.10 7.1)."""
+    out.write(preamble or b"\x00" * 128)
+    out.write(b"DICM")
+    write_file_meta_info(out, copy_dataset(meta), enforce_standard=True)  # it adds the group length
+
+
+def raw_header(elem: DataElement | RawDataElement, implicit: bool, little: bool) -> bytes | None:
     """The header of a raw element written here as it was read: tag, [VR, [reserved,]] length (PS3.5 7.1.2,
     7.1.3). None for the elements left to pydicom: converted, deferred, of undefined length, without the VR
     the encoding needs, or too long for a 16-bit length field (pydicom writes those as UN: PS3.5 6.2.2)."""
