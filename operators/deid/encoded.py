@@ -90,7 +90,9 @@ class Element(NamedTuple):
     value: int  # the first byte of its value
     length: int  # as encoded: UNDEFINED_LENGTH for an undefined length
     end: int  # the first byte after it (after the Sequence Delimitation Item of an undefined length)
-    items: list[Item] | None  # a sequence's items
+    #: the items of a sequence of undefined length, found on the way to its end; a defined length's are indexed
+    #: when they are needed (``sequence_items``): most sequences of a heavy header are removed whole
+    items: list[Item] | None
     #: whether its bytes are what pydicom writes for it unchanged: reserved field and delimiter lengths zero
     canonical: bool
 
@@ -142,8 +144,6 @@ def _data_set(data: bytes, pos: int, end: int, undefined_item: bool) -> tuple[li
             after = value + length
             if after > end:
                 raise Unsupported("value past the end")
-            if vr == "SQ":
-                items, _ = _items(data, value, after, after)
         elements.append(_new_element(Element, (tag, vr, pos, value, length, after, items, canonical)))
         pos = after
     if undefined_item:
@@ -171,6 +171,11 @@ def _items(data: bytes, pos: int, end: int | None, limit: int) -> tuple[list[Ite
             elements, pos = _data_set(data, pos + 8, pos + 8 + length, False)
         items.append(Item(elements, length == UNDEFINED_LENGTH))
     return items, pos
+
+
+def sequence_items(data: bytes, e: Element) -> list[Item]:
+    """The items of the sequence ``e``."""
+    return e.items if e.items is not None else _items(data, e.value, e.end, e.end)[0]
 
 
 def _fragments_end(data: bytes, pos: int, limit: int) -> tuple[int, int]:
@@ -489,7 +494,7 @@ class _Walk:
             body: list[bytes | memoryview] = []
         elif action is None or action is Action.KEEP:
             body = []
-            for item in e.items or []:
+            for item in sequence_items(self.data, e):
                 elements = self._data_set(item.elements, read_encoding, write_encodings)
                 if item.undefined_length:
                     body += [ITEM_OF_UNDEFINED_LENGTH, *elements, ITEM_DELIMITATION_ITEM]
