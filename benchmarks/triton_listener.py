@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,7 +123,7 @@ def new_study(template: list[pydicom.Dataset], priority: str | None = None) -> l
     study_uid, series_uids = generate_uid(), {ds.SeriesInstanceUID: generate_uid() for ds in template}
     copies = []
     for ds in template:
-        copy = ds.copy()
+        copy = deepcopy(ds)  # Dataset.copy() is shallow: its elements would be the template's
         copy.StudyInstanceUID, copy.SeriesInstanceUID = study_uid, series_uids[ds.SeriesInstanceUID]
         copy.SOPInstanceUID = generate_uid()
         if priority is not None:
@@ -219,14 +220,15 @@ def main(argv: list[str] | None = None) -> int:
     running: list[Listener] = []
 
     def listener(folder: Path, **settings: object) -> Listener:
-        running.append(Listener(folder, {"model_dir": str(package), "quiet_period_s": args.quiet_period, **settings}, env).start())
+        running.append(Listener(folder, {"model_dir": str(package), "quiet_period_s": args.quiet_period,
+                                         "destination": f"{PACS_AE}@127.0.0.1:{pacs.port}", **settings}, env).start())
         return running[-1]
 
     try:
         with tempfile.TemporaryDirectory() as folder, inference_server(package, Path(folder) / "server.log") as server:
             work = Path(folder)
             make_sample_study(work / "sample")
-            template = [pydicom.dcmread(p) for p in sorted((work / "sample").rglob("*.dcm"))]
+            template = [pydicom.dcmread(p) for p in sorted((work / "sample").rglob("*")) if p.is_file()]
             with_server = {"local": listener(work / "local"), "triton": listener(work / "triton", triton_server=server.netloc)}
             for one in with_server.values():  # the first run of each pays for cold caches: not measured
                 sr_latency(pacs, one, new_study(template), args.quiet_period)

@@ -5,7 +5,9 @@ would run it (``python app -i STUDY -o OUT -m MODELS [-t TRITON] [--priority urg
 The job writes into ``OUTPUT/.<arrival>.partial`` and the folder is renamed to ``OUTPUT/<arrival>``
 only when the application has exited, so a reader never sees a half-written result. The child gets
 SIGKILL if the listener dies (``setpriv --pdeathsig``), so a crashed listener leaves no job running
-that could race the re-run.
+that could race the re-run. A routine job runs at niceness ``ROUTINE_NICENESS`` (``nice``), so on a host
+whose cores are all busy an urgent job (``urgency.py``) gets them first, as its requests get Triton's
+higher priority level, and the listener's own reception stays responsive.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ APP_LOG = "app.log"
 #: Exit codes after which the SRs written are delivered: some files refused (3) still leaves the
 #: SRs of every study with a usable image, each with what was refused in its run report.
 SR_WRITTEN = frozenset({ExitCode.NONE_FAILED, ExitCode.SOME_FAILED})
+#: A routine job's CPU priority below the listener's and an urgent job's (nice(1); raising one needs privileges).
+ROUTINE_NICENESS = 10
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,9 @@ class MapJob:
             app += ["--supersedes", str(predecessor)]
         if urgent:  # Triton's higher priority level for its requests (urgency.py)
             app += ["--priority", URGENT]
-        setpriv = shutil.which("setpriv")
-        return [setpriv, "--pdeathsig", "KILL", "--", *app] if setpriv else app
+        setpriv, nice = shutil.which("setpriv"), shutil.which("nice")
+        command = [setpriv, "--pdeathsig", "KILL", "--", *app] if setpriv else app
+        return command if urgent or not nice else [nice, "-n", str(ROUTINE_NICENESS), *command]
 
     def run(self, arrival_id: str, study: Path, predecessor: Path | None = None, urgent: bool = False) -> JobOutcome:
         """Run the application once on ``study`` (its SR superseding the SR file ``predecessor``, if given;
