@@ -26,9 +26,9 @@ from app.exit_codes import ExitCode
 INPUT_ENV, OUTPUT_ENV, MODEL_ENV = "HOLOSCAN_INPUT_PATH", "HOLOSCAN_OUTPUT_PATH", "HOLOSCAN_MODEL_PATH"
 #: The SDK's Triton server address (``monai.deploy.core.runtime_env``; ``-t``/``--triton-server-netloc``).
 TRITON_ENV = "TRITON_SERVER_NETLOC"
-#: HOST:PORT: a host name, an IPv4 address or a bracketed IPv6 address, and a port.
 #: ``--priority``: an urgent study's image batches go at Triton's higher priority level (docs/listener.md).
 ROUTINE, URGENT = "routine", "urgent"
+#: HOST:PORT: a host name, an IPv4 address or a bracketed IPv6 address, and a port.
 NETLOC = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?):(?P<port>[0-9]{1,5})")
 
 EPILOG = f"""\

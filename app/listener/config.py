@@ -27,7 +27,8 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 ALL_STORAGE, SELECTED_IMAGES = "all", "images"
 #: ``max_concurrent_jobs`` by default: 1 with a local model (each job loads the model and uses both
 #: cores), 2 with a Triton server (the app instances share its model: 5.8 → 7.9 studies/min from 1 to 2
-#: instances, 8.1 at 4 for twice the memory; BENCHMARKS.md "Triton remote inference").
+#: instances, 8.1 at 4 for twice the memory; through the listener 4.3, 5.1 and 4.0; BENCHMARKS.md
+#: "Triton remote inference", "Listener with a Triton server").
 LOCAL_CONCURRENT_JOBS, TRITON_CONCURRENT_JOBS = 1, 2
 
 
@@ -155,9 +156,9 @@ class ListenerConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be > 0")
         for name in ("max_instance_bytes", "max_header_bytes", "max_associations", "max_connections", "max_connections_per_address",
-                     "concurrent_jobs", "job_max_attempts"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name.replace('concurrent', 'max_concurrent')}: must be >= 1")
+                     "max_concurrent_jobs", "job_max_attempts"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:  # max_concurrent_jobs None: its default
+                raise ConfigError(f"{name}: must be >= 1")
         if self.max_pdu_bytes < 4096:
             raise ConfigError("max_pdu_bytes: must be >= 4096")
         if any(isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in self.quiet_period_by_calling_ae.values()):
