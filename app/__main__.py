@@ -47,7 +47,8 @@ def main() -> int:
     backend: BackendSpec | ImageEmbeddingBackend = settings.backend
     if arguments.triton_server:  # checked now, so that an unusable server is one line and exit 2 before anything runs
         try:
-            backend = create_backend(replace(settings.backend, triton_server=arguments.triton_server), package)
+            backend = create_backend(replace(settings.backend, triton_server=arguments.triton_server,
+                                             urgent=arguments.priority == cli.URGENT), package)
         except BackendUnavailable as exc:
             return cli.fail(str(exc))
 
@@ -58,6 +59,7 @@ def main() -> int:
 
     app = BiomedCLIPZeroShotApp(arguments.sdk_argv(sys.argv[0]), settings=settings, package=package, backend=backend,
                                 predecessor=predecessor)
+    app.report.priority = arguments.priority
     report_path = arguments.output / REPORT_NAME
     try:
         app.run()

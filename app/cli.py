@@ -26,6 +26,8 @@ from app.exit_codes import ExitCode
 INPUT_ENV, OUTPUT_ENV, MODEL_ENV = "HOLOSCAN_INPUT_PATH", "HOLOSCAN_OUTPUT_PATH", "HOLOSCAN_MODEL_PATH"
 #: The SDK's Triton server address (``monai.deploy.core.runtime_env``; ``-t``/``--triton-server-netloc``).
 TRITON_ENV = "TRITON_SERVER_NETLOC"
+#: ``--priority``: an urgent study's image batches go at Triton's higher priority level (docs/listener.md).
+ROUTINE, URGENT = "routine", "urgent"
 #: HOST:PORT: a host name, an IPv4 address or a bracketed IPv6 address, and a port.
 NETLOC = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?):(?P<port>[0-9]{1,5})")
 
@@ -65,6 +67,7 @@ class RunArguments:
     #: An earlier SR that the new SR of its study supersedes (``operators/sr/predecessor.py``).
     supersedes: Path | None = None
     triton_server: str | None = None  # HOST:PORT (-t): the image encoder runs there
+    priority: str = ROUTINE  # --priority
 
     def sdk_argv(self, program: str) -> list[str]:
         """The argv for Holoscan's ``Application(argv)``: the interpreter first (Holoscan drops it, as it
@@ -93,6 +96,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--triton-server-netloc", metavar="HOST:PORT",
                    help=f"run the image encoder on this Triton server's HTTP endpoint (or {TRITON_ENV}): "
                         "python -m app.inference_server, or NVIDIA's Triton container; no weights loaded here")
+    p.add_argument("--priority", choices=[ROUTINE, URGENT], default=ROUTINE,
+                   help="urgent: the Triton server (-t) serves this study's requests before routine ones (its priority level 1); "
+                        "recorded in run_report.json (default routine)")
     p.add_argument("-l", "--log-level", type=str.upper, choices=["DEBUG", "INFO", "WARN", "ERROR", "CRITICAL"], help="logging level")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
@@ -149,7 +155,7 @@ def parse(argv: list[str]) -> RunArguments:
     triton_server = triton_server_netloc(args.triton_server_netloc)
     _check_input(input_path)
     _check_output(output_path)
-    return RunArguments(input_path, output_path, model_path, args.log_level, args.supersedes, triton_server)
+    return RunArguments(input_path, output_path, model_path, args.log_level, args.supersedes, triton_server, args.priority)
 
 
 def fail(message: str) -> int:

@@ -84,6 +84,8 @@ class RunReport:
     outputs: list[str] = field(default_factory=list)
     #: wall seconds per stage (operator compute), summed over calls
     timings: dict[str, float] = field(default_factory=dict)
+    #: ``python app --priority``: routine, or urgent (an urgent study's Triton requests go first)
+    priority: str = "routine"
     #: SOP Instance UID -> relative path: original UIDs from the inventory, de-identified ones as they are
     #: linked; in memory only, never written.
     _file_of_instance: dict[str, str] = field(default_factory=dict, repr=False)
@@ -178,6 +180,7 @@ class RunReport:
         return {
             "status": self.status,
             "error": self.error,
+            "priority": self.priority,
             "summary": self.summary(),
             "files": self.files,
             "series": [row.as_dict() for row in self.series],

@@ -8,12 +8,15 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from app.cli import NETLOC, TRITON_ENV
 from app.listener.instance_uids import names_a_file
+from app.listener.urgency import C_STORE_PRIORITIES, REQUESTED_PROCEDURE_PRIORITIES, UrgentRule
 
 DEFAULT_PORT = 11112
 #: PS3.5 §6.2 (AE VR): 1-16 characters of the default repertoire, no backslash, no control characters.
@@ -22,6 +25,11 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: ``storage_sop_classes``: every Storage SOP Class pynetdicom knows (PS3.4 Annex B.5), or only the image
 #: classes of the modalities the app's series selection takes; or else a list of SOP Class UIDs.
 ALL_STORAGE, SELECTED_IMAGES = "all", "images"
+#: ``max_concurrent_jobs`` by default: 1 with a local model (each job loads the model and uses both
+#: cores), 2 with a Triton server (the app instances share its model: 5.8 → 7.9 studies/min from 1 to 2
+#: instances, 8.1 at 4 for twice the memory; through the listener 4.3, 5.1 and 4.0; BENCHMARKS.md
+#: "Triton remote inference", "Listener with a Triton server").
+LOCAL_CONCURRENT_JOBS, TRITON_CONCURRENT_JOBS = 1, 2
 
 
 class ConfigError(ValueError):
@@ -116,7 +124,12 @@ class ListenerConfig:
     tls: TlsSettings | None = None
     destination_tls: DestinationTlsSettings | None = None
     network_timeout_s: float = 60.0
-    max_concurrent_jobs: int = 1
+    #: HOST:PORT of a Triton server's HTTP endpoint: each job runs ``python app -t`` against it.
+    triton_server: str | None = None
+    #: Jobs at once; None: ``TRITON_CONCURRENT_JOBS`` with a Triton server, else ``LOCAL_CONCURRENT_JOBS``.
+    max_concurrent_jobs: int | None = None
+    #: Which studies jump the job queue and ask Triton for its higher priority level (``urgency.py``).
+    urgent: UrgentRule = field(default_factory=UrgentRule)
     job_max_attempts: int = 3
     job_timeout_s: float = 3600.0
     delivery_initial_backoff_s: float = 2.0
@@ -128,6 +141,13 @@ class ListenerConfig:
     def quiet_period_for(self, calling_ae_title: str) -> float:
         return self.quiet_period_by_calling_ae.get(calling_ae_title.strip(), self.quiet_period_s)
 
+    @property
+    def concurrent_jobs(self) -> int:
+        """``max_concurrent_jobs``, or its default for this configuration."""
+        if self.max_concurrent_jobs is not None:
+            return self.max_concurrent_jobs
+        return TRITON_CONCURRENT_JOBS if self.triton_server else LOCAL_CONCURRENT_JOBS
+
     def __post_init__(self) -> None:
         if not self.allowed_calling_ae_titles:
             raise ConfigError("allowed_calling_ae_titles: at least one calling AE title must be allowed")
@@ -137,7 +157,7 @@ class ListenerConfig:
                 raise ConfigError(f"{name}: must be > 0")
         for name in ("max_instance_bytes", "max_header_bytes", "max_associations", "max_connections", "max_connections_per_address",
                      "max_concurrent_jobs", "job_max_attempts"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:  # max_concurrent_jobs None: its default
                 raise ConfigError(f"{name}: must be >= 1")
         if self.max_pdu_bytes < 4096:
             raise ConfigError("max_pdu_bytes: must be >= 4096")
@@ -166,6 +186,12 @@ def _typed(key: str, value: Any) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected an object of calling AE title -> seconds")
         return {ae_title(k, key): v for k, v in value.items()}
+    if key == "triton_server":
+        if value is not None and not (isinstance(value, str) and NETLOC.fullmatch(value) and 1 <= int(value.rsplit(":", 1)[1]) <= 65535):
+            raise ConfigError(f"{key}: {value!r} is not HOST:PORT, the Triton server's HTTP address (or null: a local model)")
+        return value or None
+    if key == "urgent":
+        return urgent_rule(value)
     if key == "storage_sop_classes":
         if value in (ALL_STORAGE, SELECTED_IMAGES):
             return value
@@ -194,6 +220,18 @@ def _typed(key: str, value: Any) -> Any:
     return value
 
 
+def urgent_rule(value: Any) -> UrgentRule:
+    """``urgent``: ``{"calling_ae_titles": [...], "priorities": [...]}``, both optional."""
+    known = {"calling_ae_titles", "priorities"}
+    if not isinstance(value, dict) or set(value) - known:
+        raise ConfigError(f"urgent: expected an object with {' and/or '.join(sorted(known))}")
+    titles, priorities = value.get("calling_ae_titles", []), value.get("priorities", list(UrgentRule.priorities))
+    allowed = sorted(set(REQUESTED_PROCEDURE_PRIORITIES) | set(C_STORE_PRIORITIES.values()))
+    if not isinstance(titles, list) or not isinstance(priorities, list) or not all(p in allowed for p in priorities):
+        raise ConfigError(f"urgent: calling_ae_titles is a list of AE titles, priorities a list of {', '.join(allowed)}")
+    return UrgentRule(tuple(ae_title(t, "urgent.calling_ae_titles") for t in titles), tuple(priorities))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m app.listener", description="DICOM listener: C-STORE in, the MAP once per study, SR out by C-STORE."
@@ -211,6 +249,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet-period", dest="quiet_period_s", type=float,
                    help="seconds without a new instance after which a study is complete")
     p.add_argument("--destination", help="where SRs are sent: AE@host:port")
+    p.add_argument("-t", "--triton-server-netloc", dest="triton_server", metavar="HOST:PORT",
+                   help=f"each job runs the image encoder on this Triton server (or {TRITON_ENV}; default: the local model)")
+    p.add_argument("--max-concurrent-jobs", dest="max_concurrent_jobs", type=int,
+                   help=f"jobs at once (default {LOCAL_CONCURRENT_JOBS}, {TRITON_CONCURRENT_JOBS} with a Triton server)")
     p.add_argument("--port-file", type=Path, help="write the bound port to this file once listening (useful with --port 0)")
     return p
 
@@ -221,6 +263,8 @@ def load(args: argparse.Namespace) -> ListenerConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{args.config}: expected a JSON object")
     data.update({k: v for k, v in vars(args).items() if v is not None and k not in ("config", "port_file")})
+    if data.get("triton_server") is None and os.environ.get(TRITON_ENV):  # as python app -t
+        data["triton_server"] = os.environ[TRITON_ENV]
     known = {f.name for f in fields(ListenerConfig)}
     unknown = sorted(set(data) - known)
     if unknown:

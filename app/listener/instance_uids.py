@@ -73,7 +73,7 @@ def top_level_values(data: Buffer, tags: tuple[int, ...], implicit_vr: bool, lit
 Buffer = bytes | bytearray | memoryview
 
 
-class _BufferReader(RawIOBase):
+class BufferReader(RawIOBase):
     """A read-only file over a buffer that copies only what is read (``BytesIO`` copies a memoryview
     whole), for pydicom's reader."""
 
@@ -127,7 +127,7 @@ def instance_uids(received: Buffer, transfer_syntax: UID, max_header_bytes: int)
     implicit_vr, little_endian = transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian
     walked = top_level_values(received, IDENTIFYING_TAGS, implicit_vr, little_endian)
     if walked is None:
-        header = read_dataset(BufferedReader(_BufferReader(received)), implicit_vr, little_endian,
+        header = read_dataset(BufferedReader(BufferReader(received)), implicit_vr, little_endian,
                               stop_when=lambda tag, vr, length: tag > IDENTIFYING_TAGS[-1], specific_tags=list(IDENTIFYING_TAGS))
         values = [str(header[tag].value) if tag in header else "" for tag in IDENTIFYING_TAGS]
     else:

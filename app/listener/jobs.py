@@ -1,10 +1,13 @@
 """One job per arrival: the MAP application run as a subprocess on the spooled study, as a platform
-would run it (``python app -i STUDY -o OUT -m MODELS``; exit codes: ``app.exit_codes.ExitCode``).
+would run it (``python app -i STUDY -o OUT -m MODELS [-t TRITON] [--priority urgent]``; exit codes:
+``app.exit_codes.ExitCode``).
 
 The job writes into ``OUTPUT/.<arrival>.partial`` and the folder is renamed to ``OUTPUT/<arrival>``
 only when the application has exited, so a reader never sees a half-written result. The child gets
 SIGKILL if the listener dies (``setpriv --pdeathsig``), so a crashed listener leaves no job running
-that could race the re-run.
+that could race the re-run. A routine job runs at niceness ``ROUTINE_NICENESS`` (``nice``), so on a host
+whose cores are all busy an urgent job (``urgency.py``) gets them first, as its requests get Triton's
+higher priority level, and the listener's own reception stays responsive.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.cli import URGENT
 from app.exit_codes import ExitCode
 from operators.atomic import fsync_folder
 from operators.run_report import REPORT_NAME
@@ -25,6 +29,8 @@ APP_LOG = "app.log"
 #: Exit codes after which the SRs written are delivered: some files refused (3) still leaves the
 #: SRs of every study with a usable image, each with what was refused in its run report.
 SR_WRITTEN = frozenset({ExitCode.NONE_FAILED, ExitCode.SOME_FAILED})
+#: A routine job's CPU priority below the listener's and an urgent job's (nice(1); raising one needs privileges).
+ROUTINE_NICENESS = 10
 
 
 @dataclass(frozen=True)
@@ -45,20 +51,27 @@ class JobOutcome:
 
 
 class MapJob:
-    def __init__(self, model_dir: Path, output_dir: Path, timeout_s: float) -> None:
+    def __init__(self, model_dir: Path, output_dir: Path, timeout_s: float, triton_server: str | None = None) -> None:
         self.model_dir = Path(model_dir).resolve()
         self.output_dir = Path(output_dir).resolve()
         self.timeout_s = timeout_s
+        self.triton_server = triton_server
 
-    def command(self, study: Path, output: Path, predecessor: Path | None = None) -> list[str]:
+    def command(self, study: Path, output: Path, predecessor: Path | None = None, urgent: bool = False) -> list[str]:
         app = [sys.executable, str(APP_DIR), "-i", str(study), "-o", str(output), "-m", str(self.model_dir)]
+        if self.triton_server:
+            app += ["-t", self.triton_server]
         if predecessor is not None:  # the earlier SR of the study, which this run's SR supersedes
             app += ["--supersedes", str(predecessor)]
-        setpriv = shutil.which("setpriv")
-        return [setpriv, "--pdeathsig", "KILL", "--", *app] if setpriv else app
+        if urgent:  # Triton's higher priority level for its requests (urgency.py)
+            app += ["--priority", URGENT]
+        setpriv, nice = shutil.which("setpriv"), shutil.which("nice")
+        command = [setpriv, "--pdeathsig", "KILL", "--", *app] if setpriv else app
+        return command if urgent or not nice else [nice, "-n", str(ROUTINE_NICENESS), *command]
 
-    def run(self, arrival_id: str, study: Path, predecessor: Path | None = None) -> JobOutcome:
-        """Run the application once on ``study`` (its SR superseding the SR file ``predecessor``, if given).
+    def run(self, arrival_id: str, study: Path, predecessor: Path | None = None, urgent: bool = False) -> JobOutcome:
+        """Run the application once on ``study`` (its SR superseding the SR file ``predecessor``, if given;
+        ``urgent``: the study matched the ``urgent`` rule).
         Call from a thread that lives as long as the listener: the parent-death signal follows the thread
         that started the child."""
         staging = self.output_dir / f".{arrival_id}.partial"
@@ -67,7 +80,7 @@ class MapJob:
             shutil.rmtree(stale, ignore_errors=True)
         staging.mkdir(parents=True)
         with open(staging / APP_LOG, "wb") as log:
-            process = subprocess.Popen(self.command(study, staging, predecessor), stdin=subprocess.DEVNULL, stdout=log,
+            process = subprocess.Popen(self.command(study, staging, predecessor, urgent), stdin=subprocess.DEVNULL, stdout=log,
                                        stderr=subprocess.STDOUT)
             try:
                 exit_code: int | None = process.wait(timeout=self.timeout_s)

@@ -3,9 +3,11 @@
 An *arrival* is the set of instances of one study received until its quiet period passed; it is
 processed exactly once. Replaying the journal after a crash (kill -9) tells what is left to do:
 
-    opened ─▶ completed ─▶ [superseding] ─▶ job_started … ─▶ job_finished ─▶ delivered (per SR)
+    opened [urgent] ─▶ completed ─▶ [superseding] ─▶ job_started … ─▶ job_finished ─▶ delivered (per SR)
        └─▶ discarded (nothing was spooled)                     └─▶ job_failed
 
+``opened`` says ``urgent: true`` for a study the listener's ``urgent`` rule matched (``urgency.py``): its job
+jumps the queue, after a restart too.
 ``superseding`` (the partial-study policy, ``docs/listener.md``): more of a study whose SR was already
 written arrived; the earlier arrival's instances join this one and its SR names the earlier SR as
 its predecessor. A processed arrival stays in the journal while its instances are kept for that
@@ -47,6 +49,8 @@ class Arrival:
     job_attempts: int = 0
     srs: tuple[str, ...] = ()
     delivered: set[str] = field(default_factory=set)
+    #: The ``urgent`` rule matched its first instance: its job runs before routine ones.
+    urgent: bool = False
     #: (earlier arrival id, its SR's file name) when this arrival supersedes an earlier one's SR.
     supersedes: tuple[str, str] | None = None
     records: list[dict[str, Any]] = field(default_factory=list, repr=False)
@@ -75,7 +79,9 @@ class Arrival:
             self.delivered.add(record["sr"])
         elif event == "discarded":
             self.state = DISCARDED
-        elif event != "opened":
+        elif event == "opened":
+            self.urgent = bool(record.get("urgent", False))
+        else:
             raise ValueError(f"unknown journal event {event!r}")
         self.records.append(record)
 

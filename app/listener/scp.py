@@ -13,6 +13,7 @@ import logging
 import re
 import ssl
 import threading
+from functools import partial
 from io import BytesIO
 from typing import cast
 
@@ -66,6 +67,7 @@ from app.listener.file_format import file_meta
 from app.listener.instance_uids import STATUS_CANNOT_UNDERSTAND, HeaderTooLong, instance_uids, mismatch
 from app.listener.spool import Spool
 from app.listener.tcp import LOW_LATENCY_HANDLER
+from app.listener.urgency import requested_procedure_priority
 from app.settings import AppSettings
 
 logger = logging.getLogger(__name__)
@@ -265,7 +267,10 @@ class StorageSCP:
             logger.warning("C-STORE refused: %s", refusal)
             return STATUS_OUT_OF_RESOURCES
         try:
-            self.spool.store(uids.study, uids.sop_instance, (meta, received), self.config.quiet_period_for(event.assoc.requestor.ae_title))
+            calling = event.assoc.requestor.ae_title
+            urgent = partial(self.config.urgent.matches, calling, request.Priority,
+                             partial(requested_procedure_priority, received, context.transfer_syntax, self.config.max_header_bytes))
+            self.spool.store(uids.study, uids.sop_instance, (meta, received), self.config.quiet_period_for(calling), urgent)
         except OSError as exc:  # strerror only: the exception's text holds the file name, a UID
             logger.error("C-STORE failed: cannot write to the spool (%s)", exc.strerror)
             return STATUS_OUT_OF_RESOURCES

@@ -17,6 +17,7 @@ from pathlib import Path
 from app.listener.config import ListenerConfig
 from app.listener.delivery import Backoff, DeliveryError, DeliveryQueue, PendingDelivery, client_tls_context, store_sr
 from app.listener.health import HealthEndpoint
+from app.listener.job_queue import JobQueue
 from app.listener.jobs import MapJob
 from app.listener.journal import COMPLETE, FAILED, PROCESSED, RECEIVING, Arrival, Journal
 from app.listener.retention import purge_older_than
@@ -38,8 +39,8 @@ class Listener:
         self.journal = Journal(config.spool_dir / JOURNAL_NAME)
         self.spool = Spool(config.spool_dir, self.journal, config.quiet_period_s, config.max_spool_bytes, config.min_free_bytes)
         self.scp = StorageSCP(config, self.spool)
-        self.job = MapJob(config.model_dir, config.output_dir, config.job_timeout_s)
-        self.jobs: queue.Queue[Arrival] = queue.Queue()
+        self.job = MapJob(config.model_dir, config.output_dir, config.job_timeout_s, config.triton_server)
+        self.jobs = JobQueue()
         self.deliveries = DeliveryQueue()
         self.backoff = Backoff(config.delivery_initial_backoff_s, config.delivery_max_backoff_s)
         self.health: HealthEndpoint | None = None
@@ -99,7 +100,7 @@ class Listener:
         self.config.output_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.config.output_dir, 0o700)  # SRs and run reports hold PHI: only the listener's user may enter
         self.recover()
-        workers = [self._completion_loop, self._delivery_loop] + [self._job_loop] * self.config.max_concurrent_jobs
+        workers = [self._completion_loop, self._delivery_loop] + [self._job_loop] * self.config.concurrent_jobs
         for number, target in enumerate(workers):
             thread = threading.Thread(target=target, name=f"listener-{target.__name__.strip('_')}-{number}", daemon=True)
             thread.start()
@@ -146,9 +147,10 @@ class Listener:
         predecessor = self._predecessor(arrival)
         attempt = arrival.job_attempts + 1
         self.journal.append(arrival, "job_started", attempt=attempt)
-        logger.info("Arrival %s: job attempt %d on %d instance(s)", arrival.id, attempt, len(self.spool.instances(arrival.id)))
+        logger.info("Arrival %s: job attempt %d on %d instance(s)%s", arrival.id, attempt, len(self.spool.instances(arrival.id)),
+                    " (urgent)" if arrival.urgent else "")
         started = time.monotonic()
-        outcome = self.job.run(arrival.id, self.spool.folder(arrival.id), predecessor)
+        outcome = self.job.run(arrival.id, self.spool.folder(arrival.id), predecessor, arrival.urgent)
         took = time.monotonic() - started
         if outcome.succeeded:
             self.journal.append(arrival, "job_finished", srs=list(outcome.srs), seconds=round(took, 3),

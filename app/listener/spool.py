@@ -17,7 +17,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,14 +93,16 @@ class Spool:
             return f"disk nearly full ({free} bytes free, {self.min_free_bytes} required)"
         return None
 
-    def store(self, study_uid: str, sop_instance_uid: str, encoded: Buffer | Sequence[Buffer], quiet_period_s: float | None = None) -> str:
+    def store(self, study_uid: str, sop_instance_uid: str, encoded: Buffer | Sequence[Buffer], quiet_period_s: float | None = None,
+              urgent: Callable[[], bool] | None = None) -> str:
         """Write one instance (DICOM File Format bytes, or its parts in order: written one after the other,
         never joined in memory) durably under its study's open arrival; returns the arrival id. The caller
         has checked that both UIDs are valid (they name files). ``quiet_period_s``: the sender's, if not
-        the spool's."""
+        the spool's; ``urgent``: asked only if this instance opens an arrival (the study's first instance
+        decides whether it is urgent)."""
         parts = (encoded,) if isinstance(encoded, Buffer) else tuple(encoded)
         with self._lock:
-            receiving = self._receiving.get(study_uid) or self._open(study_uid)
+            receiving = self._receiving.get(study_uid) or self._open(study_uid, urgent is not None and urgent())
             receiving.writes_in_flight += 1
             receiving.quiet_period_s = self.quiet_period_s if quiet_period_s is None else quiet_period_s
         stored = 0
@@ -116,14 +118,14 @@ class Spool:
                     receiving.instance_bytes[sop_instance_uid] = stored
         return receiving.arrival.id
 
-    def _open(self, study_uid: str) -> _Receiving:
+    def _open(self, study_uid: str, urgent: bool) -> _Receiving:
         arrival = Arrival(new_arrival_id())
-        self.journal.append(arrival, "opened")
+        self.journal.append(arrival, "opened", **({"urgent": True} if urgent else {}))
         receiving = _Receiving(arrival, self.folder(arrival.id), time.monotonic(), self.quiet_period_s)
         receiving.folder.mkdir()
         self._receiving[study_uid] = receiving
         self._study_of[arrival.id] = study_uid
-        logger.info("Arrival %s opened", arrival.id)
+        logger.info("Arrival %s opened%s", arrival.id, " (urgent)" if urgent else "")
         return receiving
 
     def resume(self, arrival: Arrival) -> bool:

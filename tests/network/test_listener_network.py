@@ -16,6 +16,7 @@ import pydicom
 import pytest
 from pydicom.uid import Comprehensive3DSRStorage
 
+from app.listener.jobs import ROUTINE_NICENESS
 from tests.support.listener_peers import (
     LISTENER_AE,
     LISTENER_PORT,
@@ -333,6 +334,37 @@ def test_kill9_mid_job_and_while_delivery_is_pending_delivers_exactly_one_sr(ns,
     assert [pydicom.dcmread(p).SOPInstanceUID for p in (tmp_path / "output").glob("*/*.dcm")] == [sr.SOPInstanceUID]
     starts = [r for r in _journal(tmp_path / "spool") if r["event"] == "job_started"]
     assert len(starts) in (0, 2), "compacted once finished, else two attempts (killed, re-run)"
+
+
+def test_an_urgent_study_sent_behind_routine_ones_gets_its_sr_first(ns, started, fp32_model_package: Path, tmp_path: Path) -> None:
+    """Issue 14: one job at a time; while the first routine study's job runs, two more routine studies and
+    then an urgent one (by its calling AE title) arrive. The urgent study's job jumps the queue: its SR
+    reaches the PACS second, before the routine ones queued ahead of it, and its app ran ``--priority urgent``."""
+    pacs = started(DcmtkPacs(ns, tmp_path / "pacs"))
+    config = listener_config(tmp_path, fp32_model_package, quiet_period_s=1, max_concurrent_jobs=1,
+                             allowed_calling_ae_titles=[SENDER_AE, "EMERGENCY"], urgent={"calling_ae_titles": ["EMERGENCY"]})
+    listener = started(ListenerProcess(ns, config, tmp_path / "listener.log").start())
+    studies = make_ct_studies(tmp_path / "studies", 4, 1, 1)  # Study Instance UID -> its one instance
+    first, *routine, urgent = studies
+    assert storescu(ns, studies[first]).returncode == 0
+    wait_for(lambda: "job attempt 1" in (tmp_path / "listener.log").read_text() and _app_children(listener.pid), 60, "the first job", 0.1)
+    (routine_app,) = _app_children(listener.pid)
+    assert _niceness(routine_app) == ROUTINE_NICENESS, "a routine job yields the cores to an urgent one"
+    for study in routine:
+        assert storescu(ns, studies[study]).returncode == 0
+    assert storescu(ns, studies[urgent], calling_ae="EMERGENCY").returncode == 0
+    wait_for(lambda: (tmp_path / "listener.log").read_text().count(" complete: ") == 4, 30, "the three studies queued", 0.1)
+    assert "job attempt 1 on 1 instance(s)" in (tmp_path / "listener.log").read_text(), "the first job still runs"
+
+    received = wait_for(lambda: len(pacs.received()) == 4 and pacs.received(), 4 * JOB_TIMEOUT_S, "the four SRs at the PACS", 0.2)
+    by_arrival = sorted(received, key=lambda p: p.stat().st_mtime_ns)  # storescp writes one at a time, as received
+    assert [pydicom.dcmread(p).StudyInstanceUID for p in by_arrival] == [first, urgent, *routine]
+    assert sorted(report["priority"] for report in _run_reports(tmp_path / "output")) == ["routine"] * 3 + ["urgent"]
+
+
+def _niceness(pid: int) -> int:
+    """proc(5) /proc/PID/stat field 19."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
 
 
 @pytest.mark.parametrize(

@@ -60,8 +60,10 @@ def local_run(model_package: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return folder / "output"
 
 
-def _app_t(sample_study: Path, output: Path, model: Path, netloc: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "app"), "-i", str(sample_study), "-o", str(output), "-m", str(model), "-t", netloc],
+def _app_t(sample_study: Path, output: Path, model: Path, netloc: str, env: dict[str, str] | None = None,
+           options: tuple[str, ...] = ()) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "app"), "-i", str(sample_study), "-o", str(output), "-m", str(model), "-t", netloc,
+                             *options],
                             env={**os.environ, **SECRET, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -119,10 +121,26 @@ def test_the_sr_through_triton_is_the_local_one_apart_from_the_backend_it_names(
     (remote_sr,), (local_sr,) = (sorted(folder.glob("*.dcm")) for folder in (tmp_path / "output", local_run))
     assert sr_content(remote_sr) == sr_content(local_sr)
     version = sha256_file(model_package / "image_encoder.onnx")[:16]
-    backend = f"triton-{server.netloc}-biomedclip_image_encoder_python-sha256:{version}"
+    backend = f"triton-{server.netloc}-biomedclip_image_encoder_python-sha256:{version}-priority2"  # routine (triton_repository.py)
     assert {p for p in algorithm_parameters(remote_sr) if p.startswith("backend=")} == {f"backend={backend}"}
     assert {row["backend"] for row in _report(tmp_path / "output")["series"]} == {backend}
     assert tree_digest(sample_study) == before
+
+
+def test_an_urgent_study_is_sent_at_tritons_higher_priority_level(server: Server, model_package: Path, local_run: Path, sample_study: Path,
+                                                                   tmp_path: Path) -> None:
+    """``python app --priority urgent`` (the listener's urgent studies): the requests go at priority level 1, the
+    one Triton's dynamic batcher serves first; the run report and the SR's backend parameter say so."""
+    app = _app_t(sample_study, tmp_path / "output", model_package, server.netloc, options=("--priority", "urgent"))
+    _, stderr = app.communicate(timeout=600)
+    assert app.returncode == 0, stderr[-3000:]
+    version = sha256_file(model_package / "image_encoder.onnx")[:16]
+    backend = f"triton-{server.netloc}-biomedclip_image_encoder_python-sha256:{version}-priority1"
+    (sr,), (local_sr,) = (sorted(folder.glob("*.dcm")) for folder in (tmp_path / "output", local_run))
+    assert {p for p in algorithm_parameters(sr) if p.startswith("backend=")} == {f"backend={backend}"}
+    report = _report(tmp_path / "output")
+    assert report["priority"] == "urgent" and {row["backend"] for row in report["series"]} == {backend}
+    assert sr_content(sr) == sr_content(local_sr), "the same result, only served first"
 
 
 def test_four_app_instances_at_once_against_one_server(server: Server, model_package: Path, local_run: Path, sample_study: Path,

@@ -471,7 +471,7 @@ class _RecordingJob:
         self.output_dir = output_dir
         self.runs: list[tuple[list[str], Path | None]] = []
 
-    def run(self, arrival_id: str, study: Path, predecessor: Path | None = None) -> JobOutcome:
+    def run(self, arrival_id: str, study: Path, predecessor: Path | None = None, urgent: bool = False) -> JobOutcome:
         self.runs.append((sorted(p.name for p in study.glob("*.dcm")), predecessor))
         output = self.output_dir / arrival_id
         output.mkdir(parents=True)

@@ -120,7 +120,7 @@ def test_write_gives_valid_json_equal_to_the_report(report: RunReport, tmp_path:
     path = report.write(tmp_path / "run_report.json")
     written = json.loads(path.read_text())
     assert written == json.loads(json.dumps(report.as_dict()))
-    assert list(written) == ["status", "error", "summary", "files", "series", "outputs", "timings_s"]
+    assert list(written) == ["status", "error", "priority", "summary", "files", "series", "outputs", "timings_s"]
     assert (written["status"], written["error"]) == (COMPLETED_WITH_REFUSALS, None)
     assert path.read_text().endswith("}\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run_report.json"], "no temporary file left"

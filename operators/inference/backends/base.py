@@ -41,6 +41,8 @@ class BackendSpec:
     #: used instead only where ``triton_fallback`` allows it
     triton_server: str | None = None
     triton_fallback: bool = False
+    #: an urgent study (``python app --priority urgent``): its requests go at Triton's higher priority level
+    urgent: bool = False
 
     def __post_init__(self) -> None:
         if self.backend not in ("auto", *BACKEND_NAMES):

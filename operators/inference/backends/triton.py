@@ -6,7 +6,8 @@ At start the server must answer, be ready, and serve one of the repository's mod
 (``triton_repository.MODEL_PREFERENCE``, best first) whose ``image_encoder_sha256`` parameter is the
 package's: a server holding another model version is refused (``BackendUnavailable``, one line). Batches
 go by HTTP/REST (``tritonclient.http``, as the SDK's ``TritonRemoteModel``); Triton's dynamic batcher
-merges them with other clients' requests. The HTTP client runs on gevent, whose loop belongs to one
+merges them with other clients' requests, an urgent study's (``BackendSpec.urgent``) at its higher priority
+level, served first. The HTTP client runs on gevent, whose loop belongs to one
 thread (the check runs in the main thread, inference in a Holoscan worker: one client shared by both
 crashed the process), so each thread gets its own client. A server lost during a study raises ``ServerLost``.
 """
@@ -20,7 +21,7 @@ import numpy as np
 
 from operators.inference.backends.base import BackendSpec, BackendUnavailable
 from operators.inference.model_package import ModelPackage
-from operators.inference.triton_repository import MODEL_PREFERENCE, ROUTINE_PRIORITY, VERSION_PARAMETER
+from operators.inference.triton_repository import MODEL_PREFERENCE, ROUTINE_PRIORITY, URGENT_PRIORITY, VERSION_PARAMETER
 
 CONNECT_TIMEOUT_S = 5.0
 #: A batch of 16 on a CPU server shared by several app instances takes tens of seconds; a dead server
@@ -38,8 +39,9 @@ class TritonBackend:
         self.server, self.model = server, model
         self._local = threading.local()
         self.input_name, self.output_name, self.priority = input_name, output_name, priority
-        #: names the server, the model and its version (the SR's algorithm parameters, run_report.json)
-        self.name = f"triton-{server}-{model}-sha256:{version[:16]}"
+        #: names the server, the model, its version and the priority level its requests are sent at (the
+        #: SR's algorithm parameters, run_report.json)
+        self.name = f"triton-{server}-{model}-sha256:{version[:16]}-priority{priority}"
 
     @staticmethod
     def needs_gpu(spec: BackendSpec) -> bool:
@@ -71,7 +73,7 @@ class TritonBackend:
         if version != wanted:
             raise BackendUnavailable(f"Triton server {server} holds another model version ({served[0]} "
                                      f"sha256:{version[:16] or 'none'}; this package's is sha256:{wanted[:16]})")
-        return cls(server, served[0], version, encoder.input, encoder.output)
+        return cls(server, served[0], version, encoder.input, encoder.output, URGENT_PRIORITY if spec.urgent else ROUTINE_PRIORITY)
 
     def embed(self, pixel_values: np.ndarray) -> np.ndarray:
         from http.client import HTTPException  # geventhttpclient's "connection closed" is one, not an OSError
