@@ -2,8 +2,8 @@
 align_corners=False, antialias=...)`` without importing torch (the ``-t`` app loads no model runtime).
 
 The resampling is separable: one weight matrix per axis (output pixels × input pixels), applied as two
-matrix products. Only the output pixels asked for are computed (the centre crop), and each matrix covers
-only the input pixels those reach, so a very long image is never resized in full.
+matrix products, block by block. Only the output pixels asked for are computed (the centre crop), and each
+block covers only the input pixels it reaches, so a very long image is never resized in full.
 
 - ``antialias=False`` (ATen ``upsample_bicubic2d``): Keys' cubic convolution with a = -0.75 at the source
   position ``scale × (i + 0.5) − 0.5``, the four taps clamped to the image's edge.
@@ -68,25 +68,39 @@ def _cubic_taps(in_size: int, out_size: int, outputs: np.ndarray) -> tuple[np.nd
     return index - 1, weights
 
 
+#: output pixels per block of a weight matrix: each block multiplies only the input pixels it reaches, so a
+#: strong shrink (a 2140-pixel axis to 272) costs the taps, not the whole matrix
+BLOCK = 16
+
+
 @lru_cache(maxsize=64)
-def axis_weights(in_size: int, out_size: int, first: int, count: int, antialias: bool) -> tuple[int, np.ndarray]:
-    """Output pixels ``first .. first + count - 1`` of an axis resized from ``in_size`` to ``out_size``:
-    (the first input pixel they reach, their ``count × reach`` float32 weights). Read-only, cached."""
+def axis_weights(in_size: int, out_size: int, first: int, count: int, antialias: bool) -> tuple[tuple[int, np.ndarray], ...]:
+    """Output pixels ``first .. first + count - 1`` of an axis resized from ``in_size`` to ``out_size``, by
+    blocks of ``BLOCK`` output pixels: (the first input pixel a block reaches, its ``rows × reach`` float32
+    weights). Read-only, cached."""
     outputs = np.arange(first, first + count, dtype=np.int64)
     starts, weights = (_antialiased_taps if antialias else _cubic_taps)(in_size, out_size, outputs)
     columns = np.clip(starts[:, None] + np.arange(weights.shape[1])[None, :], 0, in_size - 1)
-    begin = int(columns.min())
-    matrix = np.zeros((count, int(columns.max()) + 1 - begin), F32)
-    np.add.at(matrix, (np.repeat(np.arange(count), weights.shape[1]), (columns - begin).ravel()), weights.ravel())
-    matrix.flags.writeable = False
-    return begin, matrix
+    blocks = []
+    for top in range(0, count, BLOCK):
+        block_columns, block_weights = columns[top : top + BLOCK], weights[top : top + BLOCK]
+        begin = int(block_columns.min())
+        matrix = np.zeros((len(block_columns), int(block_columns.max()) + 1 - begin), F32)
+        rows = np.repeat(np.arange(len(block_columns)), block_weights.shape[1])
+        np.add.at(matrix, (rows, (block_columns - begin).ravel()), block_weights.ravel())  # clamped taps add up
+        matrix.flags.writeable = False
+        blocks.append((begin, matrix))
+    return tuple(blocks)
 
 
 def resize_crop(image: np.ndarray, size: tuple[int, int], crop: tuple[int, int, int, int], antialias: bool) -> np.ndarray:
     """``C × H × W`` float32 resized to ``size`` (rows, columns), then cut to ``crop`` = (top, left, rows,
     columns): the same values as ``F.interpolate(...)[..., top:top + rows, left:left + columns]``."""
     top, left, rows, columns = crop
-    row_start, row_weights = axis_weights(image.shape[-2], size[0], top, rows, antialias)
-    column_start, column_weights = axis_weights(image.shape[-1], size[1], left, columns, antialias)
-    window = image[:, row_start : row_start + row_weights.shape[1], column_start : column_start + column_weights.shape[1]]
-    return np.asarray(row_weights @ window @ column_weights.T, dtype=np.float32)
+    row_blocks = axis_weights(image.shape[-2], size[0], top, rows, antialias)
+    column_blocks = axis_weights(image.shape[-1], size[1], left, columns, antialias)
+    reach = min(b for b, _ in column_blocks), max(b + m.shape[1] for b, m in column_blocks)
+    image = image[:, :, reach[0] : reach[1]]
+    resized_rows = np.concatenate([m @ image[:, b : b + m.shape[1]] for b, m in row_blocks], axis=1)
+    blocks = [resized_rows[:, :, b - reach[0] : b - reach[0] + m.shape[1]] @ m.T for b, m in column_blocks]
+    return np.concatenate(blocks, axis=2).astype(np.float32, copy=False)
