@@ -150,10 +150,11 @@ def section(results: dict) -> str:
         f"Server: `python -m app.inference_server` (tritonserver 2.51 from the nvidia-pytriton wheel, the Python-backend "
         f"model over ONNX Runtime fp32), package `{Path(results['package']).name}`. Medians of {results['repeats']} interleaved runs.",
         "",
+        # the load after includes the run's own concurrent instances: only the load before says "other work"
         *([f"**The machine was overloaded during this run (load average {load['before'][0]:.1f} on {os.cpu_count()} cores, from "
             "other work): every figure below is dominated by waiting for a core and varies several-fold between repeats; "
             "compare rows only within this run, and re-run on a quiet machine for absolute numbers.**", ""]
-          if max(load["before"][0], load["after"][0]) > 2 * (os.cpu_count() or 1) else []),
+          if load["before"][0] > 2 * (os.cpu_count() or 1) else []),
         "App start-up: from launching `python app` on the sample study (2 CT series, 7 images) to its log line "
         "`Inference backend: ...` (imports, settings, manifest check, backend ready); and the whole run.",
         "",
@@ -166,11 +167,16 @@ def section(results: dict) -> str:
     lines += ["", "| import of the SDK core and its two DICOM operators, alone | s (median) |", "|---|---:|"]
     lines += [f"| {name} | {median(values):.2f} |" for name, values in results["imports_s"].items()]
     if results.get("concurrency"):
-        lines += ["", "Concurrent app instances on the sample study, against the one server vs each with its local model:", "",
-                  "| instances | mode | studies/min | apps' peak RSS, total (MiB) | server's peak RSS (MiB) |", "|---:|---|---:|---:|---:|"]
+        lines += ["", "Concurrent app instances on the sample study, against the one server vs each with its local model "
+                  "(RSS ratio: the apps' and the server's peak RSS over the same number of local instances'):", "",
+                  "| instances | mode | studies/min | apps' peak RSS, total (MiB) | server's peak RSS (MiB) | RSS ratio |",
+                  "|---:|---|---:|---:|---:|---:|"]
+        local = {row["instances"]: row["apps_peak_rss_mib"] for row in results["concurrency"] if row["mode"] == "local"}
         for row in results["concurrency"]:
             server = f"{row['server_peak_rss_mib']:.0f}" if "server_peak_rss_mib" in row else "—"
-            lines.append(f"| {row['instances']} | {row['mode']} | {row['studies_per_min']:.1f} | {row['apps_peak_rss_mib']:.0f} | {server} |")
+            ratio = (f"{(row['apps_peak_rss_mib'] + row['server_peak_rss_mib']) / local[row['instances']]:.0%}"
+                     if "server_peak_rss_mib" in row and row["instances"] in local else "—")
+            lines.append(f"| {row['instances']} | {row['mode']} | {row['studies_per_min']:.1f} | {row['apps_peak_rss_mib']:.0f} | {server} | {ratio} |")
     lines.append(END)
     return "\n".join(lines)
 

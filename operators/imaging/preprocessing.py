@@ -28,6 +28,7 @@ from pydicom import Dataset
 from pydicom.pixels import apply_color_lut, get_decoder
 from pydicom.uid import ExplicitVRBigEndian
 
+from operators.imaging.bicubic import resize_crop
 from operators.imaging.grey_levels import frame_to_unit
 from operators.imaging.sampling import SamplingPlan, image_problem
 
@@ -96,20 +97,17 @@ def _palette_of(ds: Dataset) -> Dataset:
 
 
 def to_model_input(unit: np.ndarray) -> np.ndarray:
-    """``H x W`` or ``H x W x 3`` in [0, 1] -> CLIP-normalised ``3 x 224 x 224`` float32."""
-    import torch
-    import torch.nn.functional as F
-
-    tensor = torch.from_numpy(np.ascontiguousarray(unit, dtype=np.float32))
-    tensor = tensor[None, None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)[None]
-    height, width = tensor.shape[-2:]
+    """``H x W`` or ``H x W x 3`` in [0, 1] -> CLIP-normalised ``3 x 224 x 224`` float32: the values of
+    torch's ``F.interpolate(mode="bicubic", align_corners=False, antialias=scale < 1)`` then the centre
+    crop (``operators.imaging.bicubic``, in numpy: no torch in the app's process)."""
+    image = np.asarray(unit, dtype=np.float32)
+    image = image[None] if image.ndim == 2 else image.transpose(2, 0, 1)
+    height, width = image.shape[-2:]
     scale = IMAGE_SIZE / min(height, width)
     size = (max(IMAGE_SIZE, math.floor(height * scale + 0.5)), max(IMAGE_SIZE, math.floor(width * scale + 0.5)))
-    tensor = F.interpolate(tensor, size=size, mode="bicubic", align_corners=False, antialias=scale < 1)
-    top, left = (size[0] - IMAGE_SIZE) // 2, (size[1] - IMAGE_SIZE) // 2
-    tensor = tensor[0, :, top : top + IMAGE_SIZE, left : left + IMAGE_SIZE].clamp_(0.0, 1.0)
-    image = tensor.expand(3, -1, -1).numpy() if tensor.shape[0] == 1 else tensor.numpy()
-    return (image - CLIP_MEAN[:, None, None]) / CLIP_STD[:, None, None]
+    crop = ((size[0] - IMAGE_SIZE) // 2, (size[1] - IMAGE_SIZE) // 2, IMAGE_SIZE, IMAGE_SIZE)
+    image = np.clip(resize_crop(image, size, crop, antialias=scale < 1), 0.0, 1.0)
+    return (image - CLIP_MEAN[:, None, None]) / CLIP_STD[:, None, None]  # grey broadcasts to the 3 channels
 
 
 def decode_frame(ds: Dataset, index: int | None) -> np.ndarray:

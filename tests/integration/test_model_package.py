@@ -10,12 +10,14 @@ import pytest
 import torch
 
 from models.builder import load_biomedclip
+from operators.imaging.preprocessing import to_model_input
 from operators.inference.backends.base import BackendSpec
 from operators.inference.backends.onnxruntime import OnnxRuntimeBackend
 from operators.inference.backends.pytorch import TorchBackend
 from operators.inference.backends.registry import create_backend
 from operators.inference.model_package import ModelPackage, ModelPackageError, Weights
 from tests.conftest import SEED
+from tests.support.resize_reference import REAL_IMAGES, real_image, torch_model_input
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +50,17 @@ def test_onnx_runtime_equals_open_clip_pytorch(model_package: Path, reference_mo
     for backend in (OnnxRuntimeBackend.from_package(package, fp32), TorchBackend.from_package(package, fp32, "cpu")):
         assert _cosine(backend.embed(x), expected).min() >= 0.9999, backend.name
     assert create_backend(BackendSpec("auto"), package).name.startswith("onnxruntime")
+
+
+def test_the_numpy_resize_keeps_the_models_probabilities_and_top_label(fp32_model_package: Path) -> None:
+    """Real DICOM images resized by the app (numpy) and by torch's ``F.interpolate``: the same top label."""
+    package = ModelPackage.load(fp32_model_package)
+    backend = OnnxRuntimeBackend.from_package(package, BackendSpec(precision="fp32"))
+    units = [real_image(name) for name in REAL_IMAGES]
+    numpy_p, torch_p = (package.head.probabilities(backend.embed(np.stack([prepare(u) for u in units])))
+                        for prepare in (to_model_input, torch_model_input))
+    assert np.array_equal(numpy_p.argmax(1), torch_p.argmax(1))
+    assert np.abs(numpy_p - torch_p).max() <= 1e-5
 
 
 def test_label_embeddings_come_from_the_text_tower(model_package: Path, reference_model) -> None:

@@ -1,6 +1,6 @@
 """Triton backend: the image encoder runs in a Triton Inference Server (``python -m app.inference_server``,
 or NVIDIA's Triton container with the package's ``triton/`` repository); this process loads no weights and
-imports neither open_clip nor ONNX Runtime (nor torch: preprocessing does, for its resize).
+imports neither open_clip nor ONNX Runtime nor torch.
 
 At start the server must answer, be ready, and serve one of the repository's models
 (``triton_repository.MODEL_PREFERENCE``, best first) whose ``image_encoder_sha256`` parameter is the
