@@ -58,6 +58,43 @@ def ceiling(package_dir: Path) -> dict[str, Any]:
     return result
 
 
+def fidelity(package_dir: Path, port: int, model: str) -> dict[str, Any]:
+    """Cosine of the server's embeddings (the input sent as the model's config declares it) and of the direct
+    compiled bf16 backend's against PyTorch fp32 on the GPU, on the same 64 seeded images: least and median."""
+    import http.client
+
+    import torch
+
+    from benchmarks.triton_load import WIRE_TYPES, _request
+    from operators.inference.backends.base import BackendSpec
+    from operators.inference.backends.pytorch import TorchBackend
+    from operators.inference.model_package import ModelPackage
+
+    package = ModelPackage.load(package_dir)
+    images = np.random.default_rng(1).standard_normal((64, 3, 224, 224)).astype(np.float32)
+    reference = TorchBackend.from_package(package, BackendSpec("pytorch", "fp32", False, False), "cuda").embed(images)
+    direct = TorchBackend.from_package(package, BackendSpec("pytorch", "bf16", False, False), "cuda").embed(images)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    datatype = json.loads(_request(conn, "GET", f"/v2/models/{model}"))["inputs"][0]["datatype"]
+    sent = images.astype(WIRE_TYPES[datatype])
+    header = json.dumps({"inputs": [{"name": "pixel_values", "shape": list(sent.shape), "datatype": datatype,
+                                     "parameters": {"binary_data_size": sent.nbytes}}],
+                         "outputs": [{"name": "image_features", "parameters": {"binary_data": True}}]}).encode()
+    body = _request(conn, "POST", f"/v2/models/{model}/infer", header + sent.tobytes(),
+                    {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"})
+    conn.close()
+    served = np.frombuffer(body[-reference.size * 4:], dtype=np.float32).reshape(reference.shape)
+    torch.cuda.empty_cache()
+
+    def cosines(embeddings: np.ndarray) -> dict[str, float]:
+        a = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+        b = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+        values = (a * b).sum(axis=1)
+        return {"min": float(values.min()), "median": float(np.median(values))}
+
+    return {"input_datatype": datatype, "images": len(images), "triton_vs_fp32": cosines(served), "direct_bf16_vs_fp32": cosines(direct)}
+
+
 def serve(package_dir: Path, port: int) -> tuple[subprocess.Popen[str], str]:
     server = subprocess.Popen([sys.executable, "-m", "app.inference_server", "-m", str(package_dir), "--http-port", str(port),
                                "--ready-timeout", "900"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
@@ -79,6 +116,8 @@ def run(args: argparse.Namespace) -> None:
     server, ready = serve(args.package, args.port)
     result["server_ready_s"], result["server"] = time.perf_counter() - began, ready
     print(ready, f"after {result['server_ready_s']:.0f} s", flush=True)
+    result["fidelity"] = fidelity(args.package, args.port, args.model)
+    print(json.dumps(result["fidelity"]), flush=True)
     rows = []
     try:
         for transport in args.transports.split(","):

@@ -16,8 +16,9 @@ Layout (written by ``scripts/build_model.py``; ``docs/backends.md`` "Triton"):
       biomedclip_image_encoder_trt/      platform "tensorrt_plan": ``1/model.plan`` is built on the target
         config.pbtxt                     GPU (docs/deployment.md); until then the server does not load it
 
-Every model takes ``pixel_values`` (N x 3 x 224 x 224 float32) and returns ``image_features`` (N x 512
-float32), batched by Triton's dynamic batcher with two priority levels (1 = urgent, 2 = routine). Each
+Every model takes ``pixel_values`` (N x 3 x 224 x 224: float32, float16 for the PyTorch model, ``INPUT_TYPE``)
+and returns ``image_features`` (N x 512 float32), batched by Triton's dynamic batcher with two priority levels
+(1 = urgent, 2 = routine). Each
 config carries the sha256 of the package's fp32 ONNX graph (the manifest's entry) as the parameter
 ``image_encoder_sha256``: the client reads it from the model configuration and refuses a server that
 holds another model version.
@@ -59,6 +60,14 @@ class Batching:
 CPU_BATCHING = Batching(16, (8, 16), 5000)
 GPU_BATCHING = Batching(256, (), 1000)
 BATCHING = {TENSORRT_MODEL: CPU_BATCHING, PYTORCH_MODEL: GPU_BATCHING, ONNX_MODEL: CPU_BATCHING, PYTHON_MODEL: CPU_BATCHING}
+#: The input's data type on the wire, where it is not FP32 (the client sends what the model's config declares).
+#: The PyTorch model computes in bf16: float16, whose 10-bit mantissa holds more than bf16's 7 (and normalised
+#: pixels, |x| < 10, are far inside its range), changes nothing it computes and halves every copy of a batch —
+#: client to server, server to the Python stub, stub to the pinned staging buffer, host to GPU — which at batch
+#: 256 (154 MB in float32) cost more than the model itself on an H200 (BENCHMARKS.md "Triton on a GPU").
+INPUT_TYPE = {PYTORCH_MODEL: "FP16"}
+#: Instances of a model per device: two on a GPU, so that one batch's copies run while the other computes.
+INSTANCES = {PYTORCH_MODEL: 2}
 #: The models only a server with a CUDA device can load (a TensorRT plan exists only once built on one).
 NEEDS_CUDA = {PYTORCH_MODEL}
 #: The file in each model's version folder that the model needs before a server can load it.
@@ -91,14 +100,14 @@ def model_config(name: str, shapes: TensorShapes, version_sha256: str) -> str:
     return f"""name: "{name}"
 {backend}
 max_batch_size: {batching.max_batch_size}
-input [ {{ name: "{shapes.input}" data_type: TYPE_FP32 dims: [ 3, {shapes.image_size}, {shapes.image_size} ] }} ]
+input [ {{ name: "{shapes.input}" data_type: TYPE_{INPUT_TYPE.get(name, "FP32")} dims: [ 3, {shapes.image_size}, {shapes.image_size} ] }} ]
 output [ {{ name: "{shapes.output}" data_type: TYPE_FP32 dims: [ {shapes.embed_dim} ] }} ]
 dynamic_batching {{
   {preferred}max_queue_delay_microseconds: {batching.max_queue_delay_us}
   priority_levels: 2
   default_priority_level: {ROUTINE_PRIORITY}
 }}
-instance_group [ {{ kind: {kind} count: 1 }} ]
+instance_group [ {{ kind: {kind} count: {INSTANCES.get(name, 1)} }} ]
 """ + "".join(f'parameters {{ key: "{key}" value {{ string_value: "{value}" }} }}\n' for key, value in parameters.items())
 
 

@@ -28,14 +28,18 @@ CONNECT_TIMEOUT_S = 5.0
 INFER_TIMEOUT_S = 300.0
 
 
+#: The input types a model may declare (``triton_repository.INPUT_TYPE``): the batch is sent as the model takes it.
+WIRE_TYPES = {"FP32": np.float32, "FP16": np.float16}
+
+
 class ServerLost(BackendUnavailable):
     """The server stopped answering during a study: nothing was written; running the study again can succeed."""
 
 
 class TritonBackend:
     def __init__(self, server: str, model: str, version: str, input_name: str, output_name: str,
-                 priority: int = ROUTINE_PRIORITY) -> None:
-        self.server, self.model = server, model
+                 priority: int = ROUTINE_PRIORITY, datatype: str = "FP32") -> None:
+        self.server, self.model, self.datatype = server, model, datatype
         self._local = threading.local()
         self.input_name, self.output_name, self.priority = input_name, output_name, priority
         #: names the server, the model and its version (the SR's algorithm parameters, run_report.json)
@@ -62,16 +66,19 @@ class TritonBackend:
             served = [name for name in MODEL_PREFERENCE if name in ready]
             if not served:
                 raise BackendUnavailable(f"Triton server {server} serves none of {', '.join(MODEL_PREFERENCE)}")
-            parameters = client.get_model_config(served[0]).get("parameters", {})
+            config = client.get_model_config(served[0])
         except (InferenceServerException, OSError) as exc:
             raise BackendUnavailable(f"Triton server {server} unreachable ({_one_line(exc)})") from None
         finally:
             client.close()
-        version = parameters.get(VERSION_PARAMETER, {}).get("string_value", "")
+        version = config.get("parameters", {}).get(VERSION_PARAMETER, {}).get("string_value", "")
         if version != wanted:
             raise BackendUnavailable(f"Triton server {server} holds another model version ({served[0]} "
                                      f"sha256:{version[:16] or 'none'}; this package's is sha256:{wanted[:16]})")
-        return cls(server, served[0], version, encoder.input, encoder.output)
+        datatype = config["input"][0]["data_type"].removeprefix("TYPE_")
+        if datatype not in WIRE_TYPES:
+            raise BackendUnavailable(f"Triton server {server}: {served[0]} takes {datatype}, not one of {', '.join(WIRE_TYPES)}")
+        return cls(server, served[0], version, encoder.input, encoder.output, datatype=datatype)
 
     def embed(self, pixel_values: np.ndarray) -> np.ndarray:
         from http.client import HTTPException  # geventhttpclient's "connection closed" is one, not an OSError
@@ -79,8 +86,8 @@ class TritonBackend:
         import tritonclient.http as http
         from tritonclient.utils import InferenceServerException
 
-        batch = np.ascontiguousarray(pixel_values, dtype=np.float32)
-        request = http.InferInput(self.input_name, list(batch.shape), "FP32")
+        batch = np.ascontiguousarray(pixel_values, dtype=WIRE_TYPES[self.datatype])
+        request = http.InferInput(self.input_name, list(batch.shape), self.datatype)
         request.set_data_from_numpy(batch, binary_data=True)
         wanted = http.InferRequestedOutput(self.output_name, binary_data=True)
         try:
