@@ -16,6 +16,7 @@ import json
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,10 @@ def serve(package_dir: Path, port: int) -> tuple[subprocess.Popen[str], str]:
                                "--ready-timeout", "900"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert server.stdout is not None
     for line in server.stdout:
+        print(line, end="", flush=True)
         if line.startswith("ready:"):
+            # the server's log keeps coming to this pipe: drained, or the server blocks on a full pipe
+            threading.Thread(target=lambda: [print(rest, end="", flush=True) for rest in server.stdout], daemon=True).start()  # type: ignore[union-attr]
             return server, line.strip()
     raise RuntimeError(f"the inference server exited with status {server.wait()} before it was ready")
 
