@@ -81,10 +81,15 @@ def fidelity(package_dir: Path, port: int, model: str) -> dict[str, Any]:
     header = json.dumps({"inputs": [{"name": "pixel_values", "shape": list(sent.shape), "datatype": datatype,
                                      "parameters": {"binary_data_size": sent.nbytes}}],
                          "outputs": [{"name": "image_features", "parameters": {"binary_data": True}}]}).encode()
-    body = _request(conn, "POST", f"/v2/models/{model}/infer", header + sent.tobytes(),
-                    {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"})
+    conn.request("POST", f"/v2/models/{model}/infer", body=header + sent.tobytes(),
+                 headers={"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"})
+    response = conn.getresponse()
+    body = response.read()
     conn.close()
-    served = np.frombuffer(body[-reference.size * 4:], dtype=np.float32).reshape(reference.shape)
+    length = int(response.getheader("Inference-Header-Content-Length") or len(body))
+    output = json.loads(body[:length])["outputs"][0]
+    served = (np.frombuffer(body[length:], dtype=np.float32) if length < len(body) else np.asarray(output["data"], np.float32))
+    served = served.reshape(output["shape"])
     torch.cuda.empty_cache()
 
     def cosines(embeddings: np.ndarray) -> dict[str, float]:
