@@ -88,6 +88,8 @@ def fidelity(package_dir: Path, port: int, model: str) -> dict[str, Any]:
     conn.close()
     length = int(response.getheader("Inference-Header-Content-Length") or len(body))
     output = json.loads(body[:length])["outputs"][0]
+    if length == len(body) and "data" not in output:
+        return {"error": f"HTTP {response.status} {response.getheaders()} {body[:400]!r}"}
     served = (np.frombuffer(body[length:], dtype=np.float32) if length < len(body) else np.asarray(output["data"], np.float32))
     served = served.reshape(output["shape"])
     torch.cuda.empty_cache()
