@@ -66,8 +66,6 @@ BATCHING = {TENSORRT_MODEL: CPU_BATCHING, PYTORCH_MODEL: GPU_BATCHING, ONNX_MODE
 #: client to server, server to the Python stub, stub to the pinned staging buffer, host to GPU — which at batch
 #: 256 (154 MB in float32) cost more than the model itself on an H200 (BENCHMARKS.md "Triton on a GPU").
 INPUT_TYPE = {PYTORCH_MODEL: "FP16"}
-#: Instances of a model per device: two on a GPU, so that one batch's copies run while the other computes.
-INSTANCES = {PYTORCH_MODEL: 2}
 #: The models only a server with a CUDA device can load (a TensorRT plan exists only once built on one).
 NEEDS_CUDA = {PYTORCH_MODEL}
 #: The file in each model's version folder that the model needs before a server can load it.
@@ -107,7 +105,7 @@ dynamic_batching {{
   priority_levels: 2
   default_priority_level: {ROUTINE_PRIORITY}
 }}
-instance_group [ {{ kind: {kind} count: {INSTANCES.get(name, 1)} }} ]
+instance_group [ {{ kind: {kind} count: 1 }} ]
 """ + "".join(f'parameters {{ key: "{key}" value {{ string_value: "{value}" }} }}\n' for key, value in parameters.items())
 
 
