@@ -90,8 +90,10 @@ def model_config(name: str, shapes: TensorShapes, version_sha256: str) -> str:
         ONNX_MODEL: 'backend: "onnxruntime"\ndefault_model_filename: "model.onnx"',
         TENSORRT_MODEL: 'platform: "tensorrt_plan"\ndefault_model_filename: "model.plan"',
     }[name]
-    # The CPU Python model runs where the server runs; the others on a GPU where there is one.
-    kind = {PYTHON_MODEL: "KIND_CPU", PYTORCH_MODEL: "KIND_GPU", TENSORRT_MODEL: "KIND_GPU"}.get(name, "KIND_AUTO")
+    # The CPU Python model runs where the server runs; the others on a GPU where there is one. The PyTorch model
+    # puts itself on the GPU (cuda:0): declared KIND_GPU, its numpy outputs came back from the nvidia-pytriton
+    # server as empty tensors on an H200, so the server sees a CPU instance.
+    kind = {PYTHON_MODEL: "KIND_CPU", PYTORCH_MODEL: "KIND_CPU", TENSORRT_MODEL: "KIND_GPU"}.get(name, "KIND_AUTO")
     batching = BATCHING[name]
     preferred = f"preferred_batch_size: [ {', '.join(map(str, batching.preferred))} ]\n  " if batching.preferred else ""
     parameters = {VERSION_PARAMETER: version_sha256} | ({BACKEND_PARAMETER: PYTHON_BACKENDS[name]} if name in PYTHON_BACKENDS else {})
