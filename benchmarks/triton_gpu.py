@@ -156,8 +156,8 @@ def report(args: argparse.Namespace) -> None:
     rows = result["rows"]
     lines = [BEGIN, "## Triton on a GPU (`benchmarks/triton_gpu.py`)", "",
              f"{result['device']}, torch {result['torch']} (CUDA {result['cuda']}), host {result['host']}; tritonserver 2.51 "
-             "(nvidia-pytriton wheel) with the package's PyTorch model: bf16, torch.compile + CUDA graphs, batches padded to a "
-             "power of two, dynamic batching up to 256 with at most 1 ms of queueing. Closed-loop clients "
+             "(nvidia-pytriton wheel) with the package's PyTorch model: float16 input, bf16, torch.compile + CUDA graphs, batches "
+             "padded to a power of two, dynamic batching up to 256 with at most 1 ms of queueing, one instance. Closed-loop clients "
              "(`benchmarks/triton_load.py`: each sends a batch and waits for its answer), 8 client processes on the same host; "
              f"each point {rows[0]['seconds']:.0f} s. Server ready {result['server_ready_s']:.0f} s after start (compiling and "
              "capturing one CUDA graph per padded batch size). Random seeded weights: speed only.", "",
@@ -171,17 +171,30 @@ def report(args: argparse.Namespace) -> None:
                      f"{100 * r['images_per_s'] / best:.0f} % | {r['latency_ms_p50']:.1f} | {r['latency_ms_p95']:.1f} | {mean} |")
     top = max(rows, key=lambda r: r["images_per_s"])
     share = top["images_per_s"] / best
+    fidelity = result.get("fidelity", {})
+    answers = (f"Answers: the served embeddings' least cosine against PyTorch fp32 on {fidelity['images']} images is "
+               f"{fidelity['triton_vs_fp32']['min']:.5f} (the direct bf16 backend's: {fidelity['direct_bf16_vs_fp32']['min']:.5f})."
+               if "triton_vs_fp32" in fidelity else
+               "**Answers: none.** On the lent machine the server's Python environment is its own (Python 3.12, numpy 2 "
+               "with its torch): every model, the GPU one and the CPU ONNX Runtime one alike, answered 200 with empty "
+               "outputs (`binary_data_size: 0`) while the models computed correct arrays (logged in a diagnostic run). The "
+               "same happens on the 2-core machine with numpy 2 in the server's environment, and not with numpy 1.26 "
+               "(requirements-triton.txt): `python -m app.inference_server` now refuses a numpy 2 environment in one line, "
+               "and the app refuses an answer without one embedding per image. The rows above measure the server's "
+               "execution, not answers a client could use; a GPU run with numpy<2 in the server's environment (not "
+               "possible on the lent machine: no network, and its transformers needs numpy 2) is still to be made.")
     lines += ["", f"Goal (issue 14): at least 70 % of the ceiling. Best here: {100 * share:.0f} % ({top['transport']}, "
-              f"{top['concurrency']} clients, batch {top['batch']}): **{'met' if share >= 0.7 else 'not met'}**. "
-              "A batch of 256 fp32 images is 154 MB: Triton's core copies each request's tensor into the Python "
-              "backend stub's shared memory, the model gathers them into one page-locked buffer and sends it to "
-              "the GPU, where the model itself takes ~19 ms; the copies, not the GPU, set the pace (the GPU model "
-              "alone, fed from host memory in-process, reaches about half the device-resident ceiling). Gathering into "
-              "page-locked memory and converting to bf16 on the GPU (`GpuBatches`) doubled the best figure of a first "
-              "run in the same session that concatenated in numpy and converted on the CPU (1,024 img/s). What would "
-              "close the gap, not done here: NVIDIA's container's C++ backends (the repository's TensorRT plan or "
-              "ONNX Runtime CUDA model), which take the request's tensor without a stub copy; CUDA shared memory from "
-              "clients on the same host; uint8 or fp16 input (2-4x fewer bytes).",
+              f"{top['concurrency']} clients, batch {top['batch']}): **{'met' if share >= 0.7 else 'not met'}**.", "", answers, "",
+              "What was tried, 64 clients x 8 images by shared memory: the input in float16 instead of float32 (half the bytes "
+              "of every copy; the model computes bf16) changed nothing on its own (2,345 img/s, against 2,406 in float32 in "
+              "the previous session's run); two "
+              "model instances on the one GPU lost throughput (1,949: two processes time-slice the GPU); declaring the model's "
+              "instance KIND_CPU (it puts itself on cuda:0 and stages its own transfers) raised it to the figure above. A "
+              "batch of 256 is 77 MB in float16; Triton's core copies each request into the Python backend stub's shared "
+              "memory, the model gathers them into one page-locked buffer and sends it to the GPU, where the model takes "
+              "~19 ms: the Python backend's copies, not the GPU, set the pace. What would close the gap, not done here: "
+              "NVIDIA's container's C++ backends (the repository's TensorRT plan or ONNX Runtime CUDA model), which take "
+              "the request's tensor without a stub copy; CUDA shared memory from clients on the same host.",
               "", f"Raw: `benchmarks/{args.json.name}`; chart: `benchmarks/{args.json.with_suffix('.png').name}`.", END]
     write_section("\n".join(lines), BEGIN, END)
     fig, ax = plt.subplots(figsize=(8, 4.5))

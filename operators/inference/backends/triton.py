@@ -97,7 +97,15 @@ class TritonBackend:
         except (InferenceServerException, OSError, HTTPException) as exc:
             raise ServerLost(f"Triton server {self.server} lost during inference ({_one_line(exc)}); "
                              "no SR written, the input is untouched: run the study again") from None
-        return np.asarray(result.as_numpy(self.output_name), dtype=np.float32)
+        try:
+            features = result.as_numpy(self.output_name)
+        except ValueError:  # tritonclient reshaping an output whose data is missing
+            features = None
+        if features is None or features.ndim != 2 or len(features) != len(batch) or not features.shape[1]:
+            # a server whose Python environment breaks its outputs (numpy 2 under tritonserver 2.51) answers 200
+            raise ServerLost(f"Triton server {self.server} answered {len(batch)} image(s) with an output of shape "
+                             f"{None if features is None else features.shape}; no SR written, the input is untouched")
+        return np.asarray(features, dtype=np.float32)
 
 
 def _client(server: str) -> Any:
