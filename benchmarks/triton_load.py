@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 IMAGE = (3, 224, 224)
+WIRE_TYPES = {"FP32": np.float32, "FP16": np.float16}
 
 
 def _request(conn: http.client.HTTPConnection, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> bytes:
@@ -37,17 +38,19 @@ def _client(url: str, model: str, inputs: str, outputs: str, batch: int, seconds
     conn = http.client.HTTPConnection(host, int(port), timeout=120)
     conn.connect()
     conn.sock.setsockopt(6, 1, 1)  # TCP_NODELAY: Nagle would add ~40 ms per request on loopback
-    pixels = np.random.default_rng(batch).standard_normal((batch, *IMAGE)).astype(np.float32)
+    # the input's type as the model declares it (the PyTorch GPU model takes FP16: triton_repository.INPUT_TYPE)
+    datatype = next(i["datatype"] for i in json.loads(_request(conn, "GET", f"/v2/models/{model}"))["inputs"] if i["name"] == inputs)
+    pixels = np.random.default_rng(batch).standard_normal((batch, *IMAGE)).astype(WIRE_TYPES[datatype])
     region = None
     parameters: dict[str, Any] = {"binary_data_size": pixels.nbytes}
     if use_shm:
         region = shared_memory.SharedMemory(create=True, size=pixels.nbytes, name=f"tl{uuid.uuid4().hex[:12]}")
-        np.ndarray(pixels.shape, np.float32, buffer=region.buf)[:] = pixels
+        np.ndarray(pixels.shape, pixels.dtype, buffer=region.buf)[:] = pixels
         name = region.name
         _request(conn, "POST", f"/v2/systemsharedmemory/region/{name}/register",
                  json.dumps({"key": f"/{name}", "offset": 0, "byte_size": pixels.nbytes}).encode())
         parameters = {"shared_memory_region": name, "shared_memory_byte_size": pixels.nbytes}
-    header = json.dumps({"inputs": [{"name": inputs, "shape": list(pixels.shape), "datatype": "FP32", "parameters": parameters}],
+    header = json.dumps({"inputs": [{"name": inputs, "shape": list(pixels.shape), "datatype": datatype, "parameters": parameters}],
                          "outputs": [{"name": outputs, "parameters": {"binary_data": True}}]}).encode()
     body = header if use_shm else header + pixels.tobytes()
     headers = {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}

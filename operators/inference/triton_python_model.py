@@ -45,7 +45,7 @@ class TritonPythonModel:
             from operators.inference.backends.pytorch import TorchBackend
 
             torch_backend = TorchBackend.from_package(package, spec, f"cuda:{args['model_instance_device_id']}")
-            self.gpu = GpuBatches(torch_backend, config["max_batch_size"], [int(d) for d in config["input"][0]["dims"]])
+            self.gpu = GpuBatches(torch_backend, config["max_batch_size"], config["input"][0])
         else:
             self.backend = OnnxRuntimeBackend.from_package(package, spec)
 
@@ -58,16 +58,18 @@ class TritonPythonModel:
 
 
 class GpuBatches:
-    """The PyTorch backend fed as a server should: the requests' arrays gathered into one page-locked host
-    buffer, sent to the GPU in one transfer and converted to the model's precision there (pageable copies and
-    a CPU fp32 → bf16 conversion cost more than the model itself at batch 256), padded to a power of two so
-    that every batch replays one of a few CUDA graphs, all captured at load time."""
+    """The PyTorch backend fed as a server should: the requests' arrays (in the input's wire type, float16:
+    ``triton_repository.INPUT_TYPE``) gathered into one page-locked host buffer, sent to the GPU in one transfer
+    and converted to the model's precision there (pageable copies and a CPU conversion to bf16 cost more than the
+    model itself at batch 256), padded to a power of two so that every batch replays one of a few CUDA graphs,
+    all captured at load time."""
 
-    def __init__(self, backend: Any, largest: int, dims: list[int]) -> None:
+    def __init__(self, backend: Any, largest: int, input_config: dict[str, Any]) -> None:
         torch = backend.torch
         self.backend = backend
         self.buckets = [1 << i for i in range(largest.bit_length()) if 1 << i < largest] + [largest]
-        self.host = torch.zeros((largest, *dims), dtype=torch.float32).pin_memory()
+        dtype = {"TYPE_FP32": torch.float32, "TYPE_FP16": torch.float16}[input_config["data_type"]]
+        self.host = torch.zeros((largest, *map(int, input_config["dims"])), dtype=dtype).pin_memory()
         for bucket in self.buckets:  # compile and capture now, not under the first requests' load
             self.backend.embed_tensor(self.host[:bucket].to(backend.device))
 

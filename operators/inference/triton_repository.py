@@ -16,8 +16,9 @@ Layout (written by ``scripts/build_model.py``; ``docs/backends.md`` "Triton"):
       biomedclip_image_encoder_trt/      platform "tensorrt_plan": ``1/model.plan`` is built on the target
         config.pbtxt                     GPU (docs/deployment.md); until then the server does not load it
 
-Every model takes ``pixel_values`` (N x 3 x 224 x 224 float32) and returns ``image_features`` (N x 512
-float32), batched by Triton's dynamic batcher with two priority levels (1 = urgent, 2 = routine). Each
+Every model takes ``pixel_values`` (N x 3 x 224 x 224: float32, float16 for the PyTorch model, ``INPUT_TYPE``)
+and returns ``image_features`` (N x 512 float32), batched by Triton's dynamic batcher with two priority levels
+(1 = urgent, 2 = routine). Each
 config carries the sha256 of the package's fp32 ONNX graph (the manifest's entry) as the parameter
 ``image_encoder_sha256``: the client reads it from the model configuration and refuses a server that
 holds another model version.
@@ -59,6 +60,12 @@ class Batching:
 CPU_BATCHING = Batching(16, (8, 16), 5000)
 GPU_BATCHING = Batching(256, (), 1000)
 BATCHING = {TENSORRT_MODEL: CPU_BATCHING, PYTORCH_MODEL: GPU_BATCHING, ONNX_MODEL: CPU_BATCHING, PYTHON_MODEL: CPU_BATCHING}
+#: The input's data type on the wire, where it is not FP32 (the client sends what the model's config declares).
+#: The PyTorch model computes in bf16: float16, whose 10-bit mantissa holds more than bf16's 7 (and normalised
+#: pixels, |x| < 10, are far inside its range), changes nothing it computes and halves the bytes of every copy
+#: of a batch (154 MB in float32 at 256). Measured on an H200 (BENCHMARKS.md "Triton on a GPU"): no throughput
+#: change on its own (2,345 vs 2,406 img/s, 64 clients x 8 images), the copies being Python-backend overheads.
+INPUT_TYPE = {PYTORCH_MODEL: "FP16"}
 #: The models only a server with a CUDA device can load (a TensorRT plan exists only once built on one).
 NEEDS_CUDA = {PYTORCH_MODEL}
 #: The file in each model's version folder that the model needs before a server can load it.
@@ -83,15 +90,17 @@ def model_config(name: str, shapes: TensorShapes, version_sha256: str) -> str:
         ONNX_MODEL: 'backend: "onnxruntime"\ndefault_model_filename: "model.onnx"',
         TENSORRT_MODEL: 'platform: "tensorrt_plan"\ndefault_model_filename: "model.plan"',
     }[name]
-    # The CPU Python model runs where the server runs; the others on a GPU where there is one.
-    kind = {PYTHON_MODEL: "KIND_CPU", PYTORCH_MODEL: "KIND_GPU", TENSORRT_MODEL: "KIND_GPU"}.get(name, "KIND_AUTO")
+    # The CPU Python model runs where the server runs; the others on a GPU where there is one. The PyTorch model
+    # puts itself on the GPU (cuda:0) and stages its own transfers (``GpuBatches``): declared KIND_CPU, the server
+    # hands it host buffers as they arrived (3,686 vs 2,345 img/s as KIND_GPU on an H200, 64 clients x 8 images).
+    kind = {PYTHON_MODEL: "KIND_CPU", PYTORCH_MODEL: "KIND_CPU", TENSORRT_MODEL: "KIND_GPU"}.get(name, "KIND_AUTO")
     batching = BATCHING[name]
     preferred = f"preferred_batch_size: [ {', '.join(map(str, batching.preferred))} ]\n  " if batching.preferred else ""
     parameters = {VERSION_PARAMETER: version_sha256} | ({BACKEND_PARAMETER: PYTHON_BACKENDS[name]} if name in PYTHON_BACKENDS else {})
     return f"""name: "{name}"
 {backend}
 max_batch_size: {batching.max_batch_size}
-input [ {{ name: "{shapes.input}" data_type: TYPE_FP32 dims: [ 3, {shapes.image_size}, {shapes.image_size} ] }} ]
+input [ {{ name: "{shapes.input}" data_type: TYPE_{INPUT_TYPE.get(name, "FP32")} dims: [ 3, {shapes.image_size}, {shapes.image_size} ] }} ]
 output [ {{ name: "{shapes.output}" data_type: TYPE_FP32 dims: [ {shapes.embed_dim} ] }} ]
 dynamic_batching {{
   {preferred}max_queue_delay_microseconds: {batching.max_queue_delay_us}

@@ -29,14 +29,18 @@ CONNECT_TIMEOUT_S = 5.0
 INFER_TIMEOUT_S = 300.0
 
 
+#: The input types a model may declare (``triton_repository.INPUT_TYPE``): the batch is sent as the model takes it.
+WIRE_TYPES = {"FP32": np.float32, "FP16": np.float16}
+
+
 class ServerLost(BackendUnavailable):
     """The server stopped answering during a study: nothing was written; running the study again can succeed."""
 
 
 class TritonBackend:
     def __init__(self, server: str, model: str, version: str, input_name: str, output_name: str,
-                 priority: int = ROUTINE_PRIORITY) -> None:
-        self.server, self.model = server, model
+                 priority: int = ROUTINE_PRIORITY, datatype: str = "FP32") -> None:
+        self.server, self.model, self.datatype = server, model, datatype
         self._local = threading.local()
         self.input_name, self.output_name, self.priority = input_name, output_name, priority
         #: names the server, the model, its version and the priority level its requests are sent at (the
@@ -64,16 +68,20 @@ class TritonBackend:
             served = [name for name in MODEL_PREFERENCE if name in ready]
             if not served:
                 raise BackendUnavailable(f"Triton server {server} serves none of {', '.join(MODEL_PREFERENCE)}")
-            parameters = client.get_model_config(served[0]).get("parameters", {})
+            config = client.get_model_config(served[0])
         except (InferenceServerException, OSError) as exc:
             raise BackendUnavailable(f"Triton server {server} unreachable ({_one_line(exc)})") from None
         finally:
             client.close()
-        version = parameters.get(VERSION_PARAMETER, {}).get("string_value", "")
+        version = config.get("parameters", {}).get(VERSION_PARAMETER, {}).get("string_value", "")
         if version != wanted:
             raise BackendUnavailable(f"Triton server {server} holds another model version ({served[0]} "
                                      f"sha256:{version[:16] or 'none'}; this package's is sha256:{wanted[:16]})")
-        return cls(server, served[0], version, encoder.input, encoder.output, URGENT_PRIORITY if spec.urgent else ROUTINE_PRIORITY)
+        datatype = config["input"][0]["data_type"].removeprefix("TYPE_")
+        if datatype not in WIRE_TYPES:
+            raise BackendUnavailable(f"Triton server {server}: {served[0]} takes {datatype}, not one of {', '.join(WIRE_TYPES)}")
+        return cls(server, served[0], version, encoder.input, encoder.output, URGENT_PRIORITY if spec.urgent else ROUTINE_PRIORITY,
+                   datatype)
 
     def embed(self, pixel_values: np.ndarray) -> np.ndarray:
         from http.client import HTTPException  # geventhttpclient's "connection closed" is one, not an OSError
@@ -81,8 +89,8 @@ class TritonBackend:
         import tritonclient.http as http
         from tritonclient.utils import InferenceServerException
 
-        batch = np.ascontiguousarray(pixel_values, dtype=np.float32)
-        request = http.InferInput(self.input_name, list(batch.shape), "FP32")
+        batch = np.ascontiguousarray(pixel_values, dtype=WIRE_TYPES[self.datatype])
+        request = http.InferInput(self.input_name, list(batch.shape), self.datatype)
         request.set_data_from_numpy(batch, binary_data=True)
         wanted = http.InferRequestedOutput(self.output_name, binary_data=True)
         try:
@@ -92,7 +100,15 @@ class TritonBackend:
         except (InferenceServerException, OSError, HTTPException) as exc:
             raise ServerLost(f"Triton server {self.server} lost during inference ({_one_line(exc)}); "
                              "no SR written, the input is untouched: run the study again") from None
-        return np.asarray(result.as_numpy(self.output_name), dtype=np.float32)
+        try:
+            features = result.as_numpy(self.output_name)
+        except ValueError:  # tritonclient reshaping an output whose data is missing
+            features = None
+        if features is None or features.ndim != 2 or len(features) != len(batch) or not features.shape[1]:
+            # a server whose Python environment breaks its outputs (numpy 2 under tritonserver 2.51) answers 200
+            raise ServerLost(f"Triton server {self.server} answered {len(batch)} image(s) with an output of shape "
+                             f"{None if features is None else features.shape}; no SR written, the input is untouched")
+        return np.asarray(features, dtype=np.float32)
 
 
 def _client(server: str) -> Any:
