@@ -30,6 +30,7 @@ from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element, empty_value_for_VR
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
+from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
@@ -37,17 +38,18 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 from operators.deid.deidentifier import (
     CONVERTED_WHEN_KEPT,
     DUMMY_FREE_VRS,
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
     NUMBER_STRING_VRS,
     TEXT_VRS,
     Deidentifier,
-    deidentified_file_meta,
     fixed_dummy,
     quiet_value,
     record_method,
 )
 from operators.deid.profile import Action, ProfileOptions, load_profile
 from operators.deid.raw import ASCII_COMPATIBLE, fixed_value, plain_numbers, plain_text, raw_uids, uid_strings, valid_uid
-from operators.deid.writer import raw_header, write_file, write_preamble_and_meta
+from operators.deid.writer import raw_header, write_file
 
 #: VRs never copied as read: values the general path converts (``CONVERTED_WHEN_KEPT``), and UN, which pydicom reads
 #: as the data dictionary's VR
@@ -55,6 +57,7 @@ KEPT_AS_READ_EXCEPT = CONVERTED_WHEN_KEPT | {"UN"}
 #: tag, VR, and the 16-bit length (or, before a 32-bit length, the reserved field): PS3.5 7.1.2
 HEADER = struct.Struct("<HH2sH")
 HEADER_32 = struct.Struct("<HH2sHL")
+LENGTH_32 = struct.Struct("<L")
 #: tag and 32-bit length of an item or delimiter (PS3.5 7.5)
 ITEM_HEADER = struct.Struct("<HHL")
 ITEM, ITEM_DELIMITATION, SEQUENCE_DELIMITATION = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -70,8 +73,8 @@ METHOD_TAGS = (0x00120062, 0x00120063, 0x00120064, 0x00280303)
 #: top-level attributes the admission gate reads (``operators.deid.admission``): SOP Class UID, Modality, Burned
 #: In Annotation, and the three Pixel Data attributes (their presence only)
 ADMISSION_TAGS = frozenset({0x00080016, 0x00080060, 0x00280301, 0x7FE00008, 0x7FE00009, PIXEL_DATA})
-#: top-level UIDs the output is named by: SOP Class, SOP Instance, Study Instance, Series Instance
-NAMING_TAGS = frozenset({0x00080016, 0x00080018, 0x0020000D, 0x0020000E})
+#: top-level UIDs the output is named by: SOP Class, Study Instance, Series Instance, SOP Instance
+NAMING_TAGS = (0x00080016, 0x0020000D, 0x0020000E, 0x00080018)
 ITEM_OF_UNDEFINED_LENGTH = ITEM_HEADER.pack(0xFFFE, 0xE000, UNDEFINED_LENGTH)
 ITEM_DELIMITATION_ITEM = ITEM_HEADER.pack(0xFFFE, 0xE00D, 0)
 SEQUENCE_DELIMITATION_ITEM = ITEM_HEADER.pack(0xFFFE, 0xE0DD, 0)
@@ -110,25 +113,26 @@ def _data_set(data: bytes, pos: int, end: int, undefined_item: bool) -> tuple[li
     """The elements from ``pos`` to ``end``, or in an item of undefined length to its Item Delimitation Item; and
     the position after them."""
     elements: list[Element] = []
+    append, unpack, vr_of = elements.append, HEADER.unpack_from, VR_OF_FIELD.get  # a heavy header has a thousand
     previous = -1
     while pos < end:
         if pos + 8 > end:
             raise Unsupported("truncated element header")
-        group, number, vr_bytes, short = HEADER.unpack_from(data, pos)
+        group, number, vr_bytes, short = unpack(data, pos)
         tag = group << 16 | number
         if tag == ITEM_DELIMITATION and undefined_item:
             return elements, pos + 8
         if tag <= previous or group == 0xFFFE:  # pydicom sorts; a stray item or delimiter
             raise Unsupported("elements out of order")
         previous = tag
-        vr = VR_OF_FIELD.get(vr_bytes)
+        vr = vr_of(vr_bytes)
         if vr is None:
             raise Unsupported("VR")
         canonical = True
         if vr in LENGTH_32_VRS:
             if pos + 12 > end:
                 raise Unsupported("truncated element header")
-            length, value, canonical = HEADER_32.unpack_from(data, pos)[4], pos + 12, short == 0
+            length, value, canonical = LENGTH_32.unpack_from(data, pos + 8)[0], pos + 12, short == 0
         else:
             length, value = short, pos + 8
         items = None
@@ -144,7 +148,7 @@ def _data_set(data: bytes, pos: int, end: int, undefined_item: bool) -> tuple[li
             after = value + length
             if after > end:
                 raise Unsupported("value past the end")
-        elements.append(_new_element(Element, (tag, vr, pos, value, length, after, items, canonical)))
+        append(_new_element(Element, (tag, vr, pos, value, length, after, items, canonical)))
         pos = after
     if undefined_item:
         raise Unsupported("item without its delimiter")
@@ -329,8 +333,39 @@ def _fate(tag: int, vr: str, actions: Mapping[int, Action], overlay: bool = True
     return KEPT_AS_READ if (action is None or action is Action.KEEP) and vr not in KEPT_AS_READ_EXCEPT else action
 
 
+def _element_bytes(tag: int, vr: str, value: bytes) -> bytes:
+    """An element with a value already encoded (PS3.5 7.1.2), short enough for its VR's length field."""
+    if vr in LENGTH_32_VRS:
+        return HEADER_32.pack(tag >> 16, tag & 0xFFFF, vr.encode(), 0, len(value)) + value
+    return HEADER.pack(tag >> 16, tag & 0xFFFF, vr.encode(), len(value)) + value
+
+
+def _file_meta_bytes(sop_class: str, sop_instance: str, syntax: str) -> bytes:
+    """Preamble, "DICM" and the File Meta Information of ``deidentified_file_meta``, as pydicom's
+    ``write_file_meta_info`` writes it (PS3.10 7.1: its version and group length added; UI values padded with a
+    NUL, text with a space), without building its dataset."""
+    def ui(tag: int, uid: str) -> bytes:
+        return _element_bytes(tag, "UI", cast(bytes, raw_uids(BaseTag(tag), [uid]).value))
+
+    body = b"".join([
+        _element_bytes(0x00020001, "OB", b"\x00\x01"), ui(0x00020002, sop_class), ui(0x00020003, sop_instance),
+        ui(0x00020010, syntax), ui(0x00020012, IMPLEMENTATION_CLASS_UID),
+        _element_bytes(0x00020013, "SH", fixed_value("SH", IMPLEMENTATION_VERSION_NAME))])
+    return b"\x00" * 128 + b"DICM" + _element_bytes(0x00020000, "UL", struct.pack("<L", len(body))) + body
+
+
+def _uid_text(elem: DataElement | RawDataElement) -> str:
+    """A UI element's value as ``quiet_value`` reads it (several values joined by backslashes)."""
+    if isinstance(elem, RawDataElement):
+        return "\\".join(uid_strings(elem))
+    return "\\".join(map(str, elem.value)) if isinstance(elem.value, list | MultiValue) else str(elem.value)
+
+
 def _encoded(elem: DataElement | RawDataElement, encodings: str | list[str]) -> bytes:
     """``elem`` as the general path writes it: a raw element as it is (``operators.deid.writer``), else by pydicom."""
+    if type(elem) is RawDataElement and elem.value is not None and elem.length != UNDEFINED_LENGTH and (
+            elem.VR in LENGTH_32_VRS or len(elem.value) <= 0xFFFF):
+        return _element_bytes(elem.tag, cast(str, elem.VR), elem.value)
     header = raw_header(elem, False, True)
     if header is not None:
         return header + cast(bytes, elem.value)
@@ -358,7 +393,7 @@ class _Walk:
         self.deidentifier, self.encoded = deidentifier, encoded
         self.actions = deidentifier.profile.actions
         self.data, self.view = encoded.data, memoryview(encoded.data)
-        self.named = Dataset()  # the top-level UIDs the file is named by, as written
+        self.named: dict[int, DataElement | RawDataElement] = {}  # the top-level UIDs the file is named by, as written
 
     def file(self) -> DeidentifiedFile:
         for e in self.encoded.elements:  # what would make the general path's writer leave the file to pydicom
@@ -368,18 +403,15 @@ class _Walk:
                 raise Unsupported("Pixel Data length form")
         chunks = self._data_set(self.encoded.elements, default_encoding, default_encoding,
                                 list(_method_chunks(self.deidentifier.profile.options)))
-        if any(BaseTag(tag) not in self.named for tag in NAMING_TAGS):
+        if any(tag not in self.named for tag in NAMING_TAGS):
             raise Unsupported("a naming UID missing")
-        keywords = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
-        named = [str(quiet_value(self.named, keyword)) for keyword in keywords]
-        if not all(uid and "\\" not in uid for uid in named):
+        sop_class, *named = (_uid_text(self.named[tag]) for tag in NAMING_TAGS)
+        if not all(uid and "\\" not in uid for uid in (sop_class, *named)):
             raise Unsupported("a naming UID empty or multi-valued")
-        original = _raw_dataset(self.data, [e for e in self.encoded.elements if e.tag in NAMING_TAGS])
-        for keyword, uid in zip(keywords, named):  # as ``Deidentifier.deidentify`` records them (Retain UIDs: as they are)
-            self.deidentifier.reidentification.uids.setdefault(uid, str(quiet_value(original, keyword)))
-        out = DicomBytesIO()
-        write_preamble_and_meta(out, deidentified_file_meta(self.named, self.encoded.meta), None)
-        return DeidentifiedFile([out.getvalue(), *chunks], *named)
+        originals = {e.tag: _uid_text(_raw(self.data, e)) for e in self.encoded.elements if e.tag in NAMING_TAGS}
+        for tag, uid in zip(NAMING_TAGS[1:], named):  # as ``Deidentifier.deidentify`` records them (Retain UIDs: as they are)
+            self.deidentifier.reidentification.uids.setdefault(uid, originals[tag])
+        return DeidentifiedFile([_file_meta_bytes(sop_class, named[2], str(self.encoded.syntax)), *chunks], *named)
 
     def _data_set(self, elements: list[Element], parent_read: str | list[str], parent_write: str | list[str],
                   added: list[tuple[int, bytes]] | None = None) -> list[bytes | memoryview]:
@@ -472,7 +504,7 @@ class _Walk:
                 result = self._general(e, scratch_of())
             if result is not None:
                 if top and tag in NAMING_TAGS:
-                    self.named._dict[BaseTag(tag)] = result
+                    self.named[tag] = result
                 chunks.append(_encoded(result, write_encodings))
         if run_end >= 0:
             chunks.append(self.view[run_start:run_end])
