@@ -85,7 +85,7 @@ def tools() -> dict[str, Tool]:
         anonymize_dataset(ds, delete_private_tags=True)
         return ds
 
-    return {"this app": lambda data: deidentify_file(ours, data).tobytes(),
+    return {"this app": lambda data: deidentify_file(ours, data, EncodedFile.parse(data)).tobytes(),
             GENERAL_PATH: with_pydicom(Deidentifier(DeidentificationProfile.basic(), b"benchmark secret").deidentify, write_file),
             f"dicognito {version('dicognito')}": with_pydicom(dicognito, save_as),
             f"dicom-anonymizer {version('dicom-anonymizer')}": with_pydicom(dicom_anonymizer, save_as)}

@@ -234,9 +234,11 @@ def _file_meta(data: bytes) -> tuple[list[Element], int]:
     """The File Meta Information elements (group 0002, Explicit VR Little Endian: PS3.10 7.1), read as pydicom
     reads them (to the first element of another group), and where the data set begins."""
     pos, end = 132, len(data)
-    while pos + 8 <= end and HEADER.unpack_from(data, pos)[0] == 0x0002:
-        vr, short = HEADER.unpack_from(data, pos)[2:]
-        pos += 12 + HEADER_32.unpack_from(data, pos)[4] if vr.decode("latin-1") in LENGTH_32_VRS else 8 + short
+    while pos + 8 <= end:
+        group, _, vr, short = HEADER.unpack_from(data, pos)
+        if group != 0x0002:
+            break
+        pos += 12 + LENGTH_32.unpack_from(data, pos + 8)[0] if vr.decode("latin-1") in LENGTH_32_VRS else 8 + short
     return _data_set(data, 132, pos, False)[0], pos
 
 
@@ -286,11 +288,11 @@ def deidentify_encoded(deidentifier: Deidentifier, encoded: EncodedFile) -> Deid
         return None
 
 
-def deidentify_file(deidentifier: Deidentifier, data: bytes, encoded: EncodedFile | None = None,
+def deidentify_file(deidentifier: Deidentifier, data: bytes, encoded: EncodedFile | None,
                     original: Dataset | None = None) -> DeidentifiedFile:
     """``data``, a DICOM file, de-identified: by the encoded walk where it applies, else by the general path.
-    ``encoded`` and ``original`` are ``data`` as the caller already parsed it, if it did."""
-    encoded = encoded or EncodedFile.parse(data)
+    ``encoded`` is ``EncodedFile.parse(data)`` (None: outside the walk's scope); ``original`` is ``data`` as
+    pydicom read it, if the caller has it."""
     result = deidentify_encoded(deidentifier, encoded) if encoded is not None else None
     if result is not None:
         return result

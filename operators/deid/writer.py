@@ -19,7 +19,6 @@ from typing import BinaryIO, cast
 from pydicom import Dataset
 from pydicom.charset import default_encoding
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.tag import BaseTag
@@ -45,7 +44,9 @@ def write_file(fp: BinaryIO, ds: Dataset) -> None:
     syntax = UID(ds.file_meta.TransferSyntaxUID)
     implicit, little = syntax.is_implicit_VR, syntax.is_little_endian
     out = DicomIO(fp)
-    write_preamble_and_meta(out, ds.file_meta, getattr(ds, "preamble", None))
+    out.write(getattr(ds, "preamble", None) or b"\x00" * 128)
+    out.write(b"DICM")
+    write_file_meta_info(out, copy_dataset(ds.file_meta), enforce_standard=True)  # it adds the group length
     out.is_implicit_VR, out.is_little_endian = implicit, little
     encodings = ds.get("SpecificCharacterSet", default_encoding)
     for tag in sorted(ds._dict, key=int):  # int order is tag order (PS3.5 7.1); a BaseTag compares in Python
@@ -58,13 +59,6 @@ def write_file(fp: BinaryIO, ds: Dataset) -> None:
         else:
             out.write(header)
             out.write(cast(bytes, elem.value))
-
-
-def write_preamble_and_meta(out: DicomIO, meta: FileMetaDataset, preamble: bytes | None) -> None:
-    """The preamble (zeros where none), "DICM" and the File Meta Information, with its group length (PS3.10 7.1)."""
-    out.write(preamble or b"\x00" * 128)
-    out.write(b"DICM")
-    write_file_meta_info(out, copy_dataset(meta), enforce_standard=True)  # it adds the group length
 
 
 def raw_header(elem: DataElement | RawDataElement, implicit: bool, little: bool) -> bytes | None:

@@ -88,14 +88,14 @@ def test_other_encodings_are_left_to_the_general_path_which_deidentify_file_take
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert _walked(deidentifier, data) is None
-        assert deidentify_file(deidentifier, data).tobytes() == _general(general, data)
+        assert deidentify_file(deidentifier, data, EncodedFile.parse(data)).tobytes() == _general(general, data)
 
 
 def test_a_profile_that_needs_the_whole_instance_is_left_to_the_general_path(corpus: PhiCorpus) -> None:
     profile = DeidentificationProfile.basic(INSTANCE_BOUND)
     data = corpus.files[0].read_bytes()
     assert _walked(Deidentifier(profile, SECRET), data) is None
-    assert deidentify_file(Deidentifier(profile, SECRET), data).tobytes() == _general(Deidentifier(profile, SECRET), data)
+    assert deidentify_file(Deidentifier(profile, SECRET), data, EncodedFile.parse(data)).tobytes() == _general(Deidentifier(profile, SECRET), data)
 
 
 def _file(ds: Dataset) -> bytes:
