@@ -42,24 +42,20 @@ class Distribution:
 
 def _server_python_paths(python: Path) -> dict[str, Any]:
     """The server environment's Python: version, library folder, site-packages, whether torch sees a CUDA
-    device, its numpy version (one short subprocess; torch is imported only where it is installed)."""
-    probe = ("import importlib.metadata, importlib.util, json, sys, sysconfig; "
+    device (one short subprocess; torch is imported only where it is installed)."""
+    probe = ("import importlib.util, json, sys, sysconfig; "
              "cuda = importlib.util.find_spec('torch') is not None and __import__('torch').cuda.is_available(); "
-             "numpy = importlib.util.find_spec('numpy') and importlib.metadata.version('numpy'); "
              "print(json.dumps({'version': '%d.%d' % sys.version_info[:2], 'libdir': sysconfig.get_config_var('LIBDIR'), "
-             "'purelib': sysconfig.get_paths()['purelib'], 'cuda': cuda, 'numpy': numpy or None}))")
+             "'purelib': sysconfig.get_paths()['purelib'], 'cuda': cuda}))")
     return json.loads(subprocess.run([str(python), "-c", probe], capture_output=True, text=True, check=True).stdout)
 
 
 def pytriton(python: Path, workdir: Path) -> Distribution:
     """The wheel's server, with a Python backend folder in ``workdir`` holding the stub for ``python``."""
     paths = _server_python_paths(python)
-    if paths["numpy"] and int(paths["numpy"].split(".")[0]) >= 2:
-        # measured, on this machine's CPU and on an H200: the answers come back as empty tensors, no error anywhere
-        raise ServerNotFound(f"{python}: numpy {paths['numpy']} in the server's Python environment; the Python backend of "
-                             "tritonserver 2.51 (nvidia-pytriton 0.7.0) then returns every output empty. Use numpy<2 "
-                             "(requirements-triton.txt pins it)")
     dist = Path(paths["purelib"]) / "pytriton" / "tritonserver"
+    if not dist.is_dir():
+        raise ServerNotFound(f"{python}: no nvidia-pytriton wheel in its environment ({dist}); requirements-triton.txt has it")
     backends = workdir / "backends"
     shutil.copytree(dist / "backends", backends, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(dist / "python_backend_stubs" / paths["version"] / "triton_python_backend_stub", backends / "python")

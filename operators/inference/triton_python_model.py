@@ -14,6 +14,7 @@ graphs captured at load time.
 
 from __future__ import annotations
 
+import ctypes
 import json
 from pathlib import Path
 from typing import Any
@@ -50,34 +51,66 @@ class TritonPythonModel:
             self.backend = OnnxRuntimeBackend.from_package(package, spec)
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        batches = [pb_utils.get_input_tensor_by_name(request, self.input).as_numpy() for request in requests]
-        features = self.gpu.embed(batches) if self.gpu else self.backend.embed(np.concatenate(batches))
-        bounds = np.cumsum([0, *map(len, batches)])
-        return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output, features[start:end])])
-                for start, end in zip(bounds[:-1], bounds[1:])]
+        # tensors in and out by DLPack, not as numpy arrays: given numpy arrays, tritonserver 2.51's stub answers empty
+        # outputs where the server's Python has numpy 2 (measured on the H200); DLPack works under numpy 1 and 2 alike
+        tensors = [pb_utils.get_input_tensor_by_name(request, self.input) for request in requests]
+        if self.gpu:
+            outputs = [pb_utils.Tensor.from_dlpack(self.output, features) for features in self.gpu.embed(tensors)]
+        else:
+            batches = [np.from_dlpack(tensor) for tensor in tensors]
+            features = self.backend.embed(np.concatenate(batches))
+            outputs = [_numpy_tensor(self.output, part) for part in np.split(features, np.cumsum([len(b) for b in batches])[:-1])]
+        return [pb_utils.InferenceResponse(output_tensors=[output]) for output in outputs]
+
+
+#: DLPack's name for a consumed capsule; a module constant because PyCapsule_SetName keeps the pointer, not a copy.
+_USED_DLTENSOR = b"used_dltensor"
+
+
+def _numpy_tensor(name: str, array: np.ndarray) -> Any:
+    """``pb_utils.Tensor`` of a numpy array by DLPack. The stub renames the capsule it takes "used_dlpack", not DLPack's
+    "used_dltensor": numpy's capsule destructor would then log an error for every output (torch's lets it be)."""
+    capsule = array.__dlpack__()
+    tensor = pb_utils.Tensor.from_dlpack(name, capsule)
+    ctypes.pythonapi.PyCapsule_SetName(ctypes.py_object(capsule), _USED_DLTENSOR)
+    return tensor
 
 
 class GpuBatches:
-    """The PyTorch backend fed as a server should: the requests' arrays (in the input's wire type, float16:
-    ``triton_repository.INPUT_TYPE``) gathered into one page-locked host buffer, sent to the GPU in one transfer
-    and converted to the model's precision there (pageable copies and a CPU conversion to bf16 cost more than the
-    model itself at batch 256), padded to a power of two so that every batch replays one of a few CUDA graphs,
-    all captured at load time."""
+    """The PyTorch backend fed as a server should: the requests' inputs (in the input's wire type, float16:
+    ``triton_repository.INPUT_TYPE``) gathered into one batch on the GPU and converted to the model's precision
+    there, padded to a power of two so that every batch replays one of a few CUDA graphs, all captured at load
+    time. Host inputs go through one page-locked buffer in one transfer (pageable copies and a CPU conversion to
+    bf16 cost more than the model itself at batch 256); inputs a client left in CUDA shared memory arrive on the
+    GPU (``FORCE_CPU_ONLY_INPUT_TENSORS`` off) and are copied there."""
 
     def __init__(self, backend: Any, largest: int, input_config: dict[str, Any]) -> None:
         torch = backend.torch
         self.backend = backend
         self.buckets = [1 << i for i in range(largest.bit_length()) if 1 << i < largest] + [largest]
         dtype = {"TYPE_FP32": torch.float32, "TYPE_FP16": torch.float16}[input_config["data_type"]]
-        self.host = torch.zeros((largest, *map(int, input_config["dims"])), dtype=dtype).pin_memory()
+        shape = (largest, *map(int, input_config["dims"]))
+        self.host = torch.zeros(shape, dtype=dtype).pin_memory()
+        self.staged = torch.zeros(shape, dtype=dtype, device=backend.device)
         for bucket in self.buckets:  # compile and capture now, not under the first requests' load
-            self.backend.embed_tensor(self.host[:bucket].to(backend.device))
+            self.backend.embed_tensor(self.staged[:bucket])
 
-    def embed(self, arrays: list[np.ndarray]) -> np.ndarray:
-        torch, count = self.backend.torch, 0
-        for array in arrays:
-            self.host[count:count + len(array)].copy_(torch.from_numpy(array))
-            count += len(array)
+    def embed(self, tensors: list[Any]) -> list[Any]:
+        """The requests' inputs (``pb_utils.Tensor``, in host memory or on the GPU) → their embeddings, one host
+        tensor per request."""
+        torch = self.backend.torch
+        batches = [torch.utils.dlpack.from_dlpack(tensor.to_dlpack()) for tensor in tensors]
+        on_gpu, count = [], 0
+        for batch in batches:
+            if batch.is_cuda:
+                on_gpu.append((count, batch))
+            else:
+                self.host[count:count + len(batch)].copy_(batch)
+            count += len(batch)
         bucket = next(b for b in self.buckets if b >= count)  # the padding rows' answers are dropped
-        batch = self.host[:bucket].to(self.backend.device, non_blocking=True)
-        return self.backend.embed_tensor(batch)[:count].float().cpu().numpy()
+        staged = self.staged[:bucket]
+        if len(on_gpu) < len(batches):
+            staged.copy_(self.host[:bucket], non_blocking=True)
+        for start, batch in on_gpu:  # after the transfer, in stream order: its rows there are stale
+            staged[start:start + len(batch)].copy_(batch)
+        return list(torch.split(self.backend.embed_tensor(staged)[:count].float().cpu(), [len(b) for b in batches]))

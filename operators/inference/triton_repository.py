@@ -66,6 +66,10 @@ BATCHING = {TENSORRT_MODEL: CPU_BATCHING, PYTORCH_MODEL: GPU_BATCHING, ONNX_MODE
 #: of a batch (154 MB in float32 at 256). Measured on an H200 (BENCHMARKS.md "Triton on a GPU"): no throughput
 #: change on its own (2,345 vs 2,406 img/s, 64 clients x 8 images), the copies being Python-backend overheads.
 INPUT_TYPE = {PYTORCH_MODEL: "FP16"}
+#: Triton's own parameters of a model. The Python backend copies every input to host memory unless told not to:
+#: the PyTorch model takes an input that a client left in CUDA shared memory where it is, on the GPU (by DLPack,
+#: the stub mapping the client's memory), and a host input as before.
+MODEL_PARAMETERS = {PYTORCH_MODEL: {"FORCE_CPU_ONLY_INPUT_TENSORS": "no"}}
 #: The models only a server with a CUDA device can load (a TensorRT plan exists only once built on one).
 NEEDS_CUDA = {PYTORCH_MODEL}
 #: The file in each model's version folder that the model needs before a server can load it.
@@ -92,11 +96,13 @@ def model_config(name: str, shapes: TensorShapes, version_sha256: str) -> str:
     }[name]
     # The CPU Python model runs where the server runs; the others on a GPU where there is one. The PyTorch model
     # puts itself on the GPU (cuda:0) and stages its own transfers (``GpuBatches``): declared KIND_CPU, the server
-    # hands it host buffers as they arrived (3,686 vs 2,345 img/s as KIND_GPU on an H200, 64 clients x 8 images).
+    # hands it inputs as they arrived (3,686 vs 2,345 img/s as KIND_GPU on an H200, 64 clients x 8 images, when it
+    # took numpy arrays; by DLPack the two kinds measure alike: BENCHMARKS.md "Triton on a GPU").
     kind = {PYTHON_MODEL: "KIND_CPU", PYTORCH_MODEL: "KIND_CPU", TENSORRT_MODEL: "KIND_GPU"}.get(name, "KIND_AUTO")
     batching = BATCHING[name]
     preferred = f"preferred_batch_size: [ {', '.join(map(str, batching.preferred))} ]\n  " if batching.preferred else ""
-    parameters = {VERSION_PARAMETER: version_sha256} | ({BACKEND_PARAMETER: PYTHON_BACKENDS[name]} if name in PYTHON_BACKENDS else {})
+    parameters = ({VERSION_PARAMETER: version_sha256} | ({BACKEND_PARAMETER: PYTHON_BACKENDS[name]} if name in PYTHON_BACKENDS else {})
+                  | MODEL_PARAMETERS.get(name, {}))
     return f"""name: "{name}"
 {backend}
 max_batch_size: {batching.max_batch_size}

@@ -1,5 +1,5 @@
 """The Triton backend checks the server's answer: a server that says 200 but returns no embeddings (as
-tritonserver 2.51's Python backend does when its Python has numpy 2) fails the study with a clear message,
+tritonserver 2.51's Python backend does with numpy arrays under numpy 2) fails the study with a clear message,
 never a wrong or empty result passed on to the SR. The peer is a real HTTP server on loopback answering as
 Triton's HTTP/REST protocol does (KServe v2, binary tensor extension)."""
 

@@ -62,3 +62,13 @@ def test_each_python_model_names_the_backend_it_wraps(tmp_path: Path) -> None:
     assert wrapped == {PYTHON_MODEL: ("onnxruntime", "fp32", False, False), PYTORCH_MODEL: ("pytorch", "bf16", True, True)}
     with pytest.raises(ValueError, match="unknown flag"):
         parse_backend("pytorch bf16 compiled")
+
+
+def test_only_the_pytorch_model_takes_gpu_inputs_where_they_are(tmp_path: Path) -> None:
+    """CUDA shared memory inputs reach the PyTorch model on the GPU; the CPU models get host memory, as by default."""
+    repository = _repository(tmp_path)
+    force_cpu = {name: re.search(r'key: "FORCE_CPU_ONLY_INPUT_TENSORS" value { string_value: "(\w+)" }',
+                                 (repository / name / "config.pbtxt").read_text())
+                 for name in (PYTHON_MODEL, PYTORCH_MODEL)}
+    assert force_cpu[PYTORCH_MODEL] and force_cpu[PYTORCH_MODEL][1] == "no"
+    assert force_cpu[PYTHON_MODEL] is None

@@ -105,7 +105,7 @@ class TritonBackend:
         except ValueError:  # tritonclient reshaping an output whose data is missing
             features = None
         if features is None or features.ndim != 2 or len(features) != len(batch) or not features.shape[1]:
-            # a server whose Python environment breaks its outputs (numpy 2 under tritonserver 2.51) answers 200
+            # a server whose model breaks its outputs answers 200 (tritonserver 2.51's Python backend, given numpy arrays under numpy 2)
             raise ServerLost(f"Triton server {self.server} answered {len(batch)} image(s) with an output of shape "
                              f"{None if features is None else features.shape}; no SR written, the input is untouched")
         return np.asarray(features, dtype=np.float32)
