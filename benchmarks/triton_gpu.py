@@ -3,9 +3,14 @@ backend, ``operators/inference/triton_python_model.py``) under 16-64 closed-loop
 1-8 images, dynamic-batched by the server, against the direct compiled bf16 ceiling measured in the same
 run (the same backend called in-process at batch 256).
 
-Run where the GPU is (the set-up that worked on the lent H200 is in BENCHMARKS.md), then make the report here:
+The clients send by CUDA shared memory, system shared memory or HTTP binary (``benchmarks/triton_load.py``); the
+fidelity check sends 64 seeded images through the server and compares its embeddings with PyTorch fp32; each
+variant reloads the model with one change to its configuration (``VARIANTS``).
 
-    python -m benchmarks.triton_gpu run --package PKG --out benchmarks/triton_gpu.json
+Run where the GPU is (``benchmarks/triton_gpu_device.sh OUT [run options]`` on the lent H200, which carries what
+that machine lacks), then make the report here:
+
+    python -m benchmarks.triton_gpu run --package PKG --out benchmarks/triton_gpu.json [--variants "as built,KIND_GPU"]
     python -m benchmarks.triton_gpu report benchmarks/triton_gpu.json     # BENCHMARKS.md section + PNG
 """
 
@@ -18,17 +23,31 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks.common import machine, write_section
+from benchmarks.triton_load import PHASES, TRANSPORTS, WIRE_TYPES, CudaRegion, infer, input_datatype
 from benchmarks.triton_load import run as load
+from operators.inference.triton_repository import PYTHON_MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- triton-gpu:begin -->", "<!-- triton-gpu:end -->"
 CEILING_BATCH = 256
+INPUT, OUTPUT = "pixel_values", "image_features"
+FIDELITY_REQUEST = 8
+RERUN_OPTIONS = ("concurrency", "batch", "seconds", "transports", "variants", "processes")
+#: Changes to the PyTorch model's configuration measured against it as built (each one change).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "as built": {},
+    "KIND_GPU": {"instance_group": [{"kind": "KIND_GPU", "count": 1}]},
+    "2 instances": {"instance_group": [{"kind": "KIND_CPU", "count": 2}]},
+    "batches up to 512": {"max_batch_size": 512},
+}
 
 
 def ceiling(package_dir: Path) -> dict[str, Any]:
@@ -59,14 +78,11 @@ def ceiling(package_dir: Path) -> dict[str, Any]:
     return result
 
 
-def fidelity(package_dir: Path, port: int, model: str) -> dict[str, Any]:
-    """Cosine of the server's embeddings (the input sent as the model's config declares it) and of the direct
-    compiled bf16 backend's against PyTorch fp32 on the GPU, on the same 64 seeded images: least and median."""
-    import http.client
-
+def references(package_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fidelity set: 64 seeded images, their PyTorch fp32 embeddings on the GPU (the reference) and the direct
+    bf16 backend's."""
     import torch
 
-    from benchmarks.triton_load import WIRE_TYPES, _request
     from operators.inference.backends.base import BackendSpec
     from operators.inference.backends.pytorch import TorchBackend
     from operators.inference.model_package import ModelPackage
@@ -75,32 +91,35 @@ def fidelity(package_dir: Path, port: int, model: str) -> dict[str, Any]:
     images = np.random.default_rng(1).standard_normal((64, 3, 224, 224)).astype(np.float32)
     reference = TorchBackend.from_package(package, BackendSpec("pytorch", "fp32", False, False), "cuda").embed(images)
     direct = TorchBackend.from_package(package, BackendSpec("pytorch", "bf16", False, False), "cuda").embed(images)
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    datatype = json.loads(_request(conn, "GET", f"/v2/models/{model}"))["inputs"][0]["datatype"]
-    sent = images.astype(WIRE_TYPES[datatype])
-    header = json.dumps({"inputs": [{"name": "pixel_values", "shape": list(sent.shape), "datatype": datatype,
-                                     "parameters": {"binary_data_size": sent.nbytes}}],
-                         "outputs": [{"name": "image_features", "parameters": {"binary_data": True}}]}).encode()
-    conn.request("POST", f"/v2/models/{model}/infer", body=header + sent.tobytes(),
-                 headers={"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"})
-    response = conn.getresponse()
-    body = response.read()
-    conn.close()
-    length = int(response.getheader("Inference-Header-Content-Length") or len(body))
-    output = json.loads(body[:length])["outputs"][0]
-    if length == len(body) and "data" not in output:
-        return {"error": f"HTTP {response.status} {response.getheaders()} {body[:400]!r}"}
-    served = (np.frombuffer(body[length:], dtype=np.float32) if length < len(body) else np.asarray(output["data"], np.float32))
-    served = served.reshape(output["shape"])
     torch.cuda.empty_cache()
+    return images, reference, direct
 
-    def cosines(embeddings: np.ndarray) -> dict[str, float]:
-        a = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
-        b = reference / np.linalg.norm(reference, axis=1, keepdims=True)
-        values = (a * b).sum(axis=1)
-        return {"min": float(values.min()), "median": float(np.median(values))}
 
-    return {"input_datatype": datatype, "images": len(images), "triton_vs_fp32": cosines(served), "direct_bf16_vs_fp32": cosines(direct)}
+def cosines(embeddings: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    a = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    b = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+    values = (a * b).sum(axis=1)
+    return {"min": float(values.min()), "median": float(np.median(values))}
+
+
+def fidelity(url: str, model: str, images: np.ndarray, reference: np.ndarray, transport: str) -> dict[str, float]:
+    return cosines(served(url, model, images, transport), reference)
+
+
+def served(url: str, model: str, images: np.ndarray, transport: str) -> np.ndarray:
+    """The server's embeddings of ``images`` (sent as the model's config declares the input), by 8 requests of 8
+    images at once, so that the server batches them together (the answers must come back in order)."""
+    datatype = input_datatype(url, model, INPUT)
+    chunks = [images[i:i + FIDELITY_REQUEST].astype(WIRE_TYPES[datatype]) for i in range(0, len(images), FIDELITY_REQUEST)]
+    region = CudaRegion(url, chunks) if transport == "cuda" else None
+    try:
+        with ThreadPoolExecutor(len(chunks)) as pool:
+            answers = pool.map(lambda i: infer(url, model, INPUT, OUTPUT, chunks[i], datatype,
+                                               (region.name, int(region.offsets[i])) if region else None), range(len(chunks)))
+            return np.concatenate(list(answers))
+    finally:
+        if region:
+            region.close()
 
 
 def serve(package_dir: Path, port: int) -> tuple[subprocess.Popen[str], str]:
@@ -116,33 +135,136 @@ def serve(package_dir: Path, port: int) -> tuple[subprocess.Popen[str], str]:
     raise RuntimeError(f"the inference server exited with status {server.wait()} before it was ready")
 
 
+def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override``'s values in place (nested objects merged, lists replaced)."""
+    return {**base, **{key: merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+                       for key, value in override.items()}}
+
+
+def model_config(url: str, model: str) -> dict[str, Any]:
+    import http.client
+
+    from benchmarks.triton_load import _request
+
+    host, port = url.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    config: dict[str, Any] = json.loads(_request(conn, "GET", f"/v2/models/{model}/config"))
+    conn.close()
+    return config
+
+
+def reload(url: str, model: str, config: dict[str, Any]) -> dict[str, float]:
+    """The model reloaded with ``config`` (Triton's load API with a config: the package's files stay as built), and
+    how long that took."""
+    import http.client
+
+    from benchmarks.triton_load import _request
+
+    host, port = url.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=900)
+    began = time.perf_counter()
+    _request(conn, "POST", f"/v2/repository/models/{model}/load", json.dumps({"parameters": {"config": json.dumps(config)}}).encode())
+    conn.close()
+    return {"seconds": time.perf_counter() - began}
+
+
 def run(args: argparse.Namespace) -> None:
     import torch
 
     props = torch.cuda.get_device_properties(0)
+    options = " ".join(f"--{k} '{v}'" for k, v in vars(args).items() if k in RERUN_OPTIONS)
     result: dict[str, Any] = {"device": props.name, "torch": torch.__version__, "cuda": torch.version.cuda, "host": machine(),
-                              "ceiling": ceiling(args.package)}
+                              "options": options, "ceiling": ceiling(args.package)}
     print(json.dumps(result["ceiling"]), flush=True)
+    images, reference, direct = references(args.package)
+    result["fidelity"] = {"images": len(images), "request_images": FIDELITY_REQUEST, "direct_bf16_vs_fp32": cosines(direct, reference)}
     began = time.perf_counter()
     server, ready = serve(args.package, args.port)
     result["server_ready_s"], result["server"] = time.perf_counter() - began, ready
     print(ready, f"after {result['server_ready_s']:.0f} s", flush=True)
-    result["fidelity"] = fidelity(args.package, args.port, args.model)
+    url, transports = f"127.0.0.1:{args.port}", args.transports.split(",")
+    # the server's Python is this one (TRITON_PYTHON): its numpy, and the CPU model's answers under it
+    result["fidelity"] |= {"server_numpy": np.__version__, "onnxruntime_model_http": attempt(
+        fidelity, url, PYTHON_MODEL, images[:FIDELITY_REQUEST], reference[:FIDELITY_REQUEST], "http")}
     print(json.dumps(result["fidelity"]), flush=True)
-    rows = []
+    concurrencies, batches = [int(c) for c in args.concurrency.split(",")], [int(b) for b in args.batch.split(",")]
+    rows, variants = [], []
+    built = model_config(url, args.model)  # each variant is one change to the model as built, not to the one before
     try:
-        for transport in args.transports.split(","):
-            for concurrency in map(int, args.concurrency.split(",")):
-                for batch in map(int, args.batch.split(",")):
-                    row = load(f"127.0.0.1:{args.port}", args.model, "pixel_values", "image_features", concurrency, batch,
-                               args.seconds, transport == "shm", args.processes)
+        for index, name in enumerate(args.variants.split(",")):
+            variant: dict[str, Any] = {"name": name, "config": VARIANTS[name]}
+            if index or VARIANTS[name]:
+                variant["reload"] = attempt(reload, url, args.model, merged(built, VARIANTS[name]))
+                if "error" in variant["reload"]:
+                    variants.append(variant)
+                    continue
+            variant["fidelity"] = {transport: attempt(fidelity, url, args.model, images, reference, transport)
+                                   for transport in transports if transport != "shm"}  # shm: the same host-memory path as http
+            print(json.dumps(variant), flush=True)
+            variants.append(variant)
+            # the first variant over the whole grid, the others at its heaviest point
+            grid = [(c, b) for c in concurrencies for b in batches] if index == 0 else [(max(concurrencies), max(batches))]
+            for transport in transports:
+                for concurrency, batch in grid:
+                    row = {"variant": name, "transport": TRANSPORTS[transport], "concurrency": concurrency, "batch": batch,
+                           **attempt(load, url, args.model, INPUT, OUTPUT, concurrency, batch, args.seconds, transport,
+                                     args.processes)}
                     print(json.dumps(row), flush=True)
                     rows.append(row)
+                    # written as it goes: a run cut short by the device's time limit keeps what it measured
+                    args.out.write_text(json.dumps(result | {"variants": variants, "rows": rows}, indent=1) + "\n")
     finally:
         server.terminate()
         server.wait(60)
-    result["rows"] = rows
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def attempt(measure: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """One measurement, or the error that stopped it (the other measurements of a device run still count)."""
+    try:
+        return measure(*args)
+    except Exception as exc:  # noqa: BLE001 - recorded in the results, with its type
+        return {"error": f"{type(exc).__name__}: {exc}"[:500]}
+
+
+def _ms(row: dict[str, Any]) -> str:
+    phases = row["server_ms_per_execution"]
+    return " / ".join(f"{phases[p]:.1f}" for p in PHASES) if phases else "-"
+
+
+def reading(result: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """What the rows say, in numbers taken from them: where one execution's time goes, by transport."""
+    best = result["ceiling"]["images_per_s_on_device"]
+    gpu_ms = 1000 * CEILING_BATCH / best
+    heaviest = {r["transport"]: r for r in rows if (r["concurrency"], r["batch"]) == (max(x["concurrency"] for x in rows),
+                                                                                         max(x["batch"] for x in rows))}
+    cuda, shm = heaviest[TRANSPORTS["cuda"]], heaviest[TRANSPORTS["shm"]]
+
+    def split(row: dict[str, Any]) -> str:
+        phases = row["server_ms_per_execution"]
+        return (f"{phases['compute_input']:.1f} ms readying the inputs for the stub, {phases['compute_infer']:.1f} ms in its "
+                f"execute (the GPU's share at batch {CEILING_BATCH}: {gpu_ms:.1f} ms), {phases['compute_output']:.1f} ms returning "
+                f"the answers, for {row['server_mean_batch']:.0f} images")
+
+    def total(row: dict[str, Any]) -> float:  # one execution, in ms, scaled to a batch of CEILING_BATCH
+        return float(sum(row["server_ms_per_execution"].values())) * CEILING_BATCH / row["server_mean_batch"]
+
+    clients = max(r["client_cpu_cores"] for r in rows)
+    earlier = result.get("earlier_runs_best_point", {}).get("runs", [])
+    spread = (f" The same point in {len(earlier)} earlier runs of the same GPU model code: " + ", ".join(
+        f"{r['images_per_s']:,.0f} img/s ({100 * r['images_per_s'] / r['ceiling_images_per_s']:.0f} %)" for r in earlier) + "."
+              if earlier else "")
+    return (f"Reading. One server execution at {cuda['concurrency']} clients x {cuda['batch']} images: by CUDA shared memory "
+            f"{split(cuda)}; by system shared memory {split(shm)}. With the input on the GPU the Python backend's own cost "
+            f"(requests in, DLPack, gathering, answers out) is {total(cuda) - gpu_ms:.1f} ms per batch and the GPU's share "
+            f"{100 * gpu_ms / total(cuda):.0f} % of the server's time. From host memory every "
+            f"image ({3 * 224 * 224 * 2 // 1000} kB in float16) is copied twice on the CPU, by the server into the stub's shared "
+            "memory and by the model into one page-locked buffer, before one transfer to the GPU; the model's execute "
+            "must return the answers, so one instance cannot copy the next batch while the GPU computes this one, and a "
+            "second instance (which could) loses more to two processes time-slicing one GPU (the table above). Below "
+            "~256 queued images (fewer clients, batches of 1) the server runs small batches, where the GPU is far from "
+            "its batch-256 rate and per-request costs weigh more. The load generator is not the limit: at most "
+            f"{clients:.1f} of the host's cores. KIND_GPU instead of KIND_CPU changes nothing measurable (within the "
+            f"run-to-run spread).{spread}")
 
 
 def report(args: argparse.Namespace) -> None:
@@ -153,49 +275,59 @@ def report(args: argparse.Namespace) -> None:
 
     result = json.loads(args.json.read_text())
     best = result["ceiling"]["images_per_s_on_device"]
-    rows = result["rows"]
+    first = result["variants"][0]["name"]
+    rows = [r for r in result["rows"] if r["variant"] == first and "error" not in r]
     lines = [BEGIN, "## Triton on a GPU (`benchmarks/triton_gpu.py`)", "",
              f"{result['device']}, torch {result['torch']} (CUDA {result['cuda']}), host {result['host']}; tritonserver 2.51 "
-             "(nvidia-pytriton wheel) with the package's PyTorch model: float16 input, bf16, torch.compile + CUDA graphs, batches "
-             "padded to a power of two, dynamic batching up to 256 with at most 1 ms of queueing, one instance. Closed-loop clients "
-             "(`benchmarks/triton_load.py`: each sends a batch and waits for its answer), 8 client processes on the same host; "
-             f"each point {rows[0]['seconds']:.0f} s. Server ready {result['server_ready_s']:.0f} s after start (compiling and "
-             "capturing one CUDA graph per padded batch size). Random seeded weights: speed only.", "",
+             f"(nvidia-pytriton wheel; its Python backend run by the machine's Python, numpy {result['fidelity']['server_numpy']}) "
+             "with the package's PyTorch model: float16 input, bf16, torch.compile + CUDA graphs, batches padded to a power "
+             "of two, dynamic batching up to 256 with at most 1 ms of queueing, one instance (KIND_CPU: the model puts itself "
+             "on cuda:0), `FORCE_CPU_ONLY_INPUT_TENSORS` off, tensors in and out by DLPack. "
+             "Closed-loop clients (`benchmarks/triton_load.py`: each sends a batch and waits for its answer), "
+             f"{rows[0]['processes']} client processes on the same host; each point {rows[0]['seconds']:.0f} s. Server ready "
+             f"{result['server_ready_s']:.0f} s after start (compiling and capturing one CUDA graph per padded batch size). "
+             "Random seeded weights.", "",
              f"Ceiling, the same backend called in-process at batch {result['ceiling']['batch']}: "
              f"**{best:,.0f} img/s** on device-resident input, {result['ceiling']['images_per_s_from_host']:,.0f} img/s from host "
              "memory (host-to-device copy and back included).", "",
-             "| transport | clients | batch | img/s | of ceiling | p50 ms | p95 ms | server mean batch |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "Transports: CUDA shared memory (the client's batch already on the GPU, registered with the server; the model "
+             "reads it there by DLPack), system shared memory (host memory the server reads), HTTP binary (the bytes in the "
+             "request). Server ms per execution: Triton's batch statistics, the inputs readied for the Python backend's stub "
+             "(host inputs copied into its shared memory) / the backend's execute (the stub's whole turn: gathering, the GPU, "
+             "the answers) / outputs back.", "",
+             "| transport | clients | batch | img/s | of ceiling | p50 ms | p95 ms | server mean batch | server ms per execution | client CPU cores |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for r in rows:
         mean = f"{r['server_mean_batch']:.1f}" if r["server_mean_batch"] else "-"
         lines.append(f"| {r['transport']} | {r['concurrency']} | {r['batch']} | {r['images_per_s']:,.0f} | "
-                     f"{100 * r['images_per_s'] / best:.0f} % | {r['latency_ms_p50']:.1f} | {r['latency_ms_p95']:.1f} | {mean} |")
+                     f"{100 * r['images_per_s'] / best:.0f} % | {r['latency_ms_p50']:.1f} | {r['latency_ms_p95']:.1f} | {mean} | "
+                     f"{_ms(r)} | {r['client_cpu_cores']:.1f} |")
     top = max(rows, key=lambda r: r["images_per_s"])
     share = top["images_per_s"] / best
-    fidelity = result.get("fidelity", {})
-    answers = (f"Answers: the served embeddings' least cosine against PyTorch fp32 on {fidelity['images']} images is "
-               f"{fidelity['triton_vs_fp32']['min']:.5f} (the direct bf16 backend's: {fidelity['direct_bf16_vs_fp32']['min']:.5f})."
-               if "triton_vs_fp32" in fidelity else
-               "**Answers: none.** On the lent machine the server's Python environment is its own (Python 3.12, numpy 2 "
-               "with its torch): every model, the GPU one and the CPU ONNX Runtime one alike, answered 200 with empty "
-               "outputs (`binary_data_size: 0`) while the models computed correct arrays (logged in a diagnostic run). The "
-               "same happens on the 2-core machine with numpy 2 in the server's environment, and not with numpy 1.26 "
-               "(requirements-triton.txt): `python -m app.inference_server` now refuses a numpy 2 environment in one line, "
-               "and the app refuses an answer without one embedding per image. The rows above measure the server's "
-               "execution, not answers a client could use; a GPU run with numpy<2 in the server's environment (not "
-               "possible on the lent machine: no network, and its transformers needs numpy 2) is still to be made.")
+    fidelity = result["fidelity"]
+    answers = "; ".join(f"{TRANSPORTS[t]}: least {c['min']:.5f}, median {c['median']:.5f}"
+                        for t, c in result["variants"][0]["fidelity"].items())
     lines += ["", f"Goal (issue 14): at least 70 % of the ceiling. Best here: {100 * share:.0f} % ({top['transport']}, "
-              f"{top['concurrency']} clients, batch {top['batch']}): **{'met' if share >= 0.7 else 'not met'}**.", "", answers, "",
-              "What was tried, 64 clients x 8 images by shared memory: the input in float16 instead of float32 (half the bytes "
-              "of every copy; the model computes bf16) changed nothing on its own (2,345 img/s, against 2,406 in float32 in "
-              "the previous session's run); two "
-              "model instances on the one GPU lost throughput (1,949: two processes time-slice the GPU); declaring the model's "
-              "instance KIND_CPU (it puts itself on cuda:0 and stages its own transfers) raised it to the figure above. A "
-              "batch of 256 is 77 MB in float16; Triton's core copies each request into the Python backend stub's shared "
-              "memory, the model gathers them into one page-locked buffer and sends it to the GPU, where the model takes "
-              "~19 ms: the Python backend's copies, not the GPU, set the pace. What would close the gap, not done here: "
-              "NVIDIA's container's C++ backends (the repository's TensorRT plan or ONNX Runtime CUDA model), which take "
-              "the request's tensor without a stub copy; CUDA shared memory from clients on the same host.",
-              "", f"Raw: `benchmarks/{args.json.name}`; chart: `benchmarks/{args.json.with_suffix('.png').name}`.", END]
+              f"{top['concurrency']} clients, batch {top['batch']}): **{'met' if share >= 0.7 else 'not met'}**.", "",
+              f"Answers: the served embeddings' cosine against PyTorch fp32 on the GPU, {fidelity['images']} seeded images sent "
+              f"as {fidelity['images'] // fidelity['request_images']} requests of {fidelity['request_images']} at once (batched "
+              f"together by the server): {answers} (the direct bf16 backend's: least {fidelity['direct_bf16_vs_fp32']['min']:.5f}). "
+              f"The CPU model (ONNX Runtime fp32, same server), {fidelity['request_images']} images by HTTP: least "
+              f"{fidelity['onnxruntime_model_http']['min']:.7f}. Both under numpy {fidelity['server_numpy']} in the server's Python, "
+              "where numpy arrays handed to the stub came back as empty outputs (`binary_data_size: 0`) before the models "
+              "passed their tensors by DLPack.",
+              "", "One change at a time to the model's configuration (Triton's load API with a changed config), at the heaviest point:", "",
+              "| configuration | transport | clients | batch | img/s | of ceiling | server mean batch | server ms per execution |",
+              "|---|---|---:|---:|---:|---:|---:|---|"]
+    heaviest = (max(r["concurrency"] for r in rows), max(r["batch"] for r in rows))
+    for r in result["rows"]:
+        if (r["concurrency"], r["batch"]) == heaviest and "error" not in r:
+            mean = f"{r['server_mean_batch']:.1f}" if r["server_mean_batch"] else "-"
+            lines.append(f"| {r['variant']} | {r['transport']} | {r['concurrency']} | {r['batch']} | {r['images_per_s']:,.0f} | "
+                         f"{100 * r['images_per_s'] / best:.0f} % | {mean} | {_ms(r)} |")
+    lines += ["", *(f"{v['name']}: {v['note']}." for v in result["variants"] if "note" in v), "", reading(result, rows), "",
+              f"Rerun on the GPU machine: `bash benchmarks/triton_gpu_device.sh OUT {result['options']}`, then `python -m "
+              f"benchmarks.triton_gpu report {args.json}` here.", "", f"Raw: `benchmarks/{args.json.name}`; chart: `benchmarks/{args.json.with_suffix('.png').name}`.", END]
     write_section("\n".join(lines), BEGIN, END)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for transport in dict.fromkeys(r["transport"] for r in rows):
@@ -219,7 +351,8 @@ def main() -> None:
     r.add_argument("--port", type=int, default=8000)
     r.add_argument("--concurrency", default="16,32,64")
     r.add_argument("--batch", default="1,4,8")
-    r.add_argument("--transports", default="shm,http")
+    r.add_argument("--transports", default="cuda,shm,http")
+    r.add_argument("--variants", default="as built", help=f"comma-separated, of: {', '.join(VARIANTS)}")
     r.add_argument("--seconds", type=float, default=8.0)
     r.add_argument("--processes", type=int, default=8)
     r.add_argument("--out", type=Path, required=True)

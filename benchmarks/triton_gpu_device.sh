@@ -3,7 +3,7 @@
 # pydicom or Triton, and no network: what it needs is carried in .whl/ (see BENCHMARKS.md "Triton on a GPU"):
 #   .whl/pytriton-slim.tar.xz  the nvidia-pytriton 0.7.0 wheel unpacked, without other Pythons' stubs and libpython
 #   .whl/site/                 pip install --no-deps --target .whl/site open_clip_torch ftfy wcwidth pydicom
-# Usage (the device tool's $OUT receives the JSON): bash benchmarks/triton_gpu_device.sh "$OUT"
+# Usage (the device tool's $OUT receives the JSON): bash benchmarks/triton_gpu_device.sh "$OUT" [triton_gpu run options]
 set -euo pipefail
 out=${1:?output folder}
 work=$(mktemp -d)
