@@ -10,17 +10,28 @@ package and the server itself, as ``python app`` does.
 
 from __future__ import annotations
 
-from app.sdk_imports import import_sdk_lean
+import logging
 
-import_sdk_lean()  # before anything imports the SDK, as in app/__main__.py
+logger = logging.getLogger(__name__)
 
-import tritonclient.http  # noqa: E402,F401  (imported by the Triton backend at connection)
 
-import app.__main__  # noqa: E402,F401  (the job's entry point)
-import app.application  # noqa: E402,F401  (Holoscan, the SDK, the operators, highdicom)
-import app.settings  # noqa: E402,F401
-import operators.inference.backends.registry  # noqa: E402,F401
-import operators.sr.predecessor  # noqa: E402,F401
-from operators.sr.structured_report import warm_up  # noqa: E402
+def warm() -> None:
+    from app.sdk_imports import import_sdk_lean
 
-warm_up()
+    import_sdk_lean()  # before anything imports the SDK, as in app/__main__.py
+    import tritonclient.http  # noqa: F401  (imported by the Triton backend at connection)
+
+    import app.__main__  # noqa: F401  (the job's entry point)
+    import app.application  # noqa: F401  (Holoscan, the SDK, the operators, highdicom)
+    import app.settings  # noqa: F401
+    import operators.inference.backends.registry  # noqa: F401
+    import operators.sr.predecessor  # noqa: F401
+    from operators.sr.structured_report import warm_up
+
+    warm_up()
+
+
+try:
+    warm()
+except Exception:  # the process still forks the jobs, cold: each fails or not on its own, in its own app.log
+    logger.exception("Warm start failed; MAP jobs start cold")

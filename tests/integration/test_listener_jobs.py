@@ -53,9 +53,21 @@ def test_a_job_past_its_time_limit_is_killed_and_its_output_set_aside(fp32_model
 
 def test_the_warm_process_imports_no_model_runtime() -> None:
     """What the jobs are forked from stays small: no torch, ONNX Runtime or open_clip (a ``-t`` job needs none)."""
-    probe = "import sys, app.warm_start; print(sorted(m for m in ('torch', 'onnxruntime', 'open_clip') if m in sys.modules))"
-    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    result = _import_warm_start("")
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+    assert "Warm start failed" not in result.stderr
 
+
+def test_a_warm_start_that_fails_leaves_a_process_that_still_forks_the_jobs() -> None:
+    """multiprocessing's forkserver dies on a preload error other than ImportError, and every job with it;
+    a failed warm start is logged once instead, and the jobs start cold and report for themselves."""
+    result = _import_warm_start("sys.modules['highdicom'] = None; ")  # import highdicom fails
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Warm start failed; MAP jobs start cold" in result.stderr
+
+
+def _import_warm_start(prelude: str) -> subprocess.CompletedProcess:
+    probe = f"import sys; {prelude}import app.warm_start; print(sorted(m for m in ('torch', 'onnxruntime', 'open_clip') if m in sys.modules))"
+    return subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
