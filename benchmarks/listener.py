@@ -304,7 +304,7 @@ def markdown(data: dict) -> str:
                   f"{now:.2f} s vs the baseline's {then:.2f} s; the rest is the MAP job (the application, nearly unchanged between the trees)."]
     lines += [
         "",
-        "The MAP job is a fresh `python app` process (imports, model load, inference on CPU) per study.",
+        "The MAP job is forked from the listener's warm process (imports done once, `app/warm_start.py`); it loads the model and runs inference on CPU, per study.",
         END,
     ]
     return "\n".join(lines)

@@ -8,7 +8,8 @@ the sample study (2 CT series, 7 instances) with fresh UIDs.
 
 1. Latency: from the last instance's C-STORE response to the SR received at the PACS, minus the quiet
    period, for a listener with ``-t`` and one with the local model (no ``-t``), interleaved; medians
-   over ``--repeats``. Split into the MAP job (its ``job_finished`` seconds in the journal) and the rest.
+   over ``--repeats``. Split into the MAP job (its ``job_finished`` seconds in the journal) and the rest,
+   and into inference (the job's run report: its requests to the server, or the local model) and the rest.
 2. Urgent: a study with Requested Procedure Priority STAT (the default ``urgent`` rule) sent alone, then
    sent behind ``--routine`` routine studies (the listener with ``-t`` and its default
    ``max_concurrent_jobs``): its latency both times, against the goal "≤ its solo latency + one job"
@@ -42,6 +43,7 @@ from pynetdicom import AE, evt
 from app.cli import TRITON_ENV
 from app.listener.config import TRITON_CONCURRENT_JOBS
 from benchmarks.common import machine, write_section
+from operators.run_report import REPORT_NAME
 from scripts.make_sample_study import make_sample_study
 from tests.support.listener_peers import wait_for
 from tests.support.triton_server import inference_server
@@ -111,6 +113,12 @@ class Listener:
         """The ``job_finished`` durations, in journal order."""
         return [r["seconds"] for r in self.journal() if r["event"] == "job_finished"]
 
+    def last_job_inference_s(self) -> float:
+        """The last finished job's inference seconds (its run report's ``infer`` timing: the requests to the
+        server, or the local model)."""
+        arrival = [r["arrival"] for r in self.journal() if r["event"] == "job_finished"][-1]
+        return json.loads((self.folder / "output" / arrival / REPORT_NAME).read_text())["timings_s"]["infer"]
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
@@ -157,8 +165,8 @@ def sr_latency(pacs: Pacs, listener: Listener, study: list[pydicom.Dataset], qui
     sent = send(listener.port, [study])
     wait_for(lambda: uid in pacs.arrived, SR_TIMEOUT_S, "the SR at the PACS", 0.01)
     after = pacs.arrived[uid] - sent - quiet_period_s
-    job = listener.job_seconds()[-1]
-    return {"after_quiet_period_s": after, "job_s": job, "other_s": after - job}
+    job, inference = listener.job_seconds()[-1], listener.last_job_inference_s()
+    return {"after_quiet_period_s": after, "job_s": job, "inference_s": inference, "not_inference_s": after - inference, "other_s": after - job}
 
 
 def latency(pacs: Pacs, listeners: dict[str, Listener], template: list[pydicom.Dataset], repeats: int, quiet_period_s: float) -> dict:
@@ -277,16 +285,23 @@ def section(results: dict) -> str:
         f"Latency: from the last instance's C-STORE response to the SR at the PACS, minus the quiet period; medians of "
         f"{results['repeats']} interleaved runs (after one unmeasured run each). Goal ≤ {LATENCY_GOAL_S:g} s.",
         "",
-        "| listener | latency after the quiet period (s) | of which the MAP job (s) | the rest (s) | runs (s), in order |",
-        "|---|---:|---:|---:|---|",
+        "| listener | latency after the quiet period (s) | of which the MAP job (s) | outside the job (s) "
+        "| of which inference (s) | all but inference (s) | runs (s), in order |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for name, label in (("triton", "with `-t` (Triton)"), ("local", "local model (no `-t`)")):
         m, runs = lat[name]["median"], ", ".join(f"{r['after_quiet_period_s']:.2f}" for r in lat[name]["runs"])
-        lines.append(f"| {label} | {m['after_quiet_period_s']:.2f} | {m['job_s']:.2f} | {m['other_s']:.2f} | {runs} |")
+        lines.append(f"| {label} | {m['after_quiet_period_s']:.2f} | {m['job_s']:.2f} | {m['other_s']:.2f} | {m['inference_s']:.2f} "
+                     f"| {m['not_inference_s']:.2f} | {runs} |")
+    rest = lat["triton"]["median"]["not_inference_s"]
     lines += [
         "",
-        f"Goal ≤ {LATENCY_GOAL_S:g} s with `-t`: {'met' if triton <= LATENCY_GOAL_S else 'not met'} ({triton:.2f} s); the MAP job "
-        "(a fresh `python app` process per study) is nearly all of it.",
+        f"Goal ≤ {LATENCY_GOAL_S:g} s with `-t`: {'met' if triton <= LATENCY_GOAL_S else 'not met'} ({triton:.2f} s). Each job is "
+        "forked from the listener's warm process (`app/warm_start.py`), so start-up is no longer in it; what remains is "
+        f"inference, the server's fp32 ONNX Runtime on this machine's {os.cpu_count()} CPU cores ({lat['triton']['median']['inference_s']:.2f} s "
+        f"for the study's 7 images), and {rest:.2f} s for everything else (quiet-period detection, loading, de-identification, "
+        f"preprocessing, the SR, delivery): {'within' if rest <= LATENCY_GOAL_S else 'above'} the goal. The whole goal needs "
+        "inference faster than this CPU gives: a GPU server.",
         "",
         f"Urgent: a study with Requested Procedure Priority STAT, alone and then pushed right behind {urgent['routine']} routine "
         f"studies, to the listener with `-t` and its default {results['default_jobs_with_triton']} jobs at once.",

@@ -39,7 +39,7 @@ class StructuredReportWriterOperator(Operator):
 
     def start(self) -> None:
         with self.report.timed("write_sr_warm_up"):
-            warm_up(self.labels, self.algorithm, self.options)
+            warm_up()
 
     @timed_stage("write_sr")
     def compute(self, op_input, op_output, context) -> None:

@@ -27,7 +27,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 ALL_STORAGE, SELECTED_IMAGES = "all", "images"
 #: ``max_concurrent_jobs`` by default: 1 with a local model (each job loads the model and uses both
 #: cores), 2 with a Triton server (the app instances share its model: 5.8 → 7.9 studies/min from 1 to 2
-#: instances, 8.1 at 4 for twice the memory; through the listener 4.3, 5.1 and 4.0; BENCHMARKS.md
+#: instances, 8.1 at 4 for twice the memory; through the listener 21.6, 25.3 and 24.5; BENCHMARKS.md
 #: "Triton remote inference", "Listener with a Triton server").
 LOCAL_CONCURRENT_JOBS, TRITON_CONCURRENT_JOBS = 1, 2
 
@@ -124,7 +124,7 @@ class ListenerConfig:
     tls: TlsSettings | None = None
     destination_tls: DestinationTlsSettings | None = None
     network_timeout_s: float = 60.0
-    #: HOST:PORT of a Triton server's HTTP endpoint: each job runs ``python app -t`` against it.
+    #: HOST:PORT of a Triton server's HTTP endpoint: each job runs the app with ``-t`` against it.
     triton_server: str | None = None
     #: Jobs at once; None: ``TRITON_CONCURRENT_JOBS`` with a Triton server, else ``LOCAL_CONCURRENT_JOBS``.
     max_concurrent_jobs: int | None = None

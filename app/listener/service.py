@@ -99,6 +99,7 @@ class Listener:
         caller's (the Storage SCP here, STOW-RS in ``app.web.ingest``)."""
         self.config.output_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.config.output_dir, 0o700)  # SRs and run reports hold PHI: only the listener's user may enter
+        self.job.start()
         self.recover()
         workers = [self._completion_loop, self._delivery_loop] + [self._job_loop] * self.config.concurrent_jobs
         for number, target in enumerate(workers):

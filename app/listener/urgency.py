@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from io import BufferedReader
 
+from pydicom import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 
@@ -53,8 +54,17 @@ def requested_procedure_priority(received: Buffer, transfer_syntax: UID, max_hea
     try:
         header = read_dataset(BufferedReader(BufferReader(received)), transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian,
                               stop_when=lambda tag, vr, length: tag > REQUESTED_PROCEDURE_PRIORITY)
+    except Exception:  # a data set truncated by the inflation limit, or malformed after its UIDs: pydicom raises many kinds
+        return None
+    return priority_of(header)
+
+
+def priority_of(header: Dataset) -> str | None:
+    """(0040,1003) of a data set read at least that far (the top level's, else the first Request Attributes
+    Sequence item's), upper-cased; None if absent or unreadable."""
+    try:
         items = [header, *(header[REQUEST_ATTRIBUTES_SEQUENCE].value if REQUEST_ATTRIBUTES_SEQUENCE in header else [])]
         values = [str(item[REQUESTED_PROCEDURE_PRIORITY].value) for item in items if REQUESTED_PROCEDURE_PRIORITY in item]
-    except Exception:  # a data set truncated by the inflation limit, or malformed after its UIDs: pydicom raises many kinds
+    except Exception:  # values are decoded on access: a malformed one raises many kinds
         return None
     return values[0].strip().upper() if values else None

@@ -25,6 +25,7 @@ from app.listener.journal import Arrival
 from app.listener.scp import STATUS_OUT_OF_RESOURCES
 from app.listener.service import Listener
 from app.listener.spool import INSTANCE_SUFFIX
+from app.listener.urgency import priority_of
 from operators.intake.inventory import PART10_HEADER, classify_file
 
 #: Not a network peer: the journal's ``delivered`` records say where the SRs went.
@@ -33,6 +34,8 @@ WADO_RS = Destination("WADO-RS", "localhost", 0)
 #: still need a calling AE title.
 NO_CALLING_AE = ("STOW-RS",)
 HEADER_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality"]
+#: What the ``urgent`` rule reads of a study's first instance (``app/listener/urgency.py``).
+PRIORITY_TAGS = ["RequestedProcedurePriority", "RequestAttributesSequence"]
 
 
 @dataclass(frozen=True)
@@ -82,8 +85,9 @@ class StowIngest(Listener):
             path.write_bytes(part10)
             checked = classify_file(path)  # non-image SOP classes pass: the app skips them, as for the listener
         try:
-            header = dcmread(BytesIO(part10), stop_before_pixels=True, specific_tags=HEADER_TAGS)
+            header = dcmread(BytesIO(part10), stop_before_pixels=True, specific_tags=HEADER_TAGS + PRIORITY_TAGS)
             sop_class, sop_instance, study = (str(header.get(k) or "") for k in HEADER_TAGS[:3])
+            priority = priority_of(header)
         except Exception as exc:  # a damaged header raises many kinds
             return Refused(STATUS_CANNOT_UNDERSTAND, checked.reason or f"the header cannot be read ({type(exc).__name__})")
         if checked.refused:
@@ -95,7 +99,8 @@ class StowIngest(Listener):
         if refusal:
             return Refused(STATUS_OUT_OF_RESOURCES, refusal, sop_class, sop_instance)
         try:
-            arrival = self.spool.store(study, sop_instance, part10)
+            # no calling AE title over HTTP: the rule's Requested Procedure Priority alone decides
+            arrival = self.spool.store(study, sop_instance, part10, urgent=lambda: self.config.urgent.matches("", None, lambda: priority))
         except OSError as exc:  # strerror only: the exception's text holds the file name, a UID
             return Refused(STATUS_OUT_OF_RESOURCES, f"cannot write to the spool ({exc.strerror})", sop_class, sop_instance)
         return Stored(sop_class, sop_instance, arrival)

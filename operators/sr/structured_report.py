@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import highdicom as hd
@@ -44,7 +45,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from operators.atomic import write_atomically
 from operators.deid.deidentifier import ReidentificationMap
 from operators.inference.classification import SeriesClassification
-from operators.inference.zero_shot import ZERO_SHOT_PROBABILITY, LabelSet
+from operators.inference.zero_shot import LOCAL_SCHEME, ZERO_SHOT_PROBABILITY, Label, LabelSet
 from operators.sr.codes import NO_CONFIDENT_FINDING, PROBABILITY_MARGIN, coding_scheme_identification
 from operators.sr.predecessor import PredecessorSR
 from operators.sr.uids import UIDRoot
@@ -216,11 +217,17 @@ def write_sr(sr: Dataset, output_folder: Path) -> Path:
     return write_atomically(Path(output_folder) / f"{sr.SOPInstanceUID}.dcm", lambda f: sr.save_as(f, enforce_file_format=True))
 
 
-def warm_up(labels: LabelSet, algorithm: Algorithm, options: ReportOptions) -> None:
+@cache
+def warm_up() -> None:
     """Build (and discard) one SR of a synthetic study, so that highdicom loads the standard's module
-    tables (~0.6 s, once per process) at start-up, beside the model, not inside the first study."""
+    tables (~0.6 s, once per process) at start-up, beside the model, not inside the first study. Once
+    per process: a job forked from a warmed process (the listener's, ``app/warm_start.py``) skips it."""
     from operators.imaging.preprocessing import ImageRef
 
+    options = ReportOptions()
+    code = Code("WARMUP", LOCAL_SCHEME, "warm-up")
+    labels = LabelSet(code, (Label("a", code, ("a",)), Label("b", code, ("b",))))
+    algorithm = Algorithm(ALGORITHM_NAME, "warm-up", (), random_weights=True)
     study, series, image = options.uid_root.new(), options.uid_root.new(), options.uid_root.new()
     reid = ReidentificationMap(uids={study: study, series: series, image: image}, studies={study: Dataset()})
     reid.studies[study].StudyInstanceUID = study

@@ -34,6 +34,7 @@ from tests.support.listener_peers import (
     make_dose_report,
     make_non_image_instances,
     make_truncated_copy,
+    map_jobs,
     storescu,
     storescu_popen,
     wait_for,
@@ -115,6 +116,7 @@ def test_multi_series_study_from_storescu_returns_one_valid_sr_to_the_pacs(ns, s
     assert [pydicom.dcmread(p).SOPInstanceUID for p in outputs] == [sr.SOPInstanceUID], "the SR is also in the output folder"
     (report,) = _run_reports(tmp_path / "output")
     assert sorted(report["files"]) == sorted(f"{ds.SOPInstanceUID}.dcm" for ds in sent), "one arrival held the whole study"
+    assert report["timings_s"]["write_sr_warm_up"] < 0.01, "the job was forked warm: highdicom's tables were loaded before it"
     assert not any((tmp_path / "spool" / "arrivals").iterdir()), "the spooled study is removed once its SR is written"
     assert (tmp_path / "spool").stat().st_mode & 0o077 == 0, "only the listener's user can read the spool"
 
@@ -277,10 +279,6 @@ def test_more_of_a_reported_study_after_a_restart_gets_an_sr_of_the_whole_study_
     assert not [uid for uid in (first.SOPInstanceUID, second.SOPInstanceUID, first.SeriesInstanceUID, first.StudyInstanceUID) if uid in log]
 
 
-def _app_children(pid: int) -> list[int]:
-    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
-
-
 def test_kill9_mid_receive_then_resend_gives_one_sr_with_every_instance(ns, started, model_package: Path, tmp_path: Path) -> None:
     (study_uid, files), = make_ct_studies(tmp_path / "sent", studies=1, series_per_study=1, instances_per_series=400).items()
     pacs = started(DcmtkPacs(ns, tmp_path / "pacs"))
@@ -311,9 +309,9 @@ def test_kill9_mid_job_and_while_delivery_is_pending_delivers_exactly_one_sr(ns,
     assert storescu(ns, sample_study).returncode == 0
 
     # Mid-job: the MAP is running (its output is still staged under a .partial folder).
-    wait_for(lambda: list((tmp_path / "output").glob(".*.partial")) and _app_children(listener.pid), 60, "the job to start")
+    wait_for(lambda: list((tmp_path / "output").glob(".*.partial")) and map_jobs(listener.pid), 60, "the job to start")
     time.sleep(2)
-    (app_pid,) = _app_children(listener.pid)
+    (app_pid,) = map_jobs(listener.pid)
     listener.kill9()
     wait_for(lambda: not Path(f"/proc/{app_pid}").exists() or "Z" in Path(f"/proc/{app_pid}/stat").read_text().split()[2], 10,
              "the orphaned job to be killed with the listener")
@@ -347,8 +345,8 @@ def test_an_urgent_study_sent_behind_routine_ones_gets_its_sr_first(ns, started,
     studies = make_ct_studies(tmp_path / "studies", 4, 1, 1)  # Study Instance UID -> its one instance
     first, *routine, urgent = studies
     assert storescu(ns, studies[first]).returncode == 0
-    wait_for(lambda: "job attempt 1" in (tmp_path / "listener.log").read_text() and _app_children(listener.pid), 60, "the first job", 0.1)
-    (routine_app,) = _app_children(listener.pid)
+    wait_for(lambda: "job attempt 1" in (tmp_path / "listener.log").read_text() and map_jobs(listener.pid), 60, "the first job", 0.1)
+    (routine_app,) = map_jobs(listener.pid)
     assert _niceness(routine_app) == ROUTINE_NICENESS, "a routine job yields the cores to an urgent one"
     for study in routine:
         assert storescu(ns, studies[study]).returncode == 0

@@ -126,3 +126,32 @@ def _raw_post_with_huge_content_length(base: str) -> bytes:
         answer = conn.recv(4096)
     assert time.monotonic() - started < 5
     return answer
+
+
+def test_a_stat_study_stored_by_stow_rs_is_urgent_and_a_routine_one_is_not(server: tuple[str, Path]) -> None:
+    """The listener's ``urgent`` rule over HTTP: there is no calling AE title, so the first instance's
+    Requested Procedure Priority decides (here in its Request Attributes Sequence, as a modality writes it)."""
+    base, state = server
+    studies = {}
+    for priority in ("STAT", None):
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.StudyInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid()
+        if priority:
+            request = pydicom.Dataset()
+            request.RequestedProcedurePriority = priority
+            ds.RequestAttributesSequence = [request]
+        response = stow(base, [encoded(ds)])
+        assert response.status_code == 200, response.text
+        studies[priority] = response.headers["link"].split(">")[0].lstrip("<")
+
+    def finished(job: str) -> dict | None:
+        record = httpx.get(job, headers=AUTH, timeout=10).json()
+        return record if record["state"] in ("processed", "failed") else None
+
+    priorities = {}
+    for priority, job in studies.items():
+        record = wait_for(lambda job=job: finished(job), JOB_TIMEOUT_S, "the job", poll_s=0.5)
+        assert isinstance(record, dict) and record["state"] == "processed"
+        arrival = job.rsplit("/", 1)[1]  # the job is the arrival
+        priorities[priority] = json.loads((state / "output" / arrival / "run_report.json").read_text())["priority"]
+    assert priorities == {"STAT": "urgent", None: "routine"}

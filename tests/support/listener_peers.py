@@ -23,6 +23,8 @@ import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 
+from app.listener.jobs import JOB_PROCESS_NAME
+
 ROOT = Path(__file__).resolve().parents[2]
 LISTENER_AE, SENDER_AE, PACS_AE = "BIOMEDCLIP", "STORESCU", "PACS"
 LISTENER_PORT, PACS_PORT, ORTHANC_HTTP_PORT = 11112, 11113, 8042
@@ -39,6 +41,21 @@ def wait_for(condition: Callable[[], object], timeout_s: float, what: str, poll_
             return result
         time.sleep(poll_s)
     raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def map_jobs(pid: int) -> list[int]:
+    """The MAP job processes below ``pid`` (forked from the listener's warm process, named ``map-job``), zombies excluded."""
+    children = [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+    return [c for c in children if _running_name(c) == JOB_PROCESS_NAME] + [job for c in children for job in map_jobs(c)]
+
+
+def _running_name(pid: int) -> str:
+    """``pid``'s name (comm), or "" once it has exited."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return "" if stat.rsplit(")", 1)[1].split()[0] == "Z" else Path(f"/proc/{pid}/comm").read_text().strip()
+    except FileNotFoundError:
+        return ""
 
 
 class LoopbackNamespace:
