@@ -177,17 +177,22 @@ class AppSettings:
         except (OSError, ValueError) as exc:
             raise SettingsError(f"{rules_path}: unreadable series selection rules ({exc})") from None
         inference = data.section("inference")
-        return cls(
-            series_selection_rules=rules,
-            max_images_per_series=data.section("sampling").integer("max_images_per_series"),
-            backend=BackendSpec(
-                backend=inference.string("backend"),
-                precision=inference.string("precision", "fp32"),
+        backend, precision = inference.string("backend"), inference.string("precision", "fp32")
+        try:
+            spec = BackendSpec(
+                backend=backend,
+                precision=precision,
                 compile=inference.boolean("compile", False),
                 cuda_graphs=inference.boolean("cuda_graphs", False),
                 # with -t: an unusable Triton server means running on this local backend instead of exit 2
                 triton_fallback=inference.boolean("triton_fallback", False),
-            ),
+            )
+        except ValueError as exc:  # an unknown backend or precision: one line at start-up, not a traceback
+            raise SettingsError(f"{path}: inference: {exc}") from None
+        return cls(
+            series_selection_rules=rules,
+            max_images_per_series=data.section("sampling").integer("max_images_per_series"),
+            backend=spec,
             batch_size=inference.integer("batch_size"),
             deidentification=DeidentificationSettings._from_section(data.section("deidentification")),
             structured_report=_report_options(data.section("structured_report", {})),

@@ -465,7 +465,7 @@ def build_package(
         (staging / "open_clip_config.json").write_text(json.dumps(config, indent=2))
         encoder_sha256 = sha256_file(staging / "image_encoder.onnx")
         write_repository(staging, "image_encoder.onnx", TensorShapes("pixel_values", "image_features", int(embeddings.shape[1]),
-                                                                     IMAGE_SIZE), encoder_sha256)
+                                                                     IMAGE_SIZE), encoder_sha256, variant_files)
         # every regular file, by its path in the package (the Triton repository's link to the ONNX graph is not one)
         files = {p.relative_to(staging).as_posix(): sha256_file(p)
                  for p in sorted(staging.rglob("*")) if p.is_file() and not p.is_symlink()}

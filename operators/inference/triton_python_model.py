@@ -1,13 +1,14 @@
 """The Triton Python-backend models of the package's ``triton/`` repository (``triton_repository``): copied
-there at build time as ``biomedclip_image_encoder_python/1/model.py`` and
-``biomedclip_image_encoder_pytorch/1/model.py``, and run by the server's Python backend stub, not by the app.
+there at build time as ``biomedclip_image_encoder_python/1/model.py``,
+``biomedclip_image_encoder_pytorch/1/model.py`` (and ``biomedclip_image_encoder_python_int8/1/model.py``), and
+run by the server's Python backend stub, not by the app.
 
 Each wraps one of this project's backends, named by its config's ``image_encoder_backend`` parameter:
 ONNX Runtime fp32 on the package's graph (the CPU model, so the server's results are the local backend's),
-or PyTorch bf16 compiled with CUDA graphs on the instance's GPU. It imports this checkout's ``operators``
-package, which ``python -m app.inference_server`` puts on the stub's ``PYTHONPATH`` (with the server
-environment's site-packages); the package itself is found relative to the model folder, so a package
-moved as one folder keeps working. Triton's dynamic batcher hands ``execute`` several requests at once:
+ONNX Runtime on the package's int8 graph (the one the local int8 backend picks), or PyTorch bf16 compiled with CUDA graphs on the instance's
+GPU. It imports this checkout's ``operators`` package, which ``python -m app.inference_server`` puts on the
+stub's ``PYTHONPATH`` (with the server environment's site-packages); the package itself is found relative to
+the model folder, so a package moved as one folder keeps working. Triton's dynamic batcher hands ``execute`` several requests at once:
 they run as one batch, on a GPU padded to a power of two so that every batch replays one of a few CUDA
 graphs captured at load time.
 """

@@ -15,6 +15,9 @@ Layout (written by ``scripts/build_model.py``; ``docs/backends.md`` "Triton"):
         1/model.onnx -> ../../../image_encoder.onnx   (a relative link: the package moves as one folder)
       biomedclip_image_encoder_trt/      platform "tensorrt_plan": ``1/model.plan`` is built on the target
         config.pbtxt                     GPU (docs/deployment.md); until then the server does not load it
+      biomedclip_image_encoder_python_int8/   where the package has an int8 variant: the Python model on
+        config.pbtxt                     the graph the local int8 backend runs (int8-dynamic first), for clients
+        1/model.py                       whose ``inference.precision`` is int8 (~2.6x fp32 on a CPU: BENCHMARKS.md)
 
 Every model takes ``pixel_values`` (N x 3 x 224 x 224: float32, float16 for the PyTorch model, ``INPUT_TYPE``)
 and returns ``image_features`` (N x 512 float32), batched by Triton's dynamic batcher with two priority levels
@@ -27,6 +30,7 @@ holds another model version.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,11 +41,17 @@ TENSORRT_MODEL, PYTORCH_MODEL, ONNX_MODEL, PYTHON_MODEL = (
     "biomedclip_image_encoder_trt", "biomedclip_image_encoder_pytorch", "biomedclip_image_encoder_onnx",
     "biomedclip_image_encoder_python")
 MODEL_PREFERENCE = (TENSORRT_MODEL, PYTORCH_MODEL, ONNX_MODEL, PYTHON_MODEL)
+#: The models of a precision other than the default, by the ``inference.precision`` that asks for them: written
+#: where the package has an ONNX variant of that precision. A client asking for it uses that model and no other.
+PYTHON_INT8_MODEL = "biomedclip_image_encoder_python_int8"
+PRECISION_MODELS = {"int8": PYTHON_INT8_MODEL}
+ALL_MODELS = MODEL_PREFERENCE + tuple(PRECISION_MODELS.values())
 #: The parameter of every config.pbtxt naming the model version: the sha256 of the fp32 ONNX graph.
 VERSION_PARAMETER = "image_encoder_sha256"
 #: The parameter of a Python-backend model naming the project backend it wraps (``parse_backend``).
 BACKEND_PARAMETER = "image_encoder_backend"
-PYTHON_BACKENDS = {PYTHON_MODEL: "onnxruntime fp32", PYTORCH_MODEL: "pytorch bf16 compile cuda_graphs"}
+PYTHON_BACKENDS = {PYTHON_MODEL: "onnxruntime fp32", PYTORCH_MODEL: "pytorch bf16 compile cuda_graphs",
+                   PYTHON_INT8_MODEL: "onnxruntime int8"}
 #: Triton's priority levels (1 is served first); ``default_priority_level`` is the routine one.
 URGENT_PRIORITY, ROUTINE_PRIORITY = 1, 2
 
@@ -59,7 +69,8 @@ class Batching:
 #: (PyTorch) a batch of 256 takes ~20 ms: batch what is queued, wait at most 1 ms.
 CPU_BATCHING = Batching(16, (8, 16), 5000)
 GPU_BATCHING = Batching(256, (), 1000)
-BATCHING = {TENSORRT_MODEL: CPU_BATCHING, PYTORCH_MODEL: GPU_BATCHING, ONNX_MODEL: CPU_BATCHING, PYTHON_MODEL: CPU_BATCHING}
+BATCHING = {TENSORRT_MODEL: CPU_BATCHING, PYTORCH_MODEL: GPU_BATCHING, ONNX_MODEL: CPU_BATCHING, PYTHON_MODEL: CPU_BATCHING,
+            PYTHON_INT8_MODEL: CPU_BATCHING}
 #: The input's data type on the wire, where it is not FP32 (the client sends what the model's config declares).
 #: The PyTorch model computes in bf16: float16, whose 10-bit mantissa holds more than bf16's 7 (and normalised
 #: pixels, |x| < 10, are far inside its range), changes nothing it computes and halves the bytes of every copy
@@ -73,7 +84,8 @@ MODEL_PARAMETERS = {PYTORCH_MODEL: {"FORCE_CPU_ONLY_INPUT_TENSORS": "no"}}
 #: The models only a server with a CUDA device can load (a TensorRT plan exists only once built on one).
 NEEDS_CUDA = {PYTORCH_MODEL}
 #: The file in each model's version folder that the model needs before a server can load it.
-VERSION_FILE = {PYTHON_MODEL: "model.py", PYTORCH_MODEL: "model.py", ONNX_MODEL: "model.onnx", TENSORRT_MODEL: "model.plan"}
+VERSION_FILE = {PYTHON_MODEL: "model.py", PYTORCH_MODEL: "model.py", ONNX_MODEL: "model.onnx", TENSORRT_MODEL: "model.plan",
+                PYTHON_INT8_MODEL: "model.py"}
 #: The Python-backend model: this module's sibling, copied into the package at build time.
 PYTHON_MODEL_SOURCE = Path(__file__).resolve().parent / "triton_python_model.py"
 
@@ -91,6 +103,7 @@ def model_config(name: str, shapes: TensorShapes, version_sha256: str) -> str:
     backend = {
         PYTHON_MODEL: 'backend: "python"',
         PYTORCH_MODEL: 'backend: "python"',
+        PYTHON_INT8_MODEL: 'backend: "python"',
         ONNX_MODEL: 'backend: "onnxruntime"\ndefault_model_filename: "model.onnx"',
         TENSORRT_MODEL: 'platform: "tensorrt_plan"\ndefault_model_filename: "model.plan"',
     }[name]
@@ -98,7 +111,8 @@ def model_config(name: str, shapes: TensorShapes, version_sha256: str) -> str:
     # puts itself on the GPU (cuda:0) and stages its own transfers (``GpuBatches``): declared KIND_CPU, the server
     # hands it inputs as they arrived (3,686 vs 2,345 img/s as KIND_GPU on an H200, 64 clients x 8 images, when it
     # took numpy arrays; by DLPack the two kinds measure alike: BENCHMARKS.md "Triton on a GPU").
-    kind = {PYTHON_MODEL: "KIND_CPU", PYTORCH_MODEL: "KIND_CPU", TENSORRT_MODEL: "KIND_GPU"}.get(name, "KIND_AUTO")
+    kind = {PYTHON_MODEL: "KIND_CPU", PYTORCH_MODEL: "KIND_CPU", PYTHON_INT8_MODEL: "KIND_CPU",
+            TENSORRT_MODEL: "KIND_GPU"}.get(name, "KIND_AUTO")
     batching = BATCHING[name]
     preferred = f"preferred_batch_size: [ {', '.join(map(str, batching.preferred))} ]\n  " if batching.preferred else ""
     parameters = ({VERSION_PARAMETER: version_sha256} | ({BACKEND_PARAMETER: PYTHON_BACKENDS[name]} if name in PYTHON_BACKENDS else {})
@@ -127,18 +141,22 @@ def parse_backend(text: str) -> tuple[str, str, bool, bool]:
     return backend, precision, "compile" in flags, "cuda_graphs" in flags
 
 
-def write_repository(package_root: Path, onnx_name: str, shapes: TensorShapes, version_sha256: str) -> list[Path]:
-    """Write ``package_root/triton`` for the package's fp32 graph ``onnx_name``; returns the regular
+def write_repository(package_root: Path, onnx_name: str, shapes: TensorShapes, version_sha256: str,
+                     variants: Collection[str] = ()) -> list[Path]:
+    """Write ``package_root/triton`` for the package's fp32 graph ``onnx_name`` and, for each precision of its
+    ONNX ``variants`` (``int8-dynamic``: int8) that has a model of its own, that model; returns the regular
     files written (the manifest lists them; the ONNX model's link points at a file it already lists)."""
     root = package_root / REPOSITORY
     written = []
-    for name in MODEL_PREFERENCE:
+    precisions = {variant.split("-")[0] for variant in variants}
+    models = MODEL_PREFERENCE + tuple(model for precision, model in PRECISION_MODELS.items() if precision in precisions)
+    for name in models:
         folder = root / name
         # no version folder for the plan until it is built: an empty one would be a version without a model
         (folder if name == TENSORRT_MODEL else folder / "1").mkdir(parents=True)
         (folder / "config.pbtxt").write_text(model_config(name, shapes, version_sha256))
         written.append(folder / "config.pbtxt")
-    for name in PYTHON_BACKENDS:
+    for name in (model for model in models if model in PYTHON_BACKENDS):
         (root / name / "1" / "model.py").write_text(PYTHON_MODEL_SOURCE.read_text())
         written.append(root / name / "1" / "model.py")
     os.symlink(Path("..", "..", "..", onnx_name), root / ONNX_MODEL / "1" / "model.onnx")
@@ -149,7 +167,8 @@ def loadable_models(repository: Path, backends: set[str], cuda: bool = False) ->
     """The repository's models that a server with ``backends`` (and, where ``cuda``, torch and a CUDA device
     in its Python environment) can load: its backend present and its version file there (a TensorRT plan
     exists only once built on the target GPU)."""
-    needs = {PYTHON_MODEL: "python", PYTORCH_MODEL: "python", ONNX_MODEL: "onnxruntime", TENSORRT_MODEL: "tensorrt"}
-    return [name for name in MODEL_PREFERENCE
+    needs = {PYTHON_MODEL: "python", PYTORCH_MODEL: "python", ONNX_MODEL: "onnxruntime", TENSORRT_MODEL: "tensorrt",
+             PYTHON_INT8_MODEL: "python"}
+    return [name for name in ALL_MODELS
             if needs[name] in backends and (cuda or name not in NEEDS_CUDA)
             and (repository / name / "1" / VERSION_FILE[name]).exists()]

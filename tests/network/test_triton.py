@@ -238,3 +238,37 @@ def test_a_server_environment_without_the_pytriton_wheel_is_refused_in_one_line(
                             env={**os.environ, "TRITON_PYTHON": sys.executable}, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "no nvidia-pytriton wheel" in result.stderr and "requirements-triton.txt" in result.stderr
+
+
+def test_a_site_asking_for_int8_gets_the_servers_int8_model_or_a_one_line_refusal(
+        server: Server, model_package: Path, sample_study: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """``inference.precision`` int8 (the quicker CPU graph): a package with an int8 variant serves it as a model of
+    its own, whose embeddings are the local int8 backend's and which the app's run names; a server without it is refused,
+    not silently swapped for the fp32 model."""
+    config = shutil.copytree(ROOT / "app" / "config", tmp_path / "config") / "app.json"
+    config.write_text(config.read_text().replace('"precision": "fp32"', '"precision": "int8"'))
+    env = {"BIOMEDCLIP_APP_CONFIG": str(config)}
+
+    app = _app_t(sample_study, tmp_path / "refused", model_package, server.netloc, env=env)
+    _, stderr = app.communicate(timeout=300)
+    assert app.returncode == 2
+    assert stderr.strip().splitlines()[-1] == (f"error: Triton server {server.netloc} serves none of biomedclip_image_encoder_python_int8 "
+                                               "(inference.precision int8)")
+
+    with_int8 = tmp_path_factory.mktemp("models-int8") / "biomedclip"
+    build_package(None, SEED, DEFAULT_LABELS, with_int8, variants=["int8-dynamic"])
+    with inference_server(with_int8, tmp_path / "server.log") as int8_server:
+        package = ModelPackage.load(with_int8)
+        images = _sample_images()
+        remote = create_backend(BackendSpec(precision="int8", triton_server=int8_server.netloc), package)
+        local = create_backend(BackendSpec("onnxruntime", "int8"), package)
+        assert remote.name.startswith(f"triton-{int8_server.netloc}-biomedclip_image_encoder_python_int8-sha256:")
+        cosine = (l2_normalise(remote.embed(images)) * l2_normalise(local.embed(images))).sum(axis=1)
+        assert cosine.min() >= 0.9999, cosine
+
+        app = _app_t(sample_study, tmp_path / "output", with_int8, int8_server.netloc, env=env)
+        _, stderr = app.communicate(timeout=600)
+        assert app.returncode == 0, stderr[-3000:]
+        (sr,) = (tmp_path / "output").glob("*.dcm")
+        backend = [p for p in algorithm_parameters(sr) if p.startswith("backend=")][0]
+        assert backend.startswith(f"backend=triton-{int8_server.netloc}-biomedclip_image_encoder_python_int8-sha256:")

@@ -149,3 +149,13 @@ def test_unreadable_series_selection_rules_are_refused_naming_their_file(tmp_pat
     (tmp_path / "app.json").write_text(json.dumps(data))
     with pytest.raises(SettingsError, match=r"rules\.json: unreadable series selection rules"):
         AppSettings.load(tmp_path / "app.json")
+
+
+@pytest.mark.parametrize(("key", "value", "problem"), [
+    ("inference.precision", "int8-dynamic", "unknown precision 'int8-dynamic'"),
+    ("inference.backend", "tensorflow", "unknown backend 'tensorflow'"),
+])
+def test_an_unknown_backend_or_precision_is_one_error_naming_the_file(tmp_path: Path, key: str, value: str, problem: str) -> None:
+    """Was a ValueError traceback from the backend spec (exit 1), not the settings' one line (exit 2)."""
+    path = write_config(tmp_path / "config", {key: value})
+    refused(path, f"inference: {problem}")

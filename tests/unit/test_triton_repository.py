@@ -10,6 +10,7 @@ import pytest
 from operators.inference.triton_repository import (
     BACKEND_PARAMETER,
     ONNX_MODEL,
+    PYTHON_INT8_MODEL,
     PYTHON_MODEL,
     PYTORCH_MODEL,
     TENSORRT_MODEL,
@@ -23,9 +24,10 @@ from operators.inference.triton_repository import (
 SHA = "ab" * 32
 
 
-def _repository(tmp_path: Path) -> Path:
+def _repository(tmp_path: Path, variants: tuple[str, ...] = ()) -> Path:
+    tmp_path.mkdir(exist_ok=True)
     (tmp_path / "image_encoder.onnx").write_bytes(b"graph")
-    written = write_repository(tmp_path, "image_encoder.onnx", TensorShapes("pixel_values", "image_features", 512, 224), SHA)
+    written = write_repository(tmp_path, "image_encoder.onnx", TensorShapes("pixel_values", "image_features", 512, 224), SHA, variants)
     assert all(p.is_file() and not p.is_symlink() for p in written)
     return tmp_path / "triton"
 
@@ -72,3 +74,16 @@ def test_only_the_pytorch_model_takes_gpu_inputs_where_they_are(tmp_path: Path) 
                  for name in (PYTHON_MODEL, PYTORCH_MODEL)}
     assert force_cpu[PYTORCH_MODEL] and force_cpu[PYTORCH_MODEL][1] == "no"
     assert force_cpu[PYTHON_MODEL] is None
+
+
+def test_a_package_with_an_int8_variant_also_serves_it_and_one_without_does_not(tmp_path: Path) -> None:
+    """For sites whose ``inference.precision`` is int8 (a CPU server): the Python model on that graph."""
+    with_int8 = _repository(tmp_path / "with", ("fp16", "int8-dynamic"))
+    assert loadable_models(with_int8, {"python"}) == [PYTHON_MODEL, PYTHON_INT8_MODEL]
+    config = (with_int8 / PYTHON_INT8_MODEL / "config.pbtxt").read_text()
+    assert parse_backend(re.search(rf'key: "{BACKEND_PARAMETER}" value {{ string_value: "([^"]+)" }}', config)[1]) == (
+        "onnxruntime", "int8", False, False)
+    assert re.search(rf'key: "{VERSION_PARAMETER}" value {{ string_value: "{SHA}" }}', config), "the package's version, as every model"
+    assert "priority_levels: 2" in config and "max_batch_size: 16\n" in config
+    assert (_repository(tmp_path / "qdq", ("int8-qdq",)) / PYTHON_INT8_MODEL).is_dir()
+    assert not (_repository(tmp_path / "without", ("fp16", "fp8-qdq")) / PYTHON_INT8_MODEL).exists()

@@ -3,7 +3,8 @@ or NVIDIA's Triton container with the package's ``triton/`` repository); this pr
 imports neither open_clip nor ONNX Runtime nor torch.
 
 At start the server must answer, be ready, and serve one of the repository's models
-(``triton_repository.MODEL_PREFERENCE``, best first) whose ``image_encoder_sha256`` parameter is the
+(``triton_repository.MODEL_PREFERENCE``, best first; for an ``inference.precision`` that has a model of its own,
+``PRECISION_MODELS``, that one) whose ``image_encoder_sha256`` parameter is the
 package's: a server holding another model version is refused (``BackendUnavailable``, one line). Batches
 go by HTTP/REST (``tritonclient.http``, as the SDK's ``TritonRemoteModel``); Triton's dynamic batcher
 merges them with other clients' requests, an urgent study's (``BackendSpec.urgent``) at its higher priority
@@ -21,7 +22,13 @@ import numpy as np
 
 from operators.inference.backends.base import BackendSpec, BackendUnavailable
 from operators.inference.model_package import ModelPackage
-from operators.inference.triton_repository import MODEL_PREFERENCE, ROUTINE_PRIORITY, URGENT_PRIORITY, VERSION_PARAMETER
+from operators.inference.triton_repository import (
+    MODEL_PREFERENCE,
+    PRECISION_MODELS,
+    ROUTINE_PRIORITY,
+    URGENT_PRIORITY,
+    VERSION_PARAMETER,
+)
 
 CONNECT_TIMEOUT_S = 5.0
 #: A batch of 16 on a CPU server shared by several app instances takes tens of seconds; a dead server
@@ -65,9 +72,11 @@ class TritonBackend:
             if not client.is_server_ready():
                 raise BackendUnavailable(f"Triton server {server} is not ready")
             ready = {entry["name"] for entry in client.get_model_repository_index() if entry.get("state") == "READY"}
-            served = [name for name in MODEL_PREFERENCE if name in ready]
+            usable = (PRECISION_MODELS[spec.precision],) if spec.precision in PRECISION_MODELS else MODEL_PREFERENCE
+            served = [name for name in usable if name in ready]
             if not served:
-                raise BackendUnavailable(f"Triton server {server} serves none of {', '.join(MODEL_PREFERENCE)}")
+                raise BackendUnavailable(f"Triton server {server} serves none of {', '.join(usable)}"
+                                         + (f" (inference.precision {spec.precision})" if spec.precision in PRECISION_MODELS else ""))
             config = client.get_model_config(served[0])
         except (InferenceServerException, OSError) as exc:
             raise BackendUnavailable(f"Triton server {server} unreachable ({_one_line(exc)})") from None
