@@ -27,7 +27,8 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 ALL_STORAGE, SELECTED_IMAGES = "all", "images"
 #: ``max_concurrent_jobs`` by default: 1 with a local model (each job loads the model and uses both
 #: cores), 2 with a Triton server (the app instances share its model: 5.8 → 7.9 studies/min from 1 to 2
-#: instances, 8.1 at 4 for twice the memory; through the listener 21.6, 25.3 and 24.5; BENCHMARKS.md
+#: instances, 8.1 at 4 for twice the memory; through the listener, jobs forked warm, 21.6-23.7, 23.6-25.3 and
+#: 22.1-24.5 in two runs: no worse, and a job waiting on the server leaves the cores to the other; BENCHMARKS.md
 #: "Triton remote inference", "Listener with a Triton server").
 LOCAL_CONCURRENT_JOBS, TRITON_CONCURRENT_JOBS = 1, 2
 
