@@ -178,15 +178,11 @@ class AppSettings:
             raise SettingsError(f"{rules_path}: unreadable series selection rules ({exc})") from None
         inference = data.section("inference")
         backend, precision = inference.string("backend"), inference.string("precision", "fp32")
-        try:
-            spec = BackendSpec(
-                backend=backend,
-                precision=precision,
-                compile=inference.boolean("compile", False),
-                cuda_graphs=inference.boolean("cuda_graphs", False),
-                # with -t: an unusable Triton server means running on this local backend instead of exit 2
-                triton_fallback=inference.boolean("triton_fallback", False),
-            )
+        compile_torch, cuda_graphs = inference.boolean("compile", False), inference.boolean("cuda_graphs", False)
+        # with -t: an unusable Triton server means running on this local backend instead of exit 2
+        triton_fallback = inference.boolean("triton_fallback", False)
+        try:  # after the reads: their SettingsError is a ValueError too, and already one line
+            spec = BackendSpec(backend, precision, compile_torch, cuda_graphs, triton_fallback=triton_fallback)
         except ValueError as exc:  # an unknown backend or precision: one line at start-up, not a traceback
             raise SettingsError(f"{path}: inference: {exc}") from None
         return cls(

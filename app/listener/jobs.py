@@ -48,6 +48,7 @@ ROUTINE_NICENESS = 10
 WARM_START = "app.warm_start"
 _PR_SET_PDEATHSIG, _PR_SET_NAME = 1, 15  # <linux/prctl.h>
 
+
 @dataclass(frozen=True)
 class JobOutcome:
     exit_code: int | None  # None: killed at the time limit

@@ -159,3 +159,10 @@ def test_an_unknown_backend_or_precision_is_one_error_naming_the_file(tmp_path: 
     """Was a ValueError traceback from the backend spec (exit 1), not the settings' one line (exit 2)."""
     path = write_config(tmp_path / "config", {key: value})
     refused(path, f"inference: {problem}")
+
+
+def test_a_bad_inference_value_beside_the_spec_is_named_once(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "config", {"inference.compile": "yes"})
+    with pytest.raises(SettingsError) as raised:
+        AppSettings.load(path)
+    assert str(raised.value).count(str(path)) == 1 and "inference.compile" in str(raised.value)
