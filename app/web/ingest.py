@@ -13,6 +13,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from io import BytesIO
 from pathlib import Path
 
@@ -87,7 +88,6 @@ class StowIngest(Listener):
         try:
             header = dcmread(BytesIO(part10), stop_before_pixels=True, specific_tags=HEADER_TAGS + PRIORITY_TAGS)
             sop_class, sop_instance, study = (str(header.get(k) or "") for k in HEADER_TAGS[:3])
-            priority = priority_of(header)
         except Exception as exc:  # a damaged header raises many kinds
             return Refused(STATUS_CANNOT_UNDERSTAND, checked.reason or f"the header cannot be read ({type(exc).__name__})")
         if checked.refused:
@@ -99,8 +99,9 @@ class StowIngest(Listener):
         if refusal:
             return Refused(STATUS_OUT_OF_RESOURCES, refusal, sop_class, sop_instance)
         try:
-            # no calling AE title over HTTP: the rule's Requested Procedure Priority alone decides
-            arrival = self.spool.store(study, sop_instance, part10, urgent=lambda: self.config.urgent.matches("", None, lambda: priority))
+            # no calling AE title over HTTP: the rule's Requested Procedure Priority alone decides, read only for a study's first instance
+            urgent = partial(self.config.urgent.matches, "", None, partial(priority_of, header))
+            arrival = self.spool.store(study, sop_instance, part10, urgent=urgent)
         except OSError as exc:  # strerror only: the exception's text holds the file name, a UID
             return Refused(STATUS_OUT_OF_RESOURCES, f"cannot write to the spool ({exc.strerror})", sop_class, sop_instance)
         return Stored(sop_class, sop_instance, arrival)

@@ -17,7 +17,7 @@ Layout (written by ``scripts/build_model.py``; ``docs/backends.md`` "Triton"):
         config.pbtxt                     GPU (docs/deployment.md); until then the server does not load it
       biomedclip_image_encoder_python_int8/   where the package has an int8 variant: the Python model on
         config.pbtxt                     the graph the local int8 backend runs (int8-dynamic first), for clients
-        1/model.py                       whose ``inference.precision`` is int8 (~2.6x fp32 on a CPU: BENCHMARKS.md)
+        1/model.py                       whose ``inference.precision`` is int8 (1.5-2.6x fp32 on this CPU)
 
 Every model takes ``pixel_values`` (N x 3 x 224 x 224: float32, float16 for the PyTorch model, ``INPUT_TYPE``)
 and returns ``image_features`` (N x 512 float32), batched by Triton's dynamic batcher with two priority levels
@@ -46,6 +46,8 @@ MODEL_PREFERENCE = (TENSORRT_MODEL, PYTORCH_MODEL, ONNX_MODEL, PYTHON_MODEL)
 PYTHON_INT8_MODEL = "biomedclip_image_encoder_python_int8"
 PRECISION_MODELS = {"int8": PYTHON_INT8_MODEL}
 ALL_MODELS = MODEL_PREFERENCE + tuple(PRECISION_MODELS.values())
+#: A precision's model is configured, loaded and batched as the Python model; only the graph differs.
+CONFIGURED_AS = {PYTHON_INT8_MODEL: PYTHON_MODEL}
 #: The parameter of every config.pbtxt naming the model version: the sha256 of the fp32 ONNX graph.
 VERSION_PARAMETER = "image_encoder_sha256"
 #: The parameter of a Python-backend model naming the project backend it wraps (``parse_backend``).
@@ -69,8 +71,7 @@ class Batching:
 #: (PyTorch) a batch of 256 takes ~20 ms: batch what is queued, wait at most 1 ms.
 CPU_BATCHING = Batching(16, (8, 16), 5000)
 GPU_BATCHING = Batching(256, (), 1000)
-BATCHING = {TENSORRT_MODEL: CPU_BATCHING, PYTORCH_MODEL: GPU_BATCHING, ONNX_MODEL: CPU_BATCHING, PYTHON_MODEL: CPU_BATCHING,
-            PYTHON_INT8_MODEL: CPU_BATCHING}
+BATCHING = {TENSORRT_MODEL: CPU_BATCHING, PYTORCH_MODEL: GPU_BATCHING, ONNX_MODEL: CPU_BATCHING, PYTHON_MODEL: CPU_BATCHING}
 #: The input's data type on the wire, where it is not FP32 (the client sends what the model's config declares).
 #: The PyTorch model computes in bf16: float16, whose 10-bit mantissa holds more than bf16's 7 (and normalised
 #: pixels, |x| < 10, are far inside its range), changes nothing it computes and halves the bytes of every copy
@@ -84,8 +85,7 @@ MODEL_PARAMETERS = {PYTORCH_MODEL: {"FORCE_CPU_ONLY_INPUT_TENSORS": "no"}}
 #: The models only a server with a CUDA device can load (a TensorRT plan exists only once built on one).
 NEEDS_CUDA = {PYTORCH_MODEL}
 #: The file in each model's version folder that the model needs before a server can load it.
-VERSION_FILE = {PYTHON_MODEL: "model.py", PYTORCH_MODEL: "model.py", ONNX_MODEL: "model.onnx", TENSORRT_MODEL: "model.plan",
-                PYTHON_INT8_MODEL: "model.py"}
+VERSION_FILE = {PYTHON_MODEL: "model.py", PYTORCH_MODEL: "model.py", ONNX_MODEL: "model.onnx", TENSORRT_MODEL: "model.plan"}
 #: The Python-backend model: this module's sibling, copied into the package at build time.
 PYTHON_MODEL_SOURCE = Path(__file__).resolve().parent / "triton_python_model.py"
 
@@ -100,20 +100,19 @@ class TensorShapes:
 
 def model_config(name: str, shapes: TensorShapes, version_sha256: str) -> str:
     """config.pbtxt (Triton's ``ModelConfig`` in protobuf text format) of one model of the repository."""
+    like = CONFIGURED_AS.get(name, name)
     backend = {
         PYTHON_MODEL: 'backend: "python"',
         PYTORCH_MODEL: 'backend: "python"',
-        PYTHON_INT8_MODEL: 'backend: "python"',
         ONNX_MODEL: 'backend: "onnxruntime"\ndefault_model_filename: "model.onnx"',
         TENSORRT_MODEL: 'platform: "tensorrt_plan"\ndefault_model_filename: "model.plan"',
-    }[name]
+    }[like]
     # The CPU Python model runs where the server runs; the others on a GPU where there is one. The PyTorch model
     # puts itself on the GPU (cuda:0) and stages its own transfers (``GpuBatches``): declared KIND_CPU, the server
     # hands it inputs as they arrived (3,686 vs 2,345 img/s as KIND_GPU on an H200, 64 clients x 8 images, when it
     # took numpy arrays; by DLPack the two kinds measure alike: BENCHMARKS.md "Triton on a GPU").
-    kind = {PYTHON_MODEL: "KIND_CPU", PYTORCH_MODEL: "KIND_CPU", PYTHON_INT8_MODEL: "KIND_CPU",
-            TENSORRT_MODEL: "KIND_GPU"}.get(name, "KIND_AUTO")
-    batching = BATCHING[name]
+    kind = {PYTHON_MODEL: "KIND_CPU", PYTORCH_MODEL: "KIND_CPU", TENSORRT_MODEL: "KIND_GPU"}.get(like, "KIND_AUTO")
+    batching = BATCHING[like]
     preferred = f"preferred_batch_size: [ {', '.join(map(str, batching.preferred))} ]\n  " if batching.preferred else ""
     parameters = ({VERSION_PARAMETER: version_sha256} | ({BACKEND_PARAMETER: PYTHON_BACKENDS[name]} if name in PYTHON_BACKENDS else {})
                   | MODEL_PARAMETERS.get(name, {}))
@@ -167,8 +166,7 @@ def loadable_models(repository: Path, backends: set[str], cuda: bool = False) ->
     """The repository's models that a server with ``backends`` (and, where ``cuda``, torch and a CUDA device
     in its Python environment) can load: its backend present and its version file there (a TensorRT plan
     exists only once built on the target GPU)."""
-    needs = {PYTHON_MODEL: "python", PYTORCH_MODEL: "python", ONNX_MODEL: "onnxruntime", TENSORRT_MODEL: "tensorrt",
-             PYTHON_INT8_MODEL: "python"}
+    needs = {PYTHON_MODEL: "python", PYTORCH_MODEL: "python", ONNX_MODEL: "onnxruntime", TENSORRT_MODEL: "tensorrt"}
     return [name for name in ALL_MODELS
-            if needs[name] in backends and (cuda or name not in NEEDS_CUDA)
-            and (repository / name / "1" / VERSION_FILE[name]).exists()]
+            if needs[CONFIGURED_AS.get(name, name)] in backends and (cuda or name not in NEEDS_CUDA)
+            and (repository / name / "1" / VERSION_FILE[CONFIGURED_AS.get(name, name)]).exists()]
