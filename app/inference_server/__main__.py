@@ -1,4 +1,4 @@
-"""``python -m app.inference_server -m MODEL_DIR --http-port N [--grpc-port M]``: Triton Inference Server
+"""``python -m app.inference_server -m MODEL_DIR --http-port N [--grpc-port M] [--metrics-port P]``: Triton Inference Server
 on 127.0.0.1 with the model package's repository; prints one ``ready:`` line once ``/v2/health/ready``
 answers, runs until SIGTERM or SIGINT, then stops the server cleanly. Exit 2 with one ``error:`` line when
 it cannot start (no server, no repository, a port in use, a model that fails to load).
@@ -34,6 +34,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("-m", "--model", required=True, type=Path, metavar="MODEL_DIR", help="the model package (scripts/build_model.py)")
     p.add_argument("--http-port", required=True, type=_port, help="HTTP/REST port (the app's -t 127.0.0.1:PORT)")
     p.add_argument("--grpc-port", type=_port, help="gRPC port (default: gRPC off)")
+    p.add_argument("--metrics-port", type=_port, help="Prometheus metrics port, /metrics (default: metrics off)")
     p.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for the server to be ready (default 120)")
     return p.parse_args(argv)
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tritonserver-") as workdir:
         try:
             package = find_package_dir(args.model)
-            options = ServerOptions(package, args.http_port, args.grpc_port)
+            options = ServerOptions(package, args.http_port, args.grpc_port, args.metrics_port)
             server = TritonServer(distribution.find(Path(workdir)), options, dict(os.environ))
             server.wait_ready(args.ready_timeout)
         except (ModelPackageError, ServerError, distribution.ServerNotFound) as exc:

@@ -3,8 +3,8 @@ until ``/v2/health/ready`` answers 200, and stopped with SIGTERM (Triton then fi
 flight, up to ``--exit-timeout-secs``).
 
 Only the models the server can load are loaded (``--model-control-mode=explicit``): the pytriton wheel
-has the Python backend only, and a TensorRT plan exists only once built on the target GPU. Metrics are
-off (Triton would open a third port on all interfaces); HTTP and gRPC listen on 127.0.0.1 only.
+has the Python backend only, and a TensorRT plan exists only once built on the target GPU. HTTP, gRPC and
+Prometheus metrics (off unless given a port) listen on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class ServerOptions:
     package: Path  # the model package folder (holding ``triton/``)
     http_port: int
     grpc_port: int | None = None
+    metrics_port: int | None = None
 
     def repository(self) -> Path:
         return self.package / REPOSITORY
@@ -40,11 +41,13 @@ class ServerOptions:
 
 def command(dist: Distribution, options: ServerOptions, models: list[str]) -> list[str]:
     grpc = [f"--grpc-address={LOOPBACK}", f"--grpc-port={options.grpc_port}"] if options.grpc_port else ["--allow-grpc=false"]
+    metrics = ([f"--metrics-address={LOOPBACK}", f"--metrics-port={options.metrics_port}"] if options.metrics_port
+               else ["--allow-metrics=false"])
     return [
         str(dist.binary), f"--model-repository={options.repository()}", f"--backend-directory={dist.backends}",
         "--model-control-mode=explicit", *(f"--load-model={name}" for name in models),
-        f"--http-address={LOOPBACK}", f"--http-port={options.http_port}", *grpc,
-        "--allow-metrics=false", "--strict-readiness=true", "--exit-on-error=true", f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
+        f"--http-address={LOOPBACK}", f"--http-port={options.http_port}", *grpc, *metrics,
+        "--strict-readiness=true", "--exit-on-error=true", f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
     ]
 
 

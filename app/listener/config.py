@@ -27,9 +27,10 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 ALL_STORAGE, SELECTED_IMAGES = "all", "images"
 #: ``max_concurrent_jobs`` by default: 1 with a local model (each job loads the model and uses both
 #: cores), 2 with a Triton server (the app instances share its model: 5.8 → 7.9 studies/min from 1 to 2
-#: instances, 8.1 at 4 for twice the memory; through the listener, jobs forked warm, 21.6-23.7, 23.6-25.3 and
-#: 22.1-24.5 in two runs: no worse, and a job waiting on the server leaves the cores to the other; BENCHMARKS.md
-#: "Triton remote inference", "Listener with a Triton server").
+#: instances, 8.1 at 4 for twice the memory; through the listener, jobs forked warm, 21.6-25.6, 23.6-25.8 and
+#: 22.1-27.5 studies/min at 1, 2 and 4 jobs in three runs (the last with prefetch): within each other's noise,
+#: and a job waiting on the server leaves the cores to the other; BENCHMARKS.md "Triton remote inference",
+#: "Listener with a Triton server").
 LOCAL_CONCURRENT_JOBS, TRITON_CONCURRENT_JOBS = 1, 2
 
 
@@ -127,7 +128,11 @@ class ListenerConfig:
     network_timeout_s: float = 60.0
     #: HOST:PORT of a Triton server's HTTP endpoint: each job runs the app with ``-t`` against it.
     triton_server: str | None = None
-    #: Jobs at once; None: ``TRITON_CONCURRENT_JOBS`` with a Triton server, else ``LOCAL_CONCURRENT_JOBS``.
+    #: With a Triton server: each instance's images are sent to it as they arrive, so that the job's inference
+    #: is mostly done by the end of the quiet period (``prefetch.py``).
+    prefetch_embeddings: bool = True
+    #: Jobs at once; None: ``TRITON_CONCURRENT_JOBS`` with a Triton server, else ``LOCAL_CONCURRENT_JOBS``. With a
+    #: server one more runs for urgent studies only (the urgent lane, ``service.py``).
     max_concurrent_jobs: int | None = None
     #: Which studies jump the job queue and ask Triton for its higher priority level (``urgency.py``).
     urgent: UrgentRule = field(default_factory=UrgentRule)
@@ -193,6 +198,8 @@ def _typed(key: str, value: Any) -> Any:
         return value or None
     if key == "urgent":
         return urgent_rule(value)
+    if key == "prefetch_embeddings" and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, not {value!r}")
     if key == "storage_sop_classes":
         if value in (ALL_STORAGE, SELECTED_IMAGES):
             return value

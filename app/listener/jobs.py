@@ -46,6 +46,8 @@ SR_WRITTEN = frozenset({ExitCode.NONE_FAILED, ExitCode.SOME_FAILED})
 ROUTINE_NICENESS = 10
 #: The module the job processes' forkserver imports once (``app/warm_start.py``).
 WARM_START = "app.warm_start"
+#: Where the job processes (and the prefetch process, ``prefetch.py``) come from: forks of the warm process.
+JOB_CONTEXT = multiprocessing.get_context("forkserver")
 _PR_SET_PDEATHSIG, _PR_SET_NAME = 1, 15  # <linux/prctl.h>
 
 
@@ -72,12 +74,11 @@ class MapJob:
         self.output_dir = Path(output_dir).resolve()
         self.timeout_s = timeout_s
         self.triton_server = triton_server
-        self._processes = multiprocessing.get_context("forkserver")
 
     def start(self) -> None:
         """Start the warm process the jobs are forked from; it warms up (~2 s) beside the listener's start,
         not inside the first study."""
-        self._processes.set_forkserver_preload([WARM_START])
+        JOB_CONTEXT.set_forkserver_preload([WARM_START])
         forkserver.ensure_running()
 
     def arguments(self, study: Path, output: Path, predecessor: Path | None = None, urgent: bool = False) -> list[str]:
@@ -100,7 +101,7 @@ class MapJob:
             shutil.rmtree(stale, ignore_errors=True)
         staging.mkdir(parents=True)
         niceness = 0 if urgent else ROUTINE_NICENESS
-        process = self._processes.Process(target=run_application, name=JOB_PROCESS_NAME,
+        process = JOB_CONTEXT.Process(target=run_application, name=JOB_PROCESS_NAME,
                                           args=(self.arguments(study, staging, predecessor, urgent), staging / APP_LOG, niceness))
         try:
             process.start()
@@ -121,12 +122,7 @@ class MapJob:
 
 def run_application(arguments: list[str], log: Path, niceness: int) -> None:
     """The job process: ``python app ARGUMENTS``, its stdout and stderr into ``log``."""
-    forked_from = os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != forked_from:  # it died before the line above: the listener is gone
-        os.kill(os.getpid(), signal.SIGKILL)
-    libc.prctl(_PR_SET_NAME, JOB_PROCESS_NAME.encode())
+    die_with_parent(JOB_PROCESS_NAME)
     os.nice(niceness)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     for stream in (1, 2):
@@ -136,6 +132,17 @@ def run_application(arguments: list[str], log: Path, niceness: int) -> None:
     from app.__main__ import main
 
     sys.exit(main())
+
+
+def die_with_parent(name: str) -> None:
+    """In a process forked from the warm one: SIGKILL when that dies (as it does when the listener dies), and
+    ``name`` as its comm (at most 15 bytes)."""
+    forked_from = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != forked_from:  # it died before the line above: the listener is gone
+        os.kill(os.getpid(), signal.SIGKILL)
+    libc.prctl(_PR_SET_NAME, name.encode())
 
 
 def refused_files(output: Path) -> int:

@@ -12,6 +12,8 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from app.listener.config import ListenerConfig
@@ -20,6 +22,7 @@ from app.listener.health import HealthEndpoint
 from app.listener.job_queue import JobQueue
 from app.listener.jobs import MapJob
 from app.listener.journal import COMPLETE, FAILED, PROCESSED, RECEIVING, Arrival, Journal
+from app.listener.prefetch import EmbeddingPrefetch
 from app.listener.retention import purge_older_than
 from app.listener.scp import StorageSCP
 from app.listener.spool import Spool
@@ -40,6 +43,8 @@ class Listener:
         self.spool = Spool(config.spool_dir, self.journal, config.quiet_period_s, config.max_spool_bytes, config.min_free_bytes)
         self.scp = StorageSCP(config, self.spool)
         self.job = MapJob(config.model_dir, config.output_dir, config.job_timeout_s, config.triton_server)
+        self.prefetch = (EmbeddingPrefetch(config.model_dir, config.triton_server)
+                         if config.triton_server and config.prefetch_embeddings else None)
         self.jobs = JobQueue()
         self.deliveries = DeliveryQueue()
         self.backoff = Backoff(config.delivery_initial_backoff_s, config.delivery_max_backoff_s)
@@ -100,10 +105,16 @@ class Listener:
         self.config.output_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.config.output_dir, 0o700)  # SRs and run reports hold PHI: only the listener's user may enter
         self.job.start()
+        if self.prefetch is not None:
+            self.prefetch.start()
+            self.spool.on_stored = self.prefetch.offer
         self.recover()
-        workers = [self._completion_loop, self._delivery_loop] + [self._job_loop] * self.config.concurrent_jobs
-        for number, target in enumerate(workers):
-            thread = threading.Thread(target=target, name=f"listener-{target.__name__.strip('_')}-{number}", daemon=True)
+        workers: list[tuple[str, Callable[[], None]]] = [("completion", self._completion_loop), ("delivery", self._delivery_loop)]
+        workers += [("job", self._job_loop)] * self.config.concurrent_jobs
+        if self.config.triton_server:  # the urgent lane: an urgent study never waits for a routine job to end
+            workers.append(("urgent-job", partial(self._job_loop, urgent_only=True)))
+        for number, (name, target) in enumerate(workers):
+            thread = threading.Thread(target=target, name=f"listener-{name}-{number}", daemon=True)
             thread.start()
             self._threads.append(thread)
 
@@ -114,6 +125,8 @@ class Listener:
         if self.health is not None:
             self.health.stop()
         self._stop.set()
+        if self.prefetch is not None:
+            self.prefetch.stop()
         self.journal.close()
 
     def _completion_loop(self) -> None:
@@ -131,10 +144,10 @@ class Listener:
             for arrival in completed:
                 self.jobs.put(arrival)
 
-    def _job_loop(self) -> None:
+    def _job_loop(self, urgent_only: bool = False) -> None:
         while not self._stop.is_set():
             try:
-                arrival = self.jobs.get(timeout=0.5)
+                arrival = self.jobs.get(timeout=0.5, urgent_only=urgent_only)
             except queue.Empty:
                 continue
             try:

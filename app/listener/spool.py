@@ -68,6 +68,8 @@ class Spool:
         self._reported: dict[str, Arrival] = {}
         self._used_bytes = folder_bytes(self.root)
         self._free_bytes, self._free_checked = 0, float("-inf")
+        #: Called with each instance durably stored, its arrival's urgency and quiet period (the listener's prefetch).
+        self.on_stored: Callable[[Path, bool, float], None] | None = None
 
     def folder(self, arrival_id: str) -> Path:
         return self.arrivals_dir / arrival_id
@@ -106,8 +108,9 @@ class Spool:
             receiving.writes_in_flight += 1
             receiving.quiet_period_s = self.quiet_period_s if quiet_period_s is None else quiet_period_s
         stored = 0
+        path = receiving.folder / (sop_instance_uid + INSTANCE_SUFFIX)
         try:
-            write_atomically(receiving.folder / (sop_instance_uid + INSTANCE_SUFFIX), lambda f: f.writelines(parts))
+            write_atomically(path, lambda f: f.writelines(parts))
             stored = sum(memoryview(part).nbytes for part in parts)
         finally:
             with self._lock:
@@ -116,6 +119,8 @@ class Spool:
                 if stored:  # a retransmitted instance replaces its earlier copy
                     self._used_bytes += stored - receiving.instance_bytes.get(sop_instance_uid, 0)
                     receiving.instance_bytes[sop_instance_uid] = stored
+        if self.on_stored is not None:
+            self.on_stored(path, receiving.arrival.urgent, receiving.quiet_period_s)
         return receiving.arrival.id
 
     def _open(self, study_uid: str, urgent: bool) -> _Receiving:

@@ -8,9 +8,14 @@ ONNX Runtime fp32 on the package's graph (the CPU model, so the server's results
 ONNX Runtime on the package's int8 graph (the one the local int8 backend picks), or PyTorch bf16 compiled with CUDA graphs on the instance's
 GPU. It imports this checkout's ``operators`` package, which ``python -m app.inference_server`` puts on the
 stub's ``PYTHONPATH`` (with the server environment's site-packages); the package itself is found relative to
-the model folder, so a package moved as one folder keeps working. Triton's dynamic batcher hands ``execute`` several requests at once:
-they run as one batch, on a GPU padded to a power of two so that every batch replays one of a few CUDA
-graphs captured at load time.
+the model folder, so a package moved as one folder keeps working. Triton's dynamic batcher hands ``execute``
+several requests at once: they run as one batch, on a GPU padded to a power of two so that every batch replays
+one of a few CUDA graphs captured at load time.
+
+A CPU model whose config sets ``embedding_cache_images`` keeps the images of the listener's prefetch requests
+in its ``EmbeddingCache``, answers any request's images it holds from there, and counts both in two Prometheus
+counters (``CACHE_METRICS``: the server's ``/metrics`` where metrics are on, ``python -m app.inference_server
+--metrics-port``).
 """
 
 from __future__ import annotations
@@ -25,8 +30,16 @@ import triton_python_backend_utils as pb_utils
 
 from operators.inference.backends.base import BackendSpec
 from operators.inference.backends.onnxruntime import OnnxRuntimeBackend
+from operators.inference.embedding_cache import EmbeddingCache
 from operators.inference.model_package import ModelPackage
-from operators.inference.triton_repository import BACKEND_PARAMETER, VERSION_PARAMETER, parse_backend
+from operators.inference.triton_repository import (
+    BACKEND_PARAMETER,
+    CACHE_METRICS,
+    CACHE_PARAMETER,
+    PREFETCH_PARAMETER,
+    VERSION_PARAMETER,
+    parse_backend,
+)
 
 
 class TritonPythonModel:
@@ -50,6 +63,14 @@ class TritonPythonModel:
             self.gpu = GpuBatches(torch_backend, config["max_batch_size"], config["input"][0])
         else:
             self.backend = OnnxRuntimeBackend.from_package(package, spec)
+        images = int(config["parameters"].get(CACHE_PARAMETER, {}).get("string_value") or 0)
+        self.cache = EmbeddingCache(images) if images and not self.gpu else None
+        if self.cache is not None:
+            labels = {"model": args["model_name"], "version": args["model_version"]}
+            # a metric works only while its family lives: both kept
+            self.families = [pb_utils.MetricFamily(name=name, description=f"images {what}", kind=pb_utils.MetricFamily.COUNTER)
+                             for name, what in zip(CACHE_METRICS, ("answered from the embedding cache", "computed by the model"))]
+            self.hits, self.misses = (family.Metric(labels=labels) for family in self.families)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         # tensors in and out by DLPack, not as numpy arrays: given numpy arrays, tritonserver 2.51's stub answers empty
@@ -59,7 +80,14 @@ class TritonPythonModel:
             outputs = [pb_utils.Tensor.from_dlpack(self.output, features) for features in self.gpu.embed(tensors)]
         else:
             batches = [np.from_dlpack(tensor) for tensor in tensors]
-            features = self.backend.embed(np.concatenate(batches))
+            batch = np.concatenate(batches)
+            if self.cache is not None:
+                keep = [bool(json.loads(request.parameters() or "{}").get(PREFETCH_PARAMETER)) for request in requests]
+                features, hits = self.cache.embed(batch, self.backend.embed, [k for k, b in zip(keep, batches) for _ in range(len(b))])
+                self.hits.increment(hits)
+                self.misses.increment(len(batch) - hits)
+            else:
+                features = self.backend.embed(batch)
             outputs = [_numpy_tensor(self.output, part) for part in np.split(features, np.cumsum([len(b) for b in batches])[:-1])]
         return [pb_utils.InferenceResponse(output_tensors=[output]) for output in outputs]
 

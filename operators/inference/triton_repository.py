@@ -24,7 +24,9 @@ and returns ``image_features`` (N x 512 float32), batched by Triton's dynamic ba
 (1 = urgent, 2 = routine). Each
 config carries the sha256 of the package's fp32 ONNX graph (the manifest's entry) as the parameter
 ``image_encoder_sha256``: the client reads it from the model configuration and refuses a server that
-holds another model version.
+holds another model version. The CPU Python models' configs also set ``embedding_cache_images``: the images
+of the listener's prefetch requests (``biomedclip_prefetch``) are kept, by SHA-256, for the job that follows
+(``embedding_cache``).
 """
 
 from __future__ import annotations
@@ -78,10 +80,20 @@ BATCHING = {TENSORRT_MODEL: CPU_BATCHING, PYTORCH_MODEL: GPU_BATCHING, ONNX_MODE
 #: of a batch (154 MB in float32 at 256). Measured on an H200 (BENCHMARKS.md "Triton on a GPU"): no throughput
 #: change on its own (2,345 vs 2,406 img/s, 64 clients x 8 images), the copies being Python-backend overheads.
 INPUT_TYPE = {PYTORCH_MODEL: "FP16"}
-#: Triton's own parameters of a model. The Python backend copies every input to host memory unless told not to:
+#: The parameter of a Python-backend model giving its embedding cache's size in images (``embedding_cache``).
+CACHE_PARAMETER = "embedding_cache_images"
+#: 4,096 images' embeddings: 8 MiB, the images of a few hundred studies' quiet periods.
+CACHE_IMAGES = 4096
+#: The request parameter (true) of the listener's prefetch: its images are kept in the embedding cache.
+PREFETCH_PARAMETER = "biomedclip_prefetch"
+#: The Prometheus counters of a model with an embedding cache: images answered from it, images it computed.
+CACHE_METRICS = ("biomedclip_embedding_cache_hits", "biomedclip_embedding_cache_misses")
+#: Further parameters of a model. The Python backend copies every input to host memory unless told not to:
 #: the PyTorch model takes an input that a client left in CUDA shared memory where it is, on the GPU (by DLPack,
-#: the stub mapping the client's memory), and a host input as before.
-MODEL_PARAMETERS = {PYTORCH_MODEL: {"FORCE_CPU_ONLY_INPUT_TENSORS": "no"}}
+#: the stub mapping the client's memory), and a host input as before. The CPU Python models keep embeddings by
+#: input (the listener's prefetch fills it); the GPU model does not: at ~10,000 img/s hashing each input would
+#: cost more than computing it.
+MODEL_PARAMETERS = {PYTORCH_MODEL: {"FORCE_CPU_ONLY_INPUT_TENSORS": "no"}, PYTHON_MODEL: {CACHE_PARAMETER: str(CACHE_IMAGES)}}
 #: The models only a server with a CUDA device can load (a TensorRT plan exists only once built on one).
 NEEDS_CUDA = {PYTORCH_MODEL}
 #: The file in each model's version folder that the model needs before a server can load it.
@@ -115,7 +127,7 @@ def model_config(name: str, shapes: TensorShapes, version_sha256: str) -> str:
     batching = BATCHING[like]
     preferred = f"preferred_batch_size: [ {', '.join(map(str, batching.preferred))} ]\n  " if batching.preferred else ""
     parameters = ({VERSION_PARAMETER: version_sha256} | ({BACKEND_PARAMETER: PYTHON_BACKENDS[name]} if name in PYTHON_BACKENDS else {})
-                  | MODEL_PARAMETERS.get(name, {}))
+                  | MODEL_PARAMETERS.get(like, {}))
     return f"""name: "{name}"
 {backend}
 max_batch_size: {batching.max_batch_size}

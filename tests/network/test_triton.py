@@ -16,14 +16,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from models.builder import DEFAULT_LABELS, build_package, model_inputs_from_dicom
 from operators.inference.backends.base import BackendSpec
 from operators.inference.backends.registry import create_backend
 from operators.inference.model_package import ModelPackage, sha256_file
+from operators.inference.triton_repository import PYTHON_MODEL
 from operators.inference.zero_shot import l2_normalise
 from tests.conftest import ROOT, SEED, run_app, tree_digest
+from tests.support.listener_peers import make_dose_report, wait_for
+from tests.support.loopback_listener import PACS_AE, LoopbackListener, LoopbackPacs, send
 from tests.support.triton_server import Server, algorithm_parameters, free_port, inference_server, sr_content
 
 pytestmark = pytest.mark.skipif(platform.machine() != "x86_64", reason="the nvidia-pytriton wheel's tritonserver is built for x86-64 Linux only")
@@ -42,7 +46,7 @@ def model_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(model_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Server:
-    with inference_server(model_package, tmp_path_factory.mktemp("triton") / "server.log") as running:
+    with inference_server(model_package, tmp_path_factory.mktemp("triton") / "server.log", metrics=True) as running:
         yield running
     assert running.process.returncode == 0, "SIGTERM stops the server cleanly"
     assert "stopped: tritonserver exit status 0" in running.log.read_text()
@@ -150,6 +154,40 @@ def test_an_urgent_study_is_sent_at_tritons_higher_priority_level(server: Server
     report = _report(tmp_path / "output")
     assert report["priority"] == "urgent" and {row["backend"] for row in report["series"]} == {backend}
     assert sr_content(sr) == sr_content(local_sr), "the same result, only served first"
+
+
+#: Long enough for the prefetch to send the sample study's 7 images on a busy 2-core machine (~2 s when quiet).
+PREFETCH_QUIET_PERIOD_S = 8.0
+
+
+def test_a_study_pushed_to_the_listener_with_t_is_inferred_while_it_arrives(server: Server, model_package: Path, local_run: Path,
+                                                                           sample_study: Path, tmp_path: Path) -> None:
+    """The listener's prefetch (``app/listener/prefetch.py``): each instance's images go to the server as they are
+    spooled, so the job's requests are answered from the server's embedding cache, each image computed once; the SR
+    is the local model's. The CT dose report in the push (burned-in annotation: its pixels may carry PHI, and the
+    job refuses it) never reaches the server."""
+    pacs = LoopbackPacs()
+    settings = {"model_dir": str(model_package), "quiet_period_s": PREFETCH_QUIET_PERIOD_S, "triton_server": server.netloc,
+                "destination": f"{PACS_AE}@127.0.0.1:{pacs.port}"}
+    listener = LoopbackListener(tmp_path / "listener", settings, {**os.environ, **SECRET, "PYTHONPATH": str(ROOT)})
+    instances = sorted(p for p in sample_study.rglob("*") if p.is_file())
+    study = [pydicom.dcmread(p) for p in [*instances, make_dose_report(instances[0], tmp_path / "extra")]]
+    try:
+        listener.start()
+        before = server.embedding_cache()[PYTHON_MODEL]
+        send(listener.port, [study])
+        wait_for(lambda: study[0].StudyInstanceUID in pacs.arrived, 600, "the SR at the PACS", 0.1)
+        hits, computed = (now - then for now, then in zip(server.embedding_cache()[PYTHON_MODEL], before))
+    finally:
+        listener.stop()
+        pacs.stop()
+    assert (hits, computed) == (7, 7), "the job's 7 images came from the cache; the dose report was not sent"
+    (output,) = (tmp_path / "listener" / "output").iterdir()
+    report = _report(output)
+    assert report["summary"]["refused"] == 1, "the job refused the dose report itself"
+    (sr,), (local_sr,) = (sorted(folder.glob("*.dcm")) for folder in (output, local_run))
+    # the series in another order: the spool names files by SOP Instance UID, the sample study by position
+    assert sorted(map(repr, sr_content(sr))) == sorted(map(repr, sr_content(local_sr))), "the local model's findings"
 
 
 def test_four_app_instances_at_once_against_one_server(server: Server, model_package: Path, local_run: Path, sample_study: Path,

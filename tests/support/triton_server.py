@@ -4,17 +4,21 @@ with SIGTERM; and the reading of an SR's content tree that the Triton tests comp
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
+
+from operators.inference.triton_repository import CACHE_METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 300  # the Python model loads the ONNX graph on a shared 2-core machine
@@ -31,6 +35,7 @@ class Server:
     process: subprocess.Popen
     port: int
     log: Path
+    metrics_port: int | None = None
 
     @property
     def netloc(self) -> str:
@@ -42,6 +47,16 @@ class Server:
         (pid,) = (int(c) for c in children if Path(f"/proc/{c}/exe").resolve().name == "tritonserver")
         return pid
 
+    def embedding_cache(self) -> dict[str, tuple[int, int]]:
+        """Model -> (images answered from its embedding cache, images it computed), from the server's Prometheus
+        metrics (``metrics=True``)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as answer:
+            text = answer.read().decode()
+        counts: dict[str, list[int]] = {}
+        for name, model, value in re.findall(r'^(biomedclip_embedding_cache_(?:hits|misses))\{model="([^"]+)"[^}]*\} (\S+)$', text, re.M):
+            counts.setdefault(model, [0, 0])[CACHE_METRICS.index(name)] = int(float(value))
+        return {model: (hits, misses) for model, (hits, misses) in counts.items()}
+
     def stop(self) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -49,13 +64,14 @@ class Server:
 
 
 @contextmanager
-def inference_server(package: Path, log: Path) -> Iterator[Server]:
-    """The server on a free port, ready; stopped (SIGTERM) on exit."""
-    port = free_port()
+def inference_server(package: Path, log: Path, metrics: bool = False) -> Iterator[Server]:
+    """The server on a free port, ready, with its Prometheus metrics on another where ``metrics``; stopped (SIGTERM) on exit."""
+    port, metrics_port = free_port(), free_port() if metrics else None
     with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "app.inference_server", "-m", str(package), "--http-port", str(port)],
+        process = subprocess.Popen([sys.executable, "-m", "app.inference_server", "-m", str(package), "--http-port", str(port),
+                                    *(["--metrics-port", str(metrics_port)] if metrics_port else [])],
                                    cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    server = Server(process, port, log)
+    server = Server(process, port, log, metrics_port)
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while "ready: " not in log.read_text():

@@ -97,6 +97,7 @@ def test_the_example_config_loads_and_flags_override_it() -> None:
         ({"allowed_source_addresses": ["10.0.0.300"]}, "allowed_source_addresses:"),
         ({"destination_tls": {"certificate": "listener.pem", "private_key": "listener.key"}}, "destination_tls: ca_certificates is required"),
         ({"destination_tls": {"ca_certificates": "ca.pem", "certificate": "listener.pem"}}, "destination_tls: certificate and private_key go together"),
+        ({"prefetch_embeddings": "yes"}, "prefetch_embeddings: expected true or false"),
     ],
 )
 def test_a_bad_setting_is_named(tmp_path: Path, settings: dict, message: str) -> None:

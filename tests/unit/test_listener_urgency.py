@@ -195,20 +195,22 @@ def _wait(condition, what: str) -> None:  # type: ignore[no-untyped-def]
         time.sleep(0.01)
 
 
+def _send(listener: Listener, urgent: bool) -> str:
+    """One study of one instance into the spool; returns its arrival id once completed (its quiet period over)."""
+    ds = _ct()
+    arrival = listener.spool.store(ds.StudyInstanceUID, ds.SOPInstanceUID, _instance(ds), urgent=lambda: urgent)
+    _wait(lambda: any(r["arrival"] == arrival and r["event"] == "completed" for r in _records(listener)), "completed")
+    return arrival
+
+
 def test_an_urgent_arrival_queued_after_routine_ones_runs_first_and_urgent_ones_in_order(tmp_path: Path) -> None:
     listener = Listener(_config(tmp_path, quiet_period_s=0.05, max_concurrent_jobs=1))
     listener.job = job = _BlockingJob(listener.config.output_dir)  # type: ignore[assignment]
     listener.start_workers()
     try:
-        def send(urgent: bool) -> str:
-            ds = _ct()
-            arrival = listener.spool.store(ds.StudyInstanceUID, ds.SOPInstanceUID, _instance(ds), urgent=lambda: urgent)
-            _wait(lambda: any(r["arrival"] == arrival and r["event"] == "completed" for r in _records(listener)), "completed")
-            return arrival
-
-        running = send(urgent=False)
+        running = _send(listener, urgent=False)
         _wait(job.started.is_set, "the first job started")
-        queued = [(send(urgent), urgent) for urgent in (False, False, True, False, True)]
+        queued = [(_send(listener, urgent), urgent) for urgent in (False, False, True, False, True)]
         job.release.set()
         _wait(lambda: len(job.runs) == 6, "every job ran")
     finally:
@@ -216,6 +218,28 @@ def test_an_urgent_arrival_queued_after_routine_ones_runs_first_and_urgent_ones_
     urgent = [(a, u) for a, u in queued if u]
     routine = [(a, u) for a, u in queued if not u]
     assert job.runs == [(running, False), *urgent, *routine], "urgent first (FIFO among them), then routine in arrival order"
+
+
+def test_with_a_triton_server_an_urgent_study_does_not_wait_for_the_routine_job_running(tmp_path: Path) -> None:
+    """The urgent lane: with a server the jobs are light (no model), so one more job runs for an urgent study
+    while every routine slot is busy; the routine studies queued still wait for theirs."""
+    config = _config(tmp_path, quiet_period_s=0.05, max_concurrent_jobs=1, triton_server="127.0.0.1:8000", prefetch_embeddings=False)
+    listener = Listener(config)
+    listener.job = job = _BlockingJob(listener.config.output_dir)  # type: ignore[assignment]
+    listener.start_workers()
+    try:
+        running = _send(listener, urgent=False)
+        _wait(job.started.is_set, "the routine job started")
+        queued = _send(listener, urgent=False)
+        urgent = _send(listener, urgent=True)
+        _wait(lambda: len(job.runs) == 2, "the urgent job started while the routine one runs")
+        time.sleep(0.2)
+        assert job.runs == [(running, False), (urgent, True)], "the queued routine study still waits"
+        job.release.set()
+        _wait(lambda: len(job.runs) == 3, "the queued routine job ran")
+    finally:
+        listener.stop()
+    assert job.runs[2] == (queued, False)
 
 
 def _records(listener: Listener) -> list[dict]:

@@ -9,6 +9,7 @@ import pytest
 
 from operators.inference.triton_repository import (
     BACKEND_PARAMETER,
+    CACHE_PARAMETER,
     ONNX_MODEL,
     PYTHON_INT8_MODEL,
     PYTHON_MODEL,
@@ -87,3 +88,11 @@ def test_a_package_with_an_int8_variant_also_serves_it_and_one_without_does_not(
     assert "priority_levels: 2" in config and "max_batch_size: 16\n" in config
     assert (_repository(tmp_path / "qdq", ("int8-qdq",)) / PYTHON_INT8_MODEL).is_dir()
     assert not (_repository(tmp_path / "without", ("fp16", "fp8-qdq")) / PYTHON_INT8_MODEL).exists()
+
+
+def test_only_the_cpu_python_models_keep_embeddings(tmp_path: Path) -> None:
+    """The listener's prefetch pays where inference is slow (a CPU server); on a GPU hashing each input costs more."""
+    repository = _repository(tmp_path, ("int8-dynamic",))
+    keeping = {name for name in (PYTHON_MODEL, PYTHON_INT8_MODEL, PYTORCH_MODEL, ONNX_MODEL, TENSORRT_MODEL)
+               if re.search(rf'key: "{CACHE_PARAMETER}" value {{ string_value: "[1-9][0-9]*" }}', (repository / name / "config.pbtxt").read_text())}
+    assert keeping == {PYTHON_MODEL, PYTHON_INT8_MODEL}

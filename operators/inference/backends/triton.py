@@ -23,8 +23,10 @@ import numpy as np
 from operators.inference.backends.base import BackendSpec, BackendUnavailable
 from operators.inference.model_package import ModelPackage
 from operators.inference.triton_repository import (
+    CACHE_PARAMETER,
     MODEL_PREFERENCE,
     PRECISION_MODELS,
+    PREFETCH_PARAMETER,
     ROUTINE_PRIORITY,
     URGENT_PRIORITY,
     VERSION_PARAMETER,
@@ -46,8 +48,10 @@ class ServerLost(BackendUnavailable):
 
 class TritonBackend:
     def __init__(self, server: str, model: str, version: str, input_name: str, output_name: str,
-                 priority: int = ROUTINE_PRIORITY, datatype: str = "FP32") -> None:
+                 priority: int = ROUTINE_PRIORITY, datatype: str = "FP32", keeps_embeddings: bool = False) -> None:
         self.server, self.model, self.datatype = server, model, datatype
+        #: the model answers images it has seen from its embedding cache (``embedding_cache``; the listener's prefetch)
+        self.keeps_embeddings = keeps_embeddings
         self._local = threading.local()
         self.input_name, self.output_name, self.priority = input_name, output_name, priority
         #: names the server, the model, its version and the priority level its requests are sent at (the
@@ -90,9 +94,16 @@ class TritonBackend:
         if datatype not in WIRE_TYPES:
             raise BackendUnavailable(f"Triton server {server}: {served[0]} takes {datatype}, not one of {', '.join(WIRE_TYPES)}")
         return cls(server, served[0], version, encoder.input, encoder.output, URGENT_PRIORITY if spec.urgent else ROUTINE_PRIORITY,
-                   datatype)
+                   datatype, CACHE_PARAMETER in config.get("parameters", {}))
 
     def embed(self, pixel_values: np.ndarray) -> np.ndarray:
+        return self._infer(pixel_values)
+
+    def prefetch(self, pixel_values: np.ndarray) -> None:
+        """Have the server compute and keep these images' embeddings (where ``keeps_embeddings``) for a job soon."""
+        self._infer(pixel_values, {PREFETCH_PARAMETER: True})
+
+    def _infer(self, pixel_values: np.ndarray, parameters: dict[str, bool] | None = None) -> np.ndarray:
         from http.client import HTTPException  # geventhttpclient's "connection closed" is one, not an OSError
 
         import tritonclient.http as http
@@ -105,7 +116,8 @@ class TritonBackend:
         try:
             if not hasattr(self._local, "client"):
                 self._local.client = _client(self.server)
-            result = self._local.client.infer(self.model, [request], outputs=[wanted], priority=self.priority)
+            result = self._local.client.infer(self.model, [request], outputs=[wanted], priority=self.priority,
+                                                 parameters=parameters)
         except (InferenceServerException, OSError, HTTPException) as exc:
             raise ServerLost(f"Triton server {self.server} lost during inference ({_one_line(exc)}); "
                              "no SR written, the input is untouched: run the study again") from None
