@@ -143,7 +143,7 @@ class Prefetcher:
         from app.settings import AppSettings
         from operators.imaging.sampling import SamplingPolicy
 
-        self.model_dir, self.triton_server = model_dir, triton_server
+        self.model_dir = model_dir
         settings = AppSettings.load()
         self.sampling = SamplingPolicy(settings.max_images_per_series)
         self.accept_burned_in_annotation = settings.deidentification.accept_burned_in_annotation
