@@ -179,6 +179,7 @@ class Prefetcher:
     def register(self, request: PrefetchRequest) -> None:
         """Note an instance whose job may send its images (its header read; pixels only when sent)."""
         from operators.deid.admission import admit
+        from operators.imaging.sampling import frame_indices
         from operators.intake.inventory import classify_file
 
         path = Path(request.path)
@@ -193,7 +194,7 @@ class Prefetcher:
             uid = str(ds.get("SeriesInstanceUID", ""))
             series = self.series.pop(uid, None) or _Series(request.urgent, request.deadline)
             series.urgent, series.deadline, series.last_instance = request.urgent, request.deadline, time.monotonic()
-            series.instances.append((path, _frames(ds)))
+            series.instances.append((path, frame_indices(ds)))
             self.series[uid] = series  # the most recent last: the oldest are forgotten first
             while len(self.series) > REMEMBERED_SERIES:
                 self.series.popitem(last=False)
@@ -246,13 +247,6 @@ def _header(path: Path) -> Any:
     from pydicom import dcmread
 
     return dcmread(path, defer_size=DEFER_SIZE)
-
-
-def _frames(ds: Any) -> list[int | None]:
-    from operators.intake.image_header import number_of_frames
-
-    frames = number_of_frames(ds)
-    return list(range(frames)) if frames > 1 else [None]
 
 
 def _model_input(path: Path, frame: int | None) -> Any:

@@ -43,6 +43,13 @@ def image_problem(ds: Dataset) -> str | None:
         return f"malformed image header ({type(exc).__name__}: {' '.join(str(exc).split())})"
 
 
+def frame_indices(ds: Dataset) -> list[int | None]:
+    """How the images of an instance whose header decodes are named: its frame indices (0-based), or ``[None]``
+    for a single-frame instance."""
+    frames = number_of_frames(ds)
+    return list(range(frames)) if frames > 1 else [None]
+
+
 def series_images(datasets: Sequence[Dataset]) -> list[tuple[ImagePosition, str | None]]:
     """Every image of a series in instance order, with its instance's header problem (or ``None``)."""
 
@@ -53,8 +60,7 @@ def series_images(datasets: Sequence[Dataset]) -> list[tuple[ImagePosition, str 
     images: list[tuple[ImagePosition, str | None]] = []
     for position in sorted(range(len(datasets)), key=key):
         problem = image_problem(datasets[position])
-        frames = 1 if problem else number_of_frames(datasets[position])
-        for frame in range(frames) if frames > 1 else [None]:
+        for frame in [None] if problem else frame_indices(datasets[position]):
             images.append((ImagePosition(position, frame), problem))
     return images
 
